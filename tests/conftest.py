@@ -1,0 +1,28 @@
+"""Shared pytest configuration: `slow` tests run only with --runslow (or -m slow)."""
+
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip_slow = pytest.mark.skip(reason="slow statistical test: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+    if not torch.cuda.is_available():
+        skip_gpu = pytest.mark.skip(reason="no CUDA device available")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def generator():
+    """A seeded CPU generator; tests that need another seed make their own."""
+    return torch.Generator().manual_seed(0)
