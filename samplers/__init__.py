@@ -1,0 +1,38 @@
+"""Interchangeable samplers for :class:`ebmcompose.Energy` targets, one algorithm per module.
+
+Static MCMC kernels (``init``/``step``/``sample``): :class:`ULA`, :class:`MALA`, :class:`HMC`.
+Annealed / diffusion samplers down a noise ladder: :class:`AnnealedLangevin`,
+:class:`ReverseDiffusion`, :class:`PredictorCorrector`. See ``samplers.base`` for the contract.
+
+Names are resolved lazily so ``import samplers`` stays cheap.
+"""
+
+from importlib import import_module
+
+from .base import NonFiniteStateError, SampleResult, State, StepInfo
+
+_LAZY = {
+    "ULA": ".ula",
+    "MALA": ".mala",
+    "HMC": ".hmc",
+    "AnnealedLangevin": ".annealed_langevin",
+    "ReverseDiffusion": ".reverse_diffusion",
+    "PredictorCorrector": ".predictor_corrector",
+    "DualAveraging": ".adaptation",
+    "diagnostics": ".diagnostics",
+}
+
+__all__ = ["NonFiniteStateError", "SampleResult", "State", "StepInfo", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = import_module(_LAZY[name], __name__)
+        value = module if name == "diagnostics" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'samplers' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
