@@ -29,8 +29,10 @@ Shapes: ``x`` is ``(B, *event)``, energies are ``(B,)``, gradients are like ``x`
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -117,8 +119,11 @@ def _as_weight(w) -> float:
                 "to weight individual samples, compose energies first and weight the result"
             )
         w = w.item()
-    if isinstance(w, bool) or not isinstance(w, (int, float)):
-        raise TypeError(f"an energy can be scaled by a number only, got {type(w).__name__}")
+    if isinstance(w, bool) or not isinstance(w, numbers.Real):
+        raise TypeError(
+            f"an energy can be scaled by a number only, got {type(w).__name__}; "
+            "weights are real numbers (e.g. 0.5 * a), and energies combine with a + b, a - b, a | b"
+        )
     w = float(w)
     if not math.isfinite(w):
         raise ValueError(f"energy weight must be finite, got {w}")
@@ -126,7 +131,9 @@ def _as_weight(w) -> float:
 
 
 def _format_weight(w: float) -> str:
-    return f"{w:g}"
+    # 15 significant digits: short for the weights people type (0.5, 2, 7.5) and faithful to
+    # float64 precision otherwise, so a printed formula evaluates to the same energy.
+    return f"{w:.15g}"
 
 
 class Energy(nn.Module):
@@ -173,7 +180,12 @@ class Energy(nn.Module):
                     f"{self._label()} returned energies of shape {tuple(e.shape)}; expected "
                     f"({x.shape[0]},): one energy per sample, summed over event dimensions"
                 )
-            (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph)
+            if e.requires_grad:
+                (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph, allow_unused=True)
+            else:
+                g = None
+            if g is None:  # the energy does not depend on x (e.g. a flat prior): zero gradient
+                g = torch.zeros_like(x)
         if not create_graph:
             e, g = e.detach(), g.detach()
         return e, g
@@ -369,10 +381,9 @@ class Energy(nn.Module):
                 "energies multiply as densities by adding them: use a + b (or a & b) for the "
                 "product of densities; w * a with a number w sets a weight/temperature"
             )
-        try:
-            w = _as_weight(w)
-        except TypeError:
-            return NotImplemented
+        # Raise (rather than return NotImplemented) so the user sees what a weight must be,
+        # instead of Python's generic "unsupported operand" or "can't multiply sequence".
+        w = _as_weight(w)
         return Sum.of([(w, self)])
 
     __rmul__ = __mul__
@@ -518,7 +529,11 @@ def _check_grad_shape(leaf, g, x):
 
 # --------------------------------------------------------------------------------------- leaves
 def _accepts_t(fn: Callable) -> bool:
-    """Whether ``fn`` takes a second positional argument ``t``."""
+    """Whether ``fn`` takes a second positional argument ``t``.
+
+    A second positional parameter counts when it is required or is named ``t``: ``fn(x, t)``
+    and ``fn(x, t=None)`` take ``t``; ``fn(x, radius=2.0)`` is a static energy with an option.
+    """
     target = fn.forward if isinstance(fn, nn.Module) else fn
     try:
         sig = inspect.signature(target)
@@ -530,7 +545,12 @@ def _accepts_t(fn: Callable) -> bool:
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     has_varargs = any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
-    return has_varargs or len(positional) >= 2
+    if has_varargs:
+        return True
+    if len(positional) < 2:
+        return False
+    second = positional[1]
+    return second.default is inspect.Parameter.empty or second.name == "t"
 
 
 def _fn_name(fn: Callable) -> str:
@@ -907,7 +927,14 @@ def mixture(components: Sequence[Energy], weights: Optional[Sequence[float]] = N
     components = list(components)
     if weights is None:
         return Mixture(components)
-    ws = [float(w) for w in weights]
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, collections.abc.Iterable):
+        raise TypeError(f"mixture weights must be a sequence of positive numbers, got {type(weights).__name__}")
+    ws = []
+    for w in weights:
+        try:
+            ws.append(_as_weight(w))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"mixture weights must be positive finite numbers: {exc}") from None
     if any(not (w > 0 and math.isfinite(w)) for w in ws):
         raise ValueError(f"mixture weights must be positive and finite, got {ws}")
     return Mixture(components, [math.log(w) for w in ws])

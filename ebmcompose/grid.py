@@ -119,6 +119,8 @@ def grid_density(
     """
     if not isinstance(resolution, int) or resolution < 2:
         raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if not isinstance(energy, Energy):
         raise TypeError(
             f"grid_density needs an ebmcompose.Energy, got {type(energy).__name__}; wrap a "
@@ -149,6 +151,11 @@ def grid_density(
         raise ValueError("the energy is infinite (or NaN) everywhere on the grid; check the bounds")
     if bool(torch.isnan(logp).any()):
         raise ValueError("the energy is NaN somewhere on the grid")
+    if bool(torch.isposinf(logp).any()):
+        raise ValueError(
+            "the energy is -inf somewhere on the grid (infinite density): the density cannot be "
+            "normalised; use +inf for zero density"
+        )
     dx, dy = dens.cell_size
     log_area = torch.log(torch.tensor(dx * dy, dtype=dtype, device=device))
     log_z = torch.logsumexp(logp, dim=0) + log_area

@@ -101,7 +101,7 @@ class VPSchedule:
         return cls(log_ab, name=f"linear(beta_min={beta_min:g}, beta_max={beta_max:g})", alpha_bar_min=alpha_bar_min)
 
     @classmethod
-    def from_diffusers(cls, scheduler, alpha_bar_min: float = ALPHA_BAR_MIN) -> "VPSchedule":
+    def from_diffusers(cls, scheduler, alpha_bar_min: Optional[float] = None) -> "VPSchedule":
         """Read a diffusers scheduler's ``alphas_cumprod`` ``(N,)`` as a continuous schedule.
 
         Discrete step ``k ∈ {0, …, N−1}`` is placed at ``t = (k + 1) / N`` and ``t = 0`` at
@@ -114,6 +114,10 @@ class VPSchedule:
         scheduler : object
             Anything with an ``alphas_cumprod`` attribute (``DDPMScheduler``, ``DDIMScheduler``,
             ...), or the ``alphas_cumprod`` tensor itself.
+        alpha_bar_min : float, optional
+            Lower clamp of ``alpha_bar``. Default: ``ALPHA_BAR_MIN``, lowered to the
+            scheduler's smallest ``alphas_cumprod`` so that every training step is reproduced
+            exactly (``squaredcos_cap_v2`` with 1000 steps ends at ``alpha_bar ≈ 2.4e-9``).
         """
         ac = getattr(scheduler, "alphas_cumprod", scheduler)
         if not isinstance(ac, Tensor):
@@ -124,11 +128,19 @@ class VPSchedule:
                     "from_diffusers needs a diffusers scheduler (with .alphas_cumprod) or a 1-D "
                     f"alphas_cumprod tensor, got {type(scheduler).__name__}"
                 ) from exc
-        ac = ac.detach().to("cpu", torch.float64).reshape(-1)
+        if ac.dim() != 1:
+            raise ValueError(
+                f"alphas_cumprod must be 1-D (one entry per training step), got shape {tuple(ac.shape)}"
+            )
+        ac = ac.detach().to("cpu", torch.float64)
         if ac.numel() < 2:
             raise ValueError("alphas_cumprod must have at least 2 entries")
+        if not bool(torch.isfinite(ac).all()):
+            raise ValueError("alphas_cumprod contains NaN or inf; check the scheduler's betas")
         if bool(((ac <= 0) | (ac > 1)).any()) or bool((ac[1:] > ac[:-1] + 1e-12).any()):
             raise ValueError("alphas_cumprod must be in (0, 1] and non-increasing")
+        if alpha_bar_min is None:
+            alpha_bar_min = min(ALPHA_BAR_MIN, float(ac.min()))
         n = ac.numel()
         grid_t = torch.cat([torch.zeros(1, dtype=torch.float64), torch.arange(1, n + 1, dtype=torch.float64) / n])
         grid_log = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(ac)])
@@ -175,7 +187,9 @@ class VPSchedule:
 
         Computed as ``sqrt(-expm1(log alpha_bar))`` for accuracy near ``t = 0``.
         """
-        s = torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
+        # log_alpha_bar <= 0, so -expm1 >= 0; abs() turns its -0.0 at t = 0 into +0.0 (else
+        # sigma(0) would be -0.0 and 1 / sigma(0) = -inf).
+        s = torch.sqrt(torch.expm1(self.log_alpha_bar(t)).abs())
         return s.clamp_min(floor) if floor > 0 else s
 
     def beta(self, t: TLike) -> Tensor:
@@ -210,7 +224,8 @@ class VPSchedule:
         Parameters
         ----------
         n : int
-            Number of steps (``n >= 1``; ``n <= N`` for discrete schedules).
+            Number of steps (``n >= 1``; for discrete schedules at most the number of grid
+            intervals in ``[t_min, t_max]``, i.e. ``n <= N`` for the full range).
 
         Returns
         -------
@@ -225,14 +240,19 @@ class VPSchedule:
         ts = torch.linspace(t_max, t_min, n + 1, dtype=torch.float64)
         if self.alphas_cumprod is not None:
             big_n = self.num_train_timesteps
-            if n > big_n:
-                raise ValueError(f"at most {big_n} steps on this discrete schedule, got n={n}")
+            # grid points k / N available in [t_min, t_max]: n steps need n + 1 distinct ones
+            k_hi, k_lo = round(t_max * big_n), round(t_min * big_n)
+            if n > k_hi - k_lo:
+                raise ValueError(
+                    f"at most {k_hi - k_lo} steps between t_min={t_min} and t_max={t_max} on this "
+                    f"discrete schedule (N={big_n} training steps), got n={n}"
+                )
             snapped = torch.round(ts * big_n) / big_n
             snapped[-1] = t_min if t_min == 0.0 else snapped[-1]
             if bool((snapped[1:] >= snapped[:-1]).any()):
-                # fall back to evenly spaced integer steps
-                ks = torch.linspace(round(t_max * big_n), round(t_min * big_n), n + 1).round()
-                snapped = ks.to(torch.float64) / big_n
+                # fall back to evenly spaced integer steps (strictly decreasing: spacing >= 1)
+                ks = torch.linspace(k_hi, k_lo, n + 1, dtype=torch.float64).round()
+                snapped = ks / big_n
             ts = snapped
         return ts.to(device=device, dtype=dtype)
 
