@@ -20,16 +20,26 @@ from .energy import (
     mixture,
     negation,
 )
+from .diffusion_energy import DiffusionEnergy
+from .epsilon import ConditionedEpsilon, EpsilonModel
+from .network import Conditioned, NetworkModel
+from .parse import ParseError, parse
 from .schedule import VPSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Conditioned",
+    "ConditionedEpsilon",
+    "DiffusionEnergy",
     "Energy",
     "EnergyFunction",
+    "EpsilonModel",
     "Evaluation",
     "LeafGroup",
     "Mixture",
+    "NetworkModel",
+    "ParseError",
     "ScoreFunction",
     "ScoreOnlyError",
     "Sum",
@@ -38,4 +48,8 @@ __all__ = [
     "conjunction",
     "mixture",
     "negation",
+    "parse",
 ]
+
+# Submodules reached as ec.metrics / ec.plot (plot imports matplotlib only when called).
+from . import consistency, metrics, plot  # noqa: E402
