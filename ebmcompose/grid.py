@@ -9,6 +9,7 @@ A 2-D energy is normalised numerically on a fine grid of cells: cell probabiliti
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -22,6 +23,15 @@ __all__ = ["Bounds", "parse_bounds", "GridDensity", "grid_density"]
 Bounds = Union[Tuple[float, float], Tuple[Tuple[float, float], Tuple[float, float]]]
 
 
+def _is_scalar(b) -> bool:
+    """A real number: Python, NumPy scalar or 0-d tensor (not a pair)."""
+    if isinstance(b, Tensor):
+        return b.dim() == 0
+    if isinstance(b, bool):
+        return False
+    return isinstance(b, numbers.Real)
+
+
 def parse_bounds(bounds: Bounds) -> Tuple[Tuple[float, float], Tuple[float, float]]:
     """Normalise ``bounds`` to ``((x_lo, x_hi), (y_lo, y_hi))`` and check it.
 
@@ -31,7 +41,7 @@ def parse_bounds(bounds: Bounds) -> Tuple[Tuple[float, float], Tuple[float, floa
         If the bounds are malformed or empty.
     """
     try:
-        if len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds):
+        if len(bounds) == 2 and all(_is_scalar(b) for b in bounds):
             lo, hi = float(bounds[0]), float(bounds[1])
             out = ((lo, hi), (lo, hi))
         else:

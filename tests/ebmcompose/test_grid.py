@@ -170,3 +170,13 @@ def test_zero_density_regions_are_allowed():
     assert float(g.probs[:4].sum()) == 0.0
     assert float(g.probs.sum()) == pytest.approx(1.0)
     assert float(g.log_z) == pytest.approx(math.log(2.0))
+
+
+def test_parse_bounds_accepts_numpy_and_tensor_scalars():
+    import numpy as np
+
+    from ebmcompose.grid import parse_bounds
+
+    assert parse_bounds((np.float32(-2), np.float64(3))) == ((-2.0, 3.0), (-2.0, 3.0))
+    assert parse_bounds((torch.tensor(-1.0), torch.tensor(1.0))) == ((-1.0, 1.0), (-1.0, 1.0))
+    assert parse_bounds(((np.float32(0), 1), (torch.tensor(2.0), 4))) == ((0.0, 1.0), (2.0, 4.0))
