@@ -1,0 +1,27 @@
+"""toy: 2-D densities with exact answers for testing compositions and samplers.
+
+Closed-form energies (Gaussian mixtures, smooth boxes) with exact VP-diffused energies at
+every ``t``, the exact product of Gaussian mixtures, exact grid-based reference sampling of any
+2-D energy, the composition tasks of Du et al. 2023 (:mod:`toy.tasks`) and classic training
+sets (:mod:`toy.datasets`). Imports ``ebmcompose`` only (never ``samplers``).
+"""
+
+from . import datasets, tasks
+from .box import DiffusedSmoothBox, SmoothBox
+from .gaussian import DiffusedGaussianMixture, GaussianMixture, bar, gmm_product, ring
+from .reference import reference_sample
+from .tasks import Task
+
+__all__ = [
+    "DiffusedGaussianMixture",
+    "DiffusedSmoothBox",
+    "GaussianMixture",
+    "SmoothBox",
+    "Task",
+    "bar",
+    "datasets",
+    "gmm_product",
+    "reference_sample",
+    "ring",
+    "tasks",
+]

@@ -1,0 +1,118 @@
+"""Small helpers shared by the toy densities (not public)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def as_float64(value, name: str, device: Optional[torch.device] = None) -> Tensor:
+    """``value`` as a float64 tensor (on ``device``), with an error that names the argument."""
+    try:
+        if isinstance(value, Tensor):
+            out = value.detach().to(dtype=torch.float64, device=device)
+        else:
+            out = torch.as_tensor(value, dtype=torch.float64, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a tensor or array-like of numbers, got {type(value).__name__}") from exc
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return out
+
+
+def infer_dtype(*values, dtype: Optional[torch.dtype] = None) -> torch.dtype:
+    """``dtype`` if given, else that of the first floating tensor among ``values``, else the
+    default dtype."""
+    if dtype is not None:
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        return dtype
+    for v in values:
+        if isinstance(v, Tensor) and v.is_floating_point():
+            return v.dtype
+    return torch.get_default_dtype()
+
+
+def infer_device(*values) -> torch.device:
+    """Device of the first tensor among ``values`` (CPU if none)."""
+    for v in values:
+        if isinstance(v, Tensor):
+            return v.device
+    return torch.device("cpu")
+
+
+def check_n(n, what: str = "n") -> int:
+    """A positive integer number of samples."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{what} must be a positive integer number of samples, got {n!r}")
+    n = int(n)
+    if n <= 0:
+        raise ValueError(f"{what} must be a positive integer number of samples, got {n}")
+    return n
+
+
+def check_generator(generator) -> Optional[torch.Generator]:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
+            f"got {type(generator).__name__}"
+        )
+    return generator
+
+
+def rng_device(generator: Optional[torch.Generator], fallback: torch.device) -> torch.device:
+    """Where random numbers are drawn: the generator's device, else ``fallback``."""
+    return generator.device if generator is not None else fallback
+
+
+def vp_coefficients(schedule, t: Union[Tensor, float], like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(alpha_bar, 1 - alpha_bar, sqrt(alpha_bar))`` at ``t`` in ``like``'s dtype and device.
+
+    ``1 - alpha_bar`` is computed as ``-expm1(log alpha_bar)`` (accurate near ``t = 0``).
+    """
+    if not isinstance(t, Tensor):
+        t = torch.tensor(float(t), dtype=like.dtype, device=like.device)
+    t = t.to(device=like.device, dtype=like.dtype)
+    log_ab = schedule.log_alpha_bar(t)
+    return torch.exp(log_ab), -torch.expm1(log_ab), torch.exp(0.5 * log_ab)
+
+
+def check_schedule(schedule) -> None:
+    if not callable(getattr(schedule, "log_alpha_bar", None)):
+        raise TypeError(
+            "diffused() needs a VP noise schedule such as ebmcompose.VPSchedule.cosine(), "
+            f"got {type(schedule).__name__}"
+        )
+
+
+def batch_t(t: Optional[Tensor], x: Tensor, label: str) -> Tensor:
+    """``t`` as a ``(B,)`` tensor for a time-dependent leaf, or a clear error when missing."""
+    if t is None:
+        raise ValueError(
+            f"{label} is a diffused (time-dependent) density p_t and needs t in [0, 1] "
+            "(0 = data, 1 = noise), e.g. energy.energy(x, t=0.5)"
+        )
+    if not isinstance(t, Tensor):
+        t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
+    t = t.to(device=x.device, dtype=x.dtype).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(x.shape[0])
+    return t
+
+
+def scalar_t(t, label: str) -> float:
+    """A scalar time in [0, 1] for ``.at(t)``."""
+    if isinstance(t, Tensor):
+        if t.numel() != 1:
+            raise ValueError(f"{label}.at(t) needs a scalar t, got a tensor of shape {tuple(t.shape)}")
+        t = t.item()
+    t = float(t)
+    if not (0.0 <= t <= 1.0):
+        raise ValueError(f"t must be in [0, 1] (0 = data, 1 = noise), got {t}")
+    return t
