@@ -22,8 +22,10 @@ broadcast against ``x`` with :func:`per_chain`; ``t`` is ``None`` or ``(B,)``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -45,6 +47,11 @@ __all__ = [
     "check_step_size",
     "check_positive_int",
     "Recorder",
+    "progress_bar",
+    "init_state",
+    "sqrt_step",
+    "compiled",
+    "MCMCKernel",
 ]
 
 
@@ -266,9 +273,13 @@ class Recorder:
         self.nfe += info.nfe
         acc = info.acceptance
         self.acceptance.append(acc.mean())
-        self.acc_sum = acc.clone() if self.acc_sum is None else self.acc_sum + acc
-        div = info.divergent.long()
-        self.divergent = div if self.divergent is None else self.divergent + div
+        # accumulate in place into the recorder's own tensors (one op each, nothing caller-visible)
+        if self.acc_sum is None:
+            self.acc_sum = acc.clone()
+            self.divergent = info.divergent.long()
+        else:
+            self.acc_sum.add_(acc)
+            self.divergent.add_(info.divergent)
         if info.energy_error is not None:
             self.energy_error.append(info.energy_error.abs().mean())
         if self.trace_every and self.n_steps % self.trace_every == 0:
@@ -302,3 +313,352 @@ def progress_bar(n: int, enabled: bool, desc: str):
 
 
 Callback = Callable[[int, State, StepInfo], Optional[bool]]
+
+
+# ------------------------------------------------------------------ noise-ladder samplers
+# Added for the samplers that run down a noise ladder (ReverseDiffusion, AnnealedLangevin,
+# PredictorCorrector). New names only.
+
+
+def prior_sample(
+    x0: Optional[Tensor],
+    shape=None,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    dtype: Optional[torch.dtype] = None,
+    sampler: str = "sampler",
+) -> Tensor:
+    """The starting point ``x_T`` of a sampler that runs down a noise ladder.
+
+    ``x0`` itself when given (checked to be a floating tensor); otherwise ``N(0, I)`` of
+    ``shape = (B, *event)`` drawn from ``generator`` on ``device`` (default: the generator's
+    device) with ``dtype`` (default: torch's default dtype).
+    """
+    if x0 is not None:
+        if shape is not None and tuple(shape) != tuple(x0.shape):
+            raise ValueError(f"{sampler}: shape={tuple(shape)} disagrees with x0 of shape {tuple(x0.shape)}; pass one of them")
+        if not isinstance(x0, Tensor) or not x0.is_floating_point():
+            raise TypeError(
+                f"{sampler}: x0 must be a floating-point torch.Tensor of shape (B, *event), got "
+                f"{type(x0).__name__ if not isinstance(x0, Tensor) else x0.dtype}"
+            )
+        check_generator(generator, x0)
+        return x0
+    if shape is None:
+        raise ValueError(
+            f"{sampler}: pass x0 (the starting noise x_T, shape (B, *event)) or shape=(B, *event) "
+            "to draw x_T ~ N(0, I) from the generator"
+        )
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or any(s < 1 for s in shape):
+        raise ValueError(f"{sampler}: shape must be (B, *event) with positive sizes, got {shape}")
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    x = torch.randn(shape, generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+    return x
+
+
+def raise_if_nonfinite(flags: List[Tensor], ts, sampler: str, hint: str) -> None:
+    """Raise :class:`NonFiniteStateError` naming the first level whose state was not finite.
+
+    ``flags`` holds one 0-d bool tensor per level (``True``: every chain finite), collected
+    without a device synchronisation; this is the one sync at the end of a run. ``ts`` are
+    the levels' times (a sequence of floats).
+    """
+    if not flags:
+        return
+    ok = torch.stack(flags)
+    if bool(ok.all()):
+        return
+    first = int((~ok).nonzero()[0, 0])
+    raise NonFiniteStateError(
+        f"{sampler}: the state became non-finite (NaN or inf) at level {first} of the ladder "
+        f"(t={float(ts[first]):.4g}); "
+        + hint
+    )
+
+
+__all__ += ["prior_sample", "raise_if_nonfinite"]
+
+
+# ------------------------------------------------------------------------------- kernel pieces
+StepSize = Union[float, Tensor]
+
+
+def sqrt_step(step_size: StepSize, factor: float = 1.0) -> StepSize:
+    """``sqrt(factor * step_size)`` for a Python float or a 0-d tensor (no host sync)."""
+    if isinstance(step_size, Tensor):
+        return (factor * step_size).sqrt()
+    return math.sqrt(factor * step_size)
+
+
+class _CompiledFn:
+    """``torch.compile(fn)`` that falls back to eager ``fn`` (with one warning) if compiling fails."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.compiled: Optional[Callable] = None
+        self.failed = False
+
+    def __call__(self, *args):
+        if self.failed:
+            return self.fn(*args)
+        try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.fn, dynamic=None)
+            return self.compiled(*args)
+        except Exception as exc:  # compiler missing, unsupported op, ...
+            self.failed = True
+            warnings.warn(
+                f"torch.compile of {getattr(self.fn, '__name__', self.fn)} failed "
+                f"({type(exc).__name__}: {str(exc)[:200]}); running it eagerly instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.fn(*args)
+
+
+_COMPILED: Dict[Callable, _CompiledFn] = {}
+
+
+def compiled(fn: Callable) -> Callable:
+    """A cached ``torch.compile`` of a pure tensor function, with graceful eager fallback.
+
+    Kernels compile their step *math* (proposal, Metropolis correction) this way; the energy
+    evaluation stays eager because it contains autograd. Pass step sizes as 0-d tensors so a new
+    value does not trigger a recompilation.
+    """
+    out = _COMPILED.get(fn)
+    if out is None:
+        out = _COMPILED[fn] = _CompiledFn(fn)
+    return out
+
+
+class MCMCKernel:
+    """The loop shared by the static kernels (ULA, MALA, HMC); subclasses are frozen dataclasses.
+
+    A subclass defines the fields ``step_size`` (``None``: adapt), ``n_steps``, ``n_warmup``
+    (``None``: default), ``target_accept`` and ``compile``, and implements :meth:`step`.
+
+    ``run(energy, state, n_steps, step_size, generator, adapt=None, adapt_state=None,
+    recorder=None, callback=None)`` is a loop of :meth:`step` at the *fixed* ``t`` the state
+    was initialised with; annealed samplers call it once per noise level. With ``adapt`` (a
+    :class:`~samplers.adaptation.DualAveraging`) the step size is adapted during the run,
+    continuing from ``adapt_state`` when given (continuous adaptation across levels).
+    It returns ``(state, step_size, adapt_state)`` where ``step_size`` is the averaged
+    (frozen) dual-averaging step size when adapting, else the one passed in.
+
+    ``sample`` = ``init`` + (warm-up with dual averaging when ``step_size`` is ``None``) +
+    ``run`` for ``n_steps`` at the frozen step size.
+    """
+
+    #: Whether the kernel needs energy values (Metropolis kernels) or only gradients.
+    needs_energy: ClassVar[bool] = True
+    #: First guess for the step-size search before warm-up.
+    initial_step_size_guess: ClassVar[float] = 0.1
+
+    # --------------------------------------------------------------------------- to override
+    def step(self, state: State, energy: ec.Energy, step_size: StepSize, generator: Optional[torch.Generator]):
+        """One transition: ``(State, StepInfo)``."""
+        raise NotImplementedError
+
+    def _transition(self, state, energy, step_size, generator, adapting: bool):
+        """:meth:`step` plus the statistic dual averaging tracks (mean acceptance) when ``adapting``."""
+        state, info = self.step(state, energy, step_size, generator)
+        return state, info, (info.acceptance.mean() if adapting else None)
+
+    # --------------------------------------------------------------------------- shared
+    @property
+    def warmup_steps(self) -> int:
+        """Resolved warm-up length: ``n_warmup`` if set, else ``max(100, n_steps // 2)`` when adapting, else 0."""
+        if self.n_warmup is not None:
+            return self.n_warmup
+        return max(100, self.n_steps // 2) if self.step_size is None else 0
+
+    def _check_config(self) -> None:
+        check_step_size(self.step_size)
+        check_positive_int(self.n_steps, "n_steps", allow_zero=True)
+        if self.n_warmup is not None:
+            check_positive_int(self.n_warmup, "n_warmup", allow_zero=True)
+        if not 0.0 < self.target_accept < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
+
+    def compiled(self):
+        """The same kernel with the ``torch.compile`` path switched on (``compile=True``)."""
+        return dataclasses.replace(self, compile=True)
+
+    def init(self, energy: ec.Energy, x: Tensor, t=None) -> State:
+        """Validate ``x`` ``(B, *event)`` and ``t``, evaluate once and cache energy and gradient."""
+        return self._init(energy, x, t)[0]
+
+    def _init(self, energy: ec.Energy, x: Tensor, t=None) -> Tuple[State, int]:
+        """:meth:`init` and the NFE it cost."""
+        return init_state(energy, x, t, self.needs_energy, type(self).__name__)
+
+    def initial_step_size(
+        self,
+        energy: ec.Energy,
+        state: State,
+        generator: Optional[torch.Generator],
+        recorder: Optional[Recorder] = None,
+    ) -> float:
+        """Heuristic starting step size for warm-up: double/halve until the mean acceptance crosses ``target_accept``.
+
+        Trial transitions start from ``state`` and are discarded (their NFE go to ``recorder``).
+        """
+        from .adaptation import find_initial_step_size
+
+        def trial(h):
+            _, info, stat = self._transition(state, energy, h, generator, True)
+            if recorder is not None:
+                recorder.nfe += info.nfe
+            return stat
+
+        return find_initial_step_size(trial, self.initial_step_size_guess, target=self.target_accept)
+
+    def run(
+        self,
+        energy: ec.Energy,
+        state: State,
+        n_steps: int,
+        step_size: Optional[StepSize] = None,
+        generator: Optional[torch.Generator] = None,
+        *,
+        adapt=None,
+        adapt_state=None,
+        recorder: Optional[Recorder] = None,
+        callback: Optional[Callable] = None,
+        progress: bool = False,
+        desc: Optional[str] = None,
+        start: int = 0,
+    ):
+        """Run ``n_steps`` transitions at the state's fixed ``t``.
+
+        Parameters
+        ----------
+        energy : Energy
+            Target (evaluated at ``state.t``).
+        state : State
+            From :meth:`init` (or a previous run).
+        n_steps : int
+            Number of transitions.
+        step_size : float or 0-d Tensor, optional
+            Fixed step size, or the starting point of adaptation (ignored when ``adapt_state``
+            is given).
+        generator : torch.Generator, optional
+            Source of randomness.
+        adapt : DualAveraging, optional
+            Adapt the step size during this run.
+        adapt_state : DualAveragingState, optional
+            Continue a previous adaptation.
+        recorder : Recorder, optional
+            Receives every step's :class:`StepInfo`.
+        callback : callable, optional
+            ``callback(i, state, info)`` after each step, ``i`` counting from ``start``.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        (State, step_size, DualAveragingState or None)
+        """
+        check_positive_int(n_steps, "n_steps", allow_zero=True)
+        adapting = adapt is not None
+        if adapting:
+            if adapt_state is None:
+                if step_size is None:
+                    raise ValueError("run(adapt=...) needs a starting step_size or an adapt_state")
+                adapt_state = adapt.init(step_size, like=state.x)
+        elif step_size is None:
+            raise ValueError(f"{type(self).__name__}.run needs a step_size (or adapt=DualAveraging(...))")
+        h = step_size
+        for i in progress_bar(n_steps, progress, desc or type(self).__name__):
+            if adapting:
+                h = adapt_state.step_size
+            state, info, stat = self._transition(state, energy, h, generator, adapting)
+            if adapting:
+                adapt_state = adapt.update(adapt_state, stat)
+            if recorder is not None:
+                recorder.record(state, info)
+            if callback is not None:
+                callback(start + i, state, info)
+        if adapting:
+            h = adapt_state.final_step_size
+        return state, h, adapt_state
+
+    def sample(
+        self,
+        energy: ec.Energy,
+        x0: Tensor,
+        t=None,
+        *,
+        generator: Optional[torch.Generator] = None,
+        progress: bool = False,
+        callback: Optional[Callable] = None,
+        trace_every: int = 0,
+    ) -> SampleResult:
+        """Draw ``(B, *event)`` samples: warm-up (adapting the step size if it is ``None``), then ``n_steps``.
+
+        Parameters
+        ----------
+        energy : Energy
+            Target ``p(x) ∝ exp(-E(x, t))``.
+        x0 : Tensor
+            ``(B, *event)`` initial positions (one chain per row); fixes device and dtype.
+        t : float, Tensor or None
+            Fixed diffusion time of the target (``None``: static).
+        generator : torch.Generator, optional
+            Source of randomness (same seed → identical samples).
+        progress : bool
+            tqdm progress bar.
+        callback : callable, optional
+            ``callback(i, state, info)`` after every step (warm-up included, ``i`` from 0).
+        trace_every : int
+            Keep every ``trace_every``-th post-warm-up position in ``info["trace"]`` ``(T, B, *event)``.
+
+        Returns
+        -------
+        SampleResult
+            ``info`` per :class:`Recorder` (post-warm-up steps) plus ``"step_size"`` (0-d tensor),
+            ``"n_warmup"`` and ``"warmup_acceptance"`` (0-d tensor, ``None`` without warm-up);
+            ``"nfe"`` counts everything (initial evaluation, step-size search, warm-up).
+        """
+        name = type(self).__name__
+        check_generator(generator, x0 if isinstance(x0, Tensor) else torch.empty(0))
+        state, nfe = self._init(energy, x0, t)
+        n_warmup = self.warmup_steps
+        warm = Recorder(x0.shape[0])
+        h = self.step_size
+        if h is None:
+            from .adaptation import DualAveraging
+
+            probe = Recorder(x0.shape[0])
+            h0 = self.initial_step_size(energy, state, generator, probe)
+            nfe += probe.nfe
+            state, h, _ = self.run(
+                energy, state, n_warmup, h0, generator,
+                adapt=DualAveraging(self.target_accept), recorder=warm,
+                callback=callback, progress=progress, desc=f"{name} warm-up",
+            )
+        elif n_warmup:
+            state, h, _ = self.run(
+                energy, state, n_warmup, h, generator, recorder=warm,
+                callback=callback, progress=progress, desc=f"{name} warm-up",
+            )
+        rec = Recorder(x0.shape[0], trace_every)
+        state, h, _ = self.run(
+            energy, state, self.n_steps, h, generator, recorder=rec,
+            callback=callback, progress=progress, desc=name, start=n_warmup,
+        )
+        info = rec.info(nfe + warm.nfe)
+        info["step_size"] = torch.as_tensor(h, device=x0.device, dtype=x0.dtype).detach().reshape(())
+        info["n_warmup"] = n_warmup
+        info["warmup_acceptance"] = torch.stack(warm.acceptance).mean() if warm.acceptance else None
+        ok = finite_rows(state.x, state.energy, state.grad)
+        if not bool(ok.all()):  # cannot happen by construction (non-finite proposals are rejected)
+            bad = (~ok).nonzero().flatten()
+            raise NonFiniteStateError(
+                f"{name}: {bad.numel()} chain(s) have a non-finite state after {n_warmup + self.n_steps} "
+                f"steps (first: chain {int(bad[0])}); use a smaller step_size"
+            )
+        return SampleResult(samples=state.x, info=info, state=state)
