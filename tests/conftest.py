@@ -1,7 +1,13 @@
 """Shared pytest configuration: `slow` tests run only with --runslow (or -m slow)."""
 
+import os
+
 import pytest
 import torch
+
+# Small-tensor tests are dominated by per-op overhead; intra-op threads only add contention on
+# the 2-core CI machine (10-50x slower under load). Override with EBMCOMPOSE_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("EBMCOMPOSE_TEST_THREADS", "1")))
 
 
 def pytest_addoption(parser):
