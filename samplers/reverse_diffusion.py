@@ -1,0 +1,383 @@
+"""Reverse diffusion down a VP noise ladder: DDPM ancestral sampling, DDIM and everything between.
+
+One step from ``t`` to ``s < t`` (Song, Meng & Ermon 2021, "Denoising Diffusion Implicit
+Models", eqs. 12 and 16), written with ``alpha_bar`` of :class:`ebmcompose.VPSchedule`::
+
+    ε̂      = sigma_t · ∇x E(x, t)                       (score = −ε/sigma_t, so only the score is used)
+    x̂0     = (x − sigma_t ε̂) / sqrt(alpha_bar_t)          (x0-prediction, optionally clipped)
+    σ_η    = η · sqrt((1 − alpha_bar_s)/(1 − alpha_bar_t)) · sqrt(1 − alpha_bar_t/alpha_bar_s)
+    x_s    = sqrt(alpha_bar_s) x̂0 + sqrt(1 − alpha_bar_s − σ_η²) ε̂ + σ_η z,    z ~ N(0, I)
+
+``η = 1`` is DDPM's ancestral sampler with the posterior variance ``β̃`` (Ho et al. 2020, eq. 7;
+diffusers' ``variance_type="fixed_small"``), ``η = 0`` is deterministic DDIM. The model is
+evaluated at ``ts[:-1]`` of the ladder ``schedule.timesteps(n_steps)`` only; the last step lands
+on ``t = 0`` where ``alpha_bar = 1`` and ``σ_η = 0``, so it returns the x0-prediction.
+
+A diffusers scheduler can be used as the stepping rule instead
+(:meth:`ReverseDiffusion.from_diffusers`): integer timestep ``k`` of a scheduler trained with
+``N`` steps is time ``t = (k + 1) / N`` (see :meth:`ebmcompose.VPSchedule.from_diffusers`).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+import ebmcompose as ec
+
+from .base import (
+    SampleResult,
+    check_generator,
+    check_positive_int,
+    evaluate,
+    prior_sample,
+    progress_bar,
+    raise_if_nonfinite,
+    randn_like,
+)
+
+__all__ = ["ReverseDiffusion", "DiffusionStep", "ddim_coefficients", "ddim_update"]
+
+#: ``callback(i, x, t)`` after level ``i``: ``x`` ``(B, *event)`` now at time ``t`` (a float).
+LadderCallback = Callable[[int, Tensor, float], Any]
+
+_NONFINITE_HINT = (
+    "use more steps (n_steps), a smaller eta, clip the x0 prediction (clip_x0=...), or check "
+    "that the model's score is finite at every t of the ladder"
+)
+
+
+@dataclass(frozen=True)
+class DiffusionStep:
+    """Coefficients of one DDIM/DDPM step from ``t`` to ``s`` (Python floats, float64 accuracy).
+
+    Attributes
+    ----------
+    t, s : float
+        Current and next time (``s < t``).
+    alpha_t, sigma_t, alpha_s, sigma_s : float
+        ``sqrt(alpha_bar)`` and ``sqrt(1 - alpha_bar)`` at ``t`` and ``s``.
+    noise_std : float
+        ``σ_η`` of DDIM eq. 16 (0 for deterministic steps and for the step landing on ``t=0``).
+    eps_coef : float
+        ``sqrt(1 − alpha_bar_s − σ_η²)``, the weight of ε̂ ("direction pointing to x_t").
+    """
+
+    t: float
+    s: float
+    alpha_t: float
+    sigma_t: float
+    alpha_s: float
+    sigma_s: float
+    noise_std: float
+    eps_coef: float
+
+
+def ddim_coefficients(schedule: ec.VPSchedule, ts: Tensor, eta: float) -> List[DiffusionStep]:
+    """Per-step coefficients of DDIM eq. 12/16 along the descending ladder ``ts`` ``(n + 1,)``.
+
+    Computed once on the CPU in float64 so the sampling loop never synchronises the device.
+    """
+    tt = ts.detach().to("cpu", torch.float64)
+    log_ab = schedule.log_alpha_bar(tt)
+    ab = torch.exp(log_ab)
+    sig = schedule.sigma(tt)
+    steps = []
+    for i in range(tt.numel() - 1):
+        ab_t, ab_s = float(ab[i]), float(ab[i + 1])
+        var_t, var_s = float(sig[i]) ** 2, float(sig[i + 1]) ** 2
+        if var_t <= 0.0:
+            raise ValueError(
+                f"the ladder evaluates the model at t={float(tt[i]):g} where sigma=0; a reverse "
+                "sampler evaluates the model at ts[:-1] only, which must have t > 0"
+            )
+        # σ_η² = η² (1 − ᾱ_s)/(1 − ᾱ_t) (1 − ᾱ_t/ᾱ_s), with 1 − ᾱ_t/ᾱ_s = −expm1(log ᾱ_t − log ᾱ_s)
+        ratio = -math.expm1(float(log_ab[i]) - float(log_ab[i + 1]))
+        noise_var = eta * eta * var_s / var_t * max(ratio, 0.0)
+        steps.append(
+            DiffusionStep(
+                t=float(tt[i]),
+                s=float(tt[i + 1]),
+                alpha_t=math.sqrt(ab_t),
+                sigma_t=math.sqrt(var_t),
+                alpha_s=math.sqrt(ab_s),
+                sigma_s=math.sqrt(var_s),
+                noise_std=math.sqrt(noise_var),
+                eps_coef=math.sqrt(max(var_s - noise_var, 0.0)),
+            )
+        )
+    return steps
+
+
+def ddim_update(
+    x: Tensor,
+    grad: Tensor,
+    step: DiffusionStep,
+    generator: Optional[torch.Generator],
+    clip_x0: Optional[float] = None,
+) -> Tensor:
+    """One reverse step ``x_t -> x_s`` (DDIM eqs. 12/16) from the gradient ``∇x E(x, t)``.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(B, *event)`` at time ``step.t``.
+    grad : Tensor
+        ``∇x E(x, step.t)`` like ``x`` (ε̂ = sigma_t · grad).
+    step : DiffusionStep
+        Coefficients from :func:`ddim_coefficients`.
+    generator : torch.Generator or None
+        Source of ``z`` (drawn only when ``step.noise_std > 0``).
+    clip_x0 : float, optional
+        Clamp the x0-prediction to ``[-clip_x0, clip_x0]``; ε̂ is then re-derived from the
+        clipped x̂0, so the step is the posterior ``q(x_s | x_t, x̂0)`` (as DDPM does).
+
+    Returns
+    -------
+    Tensor
+        ``(B, *event)`` at time ``step.s``.
+    """
+    eps = step.sigma_t * grad
+    x0 = (x - step.sigma_t * eps) / step.alpha_t
+    if clip_x0 is not None:
+        x0 = x0.clamp(-clip_x0, clip_x0)
+        eps = (x - step.alpha_t * x0) / step.sigma_t
+    out = step.alpha_s * x0 + step.eps_coef * eps
+    if step.noise_std > 0.0:
+        out = out + step.noise_std * randn_like(x, generator)
+    return out
+
+
+def _check_eta(eta) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0 (1: DDPM ancestral, 0: DDIM), got {eta!r}")
+    return float(eta)
+
+
+@dataclass(frozen=True)
+class ReverseDiffusion:
+    """Reverse diffusion sampler: DDPM (``eta=1``), DDIM (``eta=0``) or DDIM-η in between.
+
+    Song et al. 2021 (DDIM), eqs. 12/16; Ho et al. 2020 (DDPM), Algorithm 2 with ``σ_t² = β̃_t``.
+    Uses only the score of the energy (works with score-only energies).
+
+    Parameters
+    ----------
+    schedule : ec.VPSchedule
+        The VP schedule the energy's ``t`` refers to.
+    n_steps : int
+        Number of steps; the ladder is ``schedule.timesteps(n_steps)`` ``(n_steps + 1,)`` from
+        1 to 0 and the model is evaluated at its first ``n_steps`` times (never at ``t = 0``).
+    eta : float
+        Stochasticity ``η >= 0`` (1: DDPM ancestral, 0: deterministic DDIM).
+    clip_x0 : float, optional
+        Clamp the x0-prediction to ``[-clip_x0, clip_x0]`` (off by default; images in
+        ``[-1, 1]`` use 1.0).
+    t_max : float
+        Start of the ladder (default 1.0).
+    scheduler : object, optional
+        A diffusers scheduler used as the stepping rule instead of the built-in one; build
+        with :meth:`from_diffusers`. Deep-copied per call, so the caller's object is never
+        mutated.
+    scheduler_step_kwargs : tuple of (str, value)
+        Extra keyword arguments for ``scheduler.step`` (e.g. ``(("eta", 0.5),)`` for DDIM).
+
+    Notes
+    -----
+    NFE: ``n_steps`` model evaluations (times the NFE of one evaluation of a composed energy,
+    e.g. one per distinct leaf).
+    """
+
+    schedule: ec.VPSchedule
+    n_steps: int
+    eta: float = 1.0
+    clip_x0: Optional[float] = None
+    t_max: float = 1.0
+    scheduler: Any = None
+    scheduler_step_kwargs: Tuple[Tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.schedule, ec.VPSchedule):
+            raise TypeError(
+                f"schedule must be an ebmcompose.VPSchedule, got {type(self.schedule).__name__}; "
+                "e.g. ec.VPSchedule.cosine() or ec.VPSchedule.from_diffusers(scheduler)"
+            )
+        check_positive_int(self.n_steps, "n_steps")
+        object.__setattr__(self, "eta", _check_eta(self.eta))
+        if self.clip_x0 is not None and not (isinstance(self.clip_x0, (int, float)) and self.clip_x0 > 0):
+            raise ValueError(f"clip_x0 must be None (no clipping) or a positive number, got {self.clip_x0!r}")
+        if not (0.0 < float(self.t_max) <= 1.0):
+            raise ValueError(f"t_max must be in (0, 1], got {self.t_max!r}")
+        if self.scheduler is not None:
+            for attr in ("set_timesteps", "step", "alphas_cumprod"):
+                if not hasattr(self.scheduler, attr):
+                    raise TypeError(
+                        f"scheduler must be a diffusers scheduler (with .{attr}), got {type(self.scheduler).__name__}"
+                    )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_diffusers(cls, scheduler, n_steps: int, eta: Optional[float] = None, **kwargs) -> "ReverseDiffusion":
+        """Step with a diffusers scheduler (``DDPMScheduler``, ``DDIMScheduler``, ...).
+
+        Each step calls ``scheduler.set_timesteps(n_steps)`` once, then for every integer
+        timestep ``k`` of ``scheduler.timesteps`` evaluates ``ε̂ = sigma(t) ∇x E(x, t)`` at
+        ``t = (k + 1) / N`` and takes
+        ``scheduler.step(model_output=ε̂, timestep=k, sample=x, generator=g).prev_sample``.
+
+        Parameters
+        ----------
+        scheduler : diffusers scheduler
+            Its ``alphas_cumprod`` defines the schedule (:meth:`ec.VPSchedule.from_diffusers`).
+        n_steps : int
+            Number of inference steps.
+        eta : float, optional
+            Passed to ``scheduler.step`` when given (DDIM's η); default: the scheduler's own.
+        """
+        schedule = ec.VPSchedule.from_diffusers(scheduler)
+        step_kwargs = () if eta is None else (("eta", _check_eta(eta)),)
+        return cls(
+            schedule,
+            n_steps,
+            eta=1.0 if eta is None else eta,
+            scheduler=scheduler,
+            scheduler_step_kwargs=step_kwargs,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def ladder(self, device=None, dtype=None) -> Tensor:
+        """The descending ladder ``(n_steps + 1,)`` from ``t_max`` to 0."""
+        return self.schedule.timesteps(self.n_steps, t_max=float(self.t_max), device=device, dtype=dtype)
+
+    def coefficients(self) -> List[DiffusionStep]:
+        """Per-step coefficients along :meth:`ladder` (see :func:`ddim_coefficients`)."""
+        return ddim_coefficients(self.schedule, self.ladder(dtype=torch.float64), self.eta)
+
+    # ------------------------------------------------------------------ the loop
+    def sample(
+        self,
+        energy: ec.Energy,
+        x0: Optional[Tensor] = None,
+        *,
+        generator: Optional[torch.Generator] = None,
+        shape: Optional[Sequence[int]] = None,
+        device=None,
+        dtype: Optional[torch.dtype] = None,
+        progress: bool = False,
+        callback: Optional[LadderCallback] = None,
+        trace_every: int = 0,
+    ) -> SampleResult:
+        """Run the reverse process from ``x_T`` to ``t = 0``.
+
+        Parameters
+        ----------
+        energy : ec.Energy
+            Time-dependent energy (or score-only model) whose ``t`` follows ``schedule``.
+        x0 : Tensor, optional
+            Starting noise ``x_T`` ``(B, *event)``, used as given. When omitted, ``x_T ~ N(0, I)``
+            of ``shape`` is drawn from ``generator`` (times ``scheduler.init_noise_sigma`` in
+            diffusers mode), on ``device`` (default: the generator's) with ``dtype``.
+        generator : torch.Generator, optional
+            Source of all randomness (``x_T`` first, then the steps' noise in order).
+        shape : tuple of int, optional
+            ``(B, *event)`` when ``x0`` is not given.
+        progress : bool
+            Show a tqdm progress bar.
+        callback : callable, optional
+            ``callback(i, x, t)`` after step ``i`` with ``x`` now at time ``t``.
+        trace_every : int
+            Keep ``x`` after every ``trace_every``-th step in ``info["trace"]``
+            ``(T, B, *event)`` with times ``info["trace_t"]`` ``(T,)``.
+
+        Returns
+        -------
+        SampleResult
+            ``samples`` ``(B, *event)`` at ``t = 0`` on ``x``'s device/dtype; ``info``: ``"nfe"``,
+            ``"n_steps"``, ``"ts"`` (the ladder, ``(n_steps + 1,)``), ``"eta"``, and the trace.
+
+        Raises
+        ------
+        NonFiniteStateError
+            If the state becomes NaN/inf; names the first such level.
+        """
+        check_positive_int(trace_every, "trace_every", allow_zero=True)
+        scheduler = None
+        if self.scheduler is not None:
+            scheduler = copy.deepcopy(self.scheduler)
+        x = prior_sample(x0, shape, generator, device, dtype, "ReverseDiffusion")
+        if x0 is None and scheduler is not None:
+            x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
+        check_generator(generator, x)
+        if scheduler is not None:
+            return self._sample_scheduler(scheduler, energy, x, generator, progress, callback, trace_every)
+
+        steps = self.coefficients()
+        nfe = 0
+        finite: List[Tensor] = [torch.isfinite(x).all()]  # one flag per ladder level
+        trace, trace_t = [], []
+        for i in progress_bar(len(steps), progress, "reverse diffusion"):
+            st = steps[i]
+            _, grad, n = evaluate(energy, x, st.t, need_energy=False, validate=(i == 0))
+            nfe += n
+            x = ddim_update(x, grad, st, generator, self.clip_x0)
+            finite.append(torch.isfinite(x).all())
+            if trace_every and (i + 1) % trace_every == 0:
+                trace.append(x.detach().clone())
+                trace_t.append(st.s)
+            if callback is not None:
+                callback(i, x, st.s)
+        ts = [st.t for st in steps] + [steps[-1].s]
+        raise_if_nonfinite(finite, ts, "ReverseDiffusion", _NONFINITE_HINT)
+        info = {"nfe": nfe, "n_steps": len(steps), "ts": torch.tensor(ts, dtype=torch.float64), "eta": self.eta}
+        if trace:
+            info["trace"] = torch.stack(trace)
+            info["trace_t"] = torch.tensor(trace_t, dtype=torch.float64)
+        return SampleResult(samples=x, info=info, state=None)
+
+    def _sample_scheduler(self, scheduler, energy, x, generator, progress, callback, trace_every):
+        big_n = self.schedule.num_train_timesteps
+        scheduler.set_timesteps(self.n_steps, device=x.device)
+        timesteps = [int(k) for k in scheduler.timesteps.detach().cpu().tolist()]
+        step_kwargs = dict(self.scheduler_step_kwargs)
+        params = inspect.signature(scheduler.step).parameters
+        if "generator" in params:
+            step_kwargs["generator"] = generator
+        scale = getattr(scheduler, "scale_model_input", None)
+        nfe = 0
+        finite: List[Tensor] = [torch.isfinite(x).all()]
+        trace, trace_t = [], []
+        ts = [(k + 1) / big_n for k in timesteps]
+        sigmas = self.schedule.sigma(torch.tensor(ts, dtype=torch.float64)).tolist()
+        for i in progress_bar(len(timesteps), progress, "reverse diffusion"):
+            k = timesteps[i]
+            model_in = scale(x, k) if scale is not None else x
+            _, grad, n = evaluate(energy, model_in, ts[i], need_energy=False, validate=(i == 0))
+            nfe += n
+            eps = sigmas[i] * grad
+            x = scheduler.step(model_output=eps, timestep=k, sample=x, **step_kwargs).prev_sample
+            finite.append(torch.isfinite(x).all())
+            t_next = ts[i + 1] if i + 1 < len(ts) else 0.0
+            if trace_every and (i + 1) % trace_every == 0:
+                trace.append(x.detach().clone())
+                trace_t.append(t_next)
+            if callback is not None:
+                callback(i, x, t_next)
+        raise_if_nonfinite(finite, ts + [0.0], "ReverseDiffusion", _NONFINITE_HINT)
+        info = {
+            "nfe": nfe,
+            "n_steps": len(timesteps),
+            "ts": torch.tensor(ts + [0.0], dtype=torch.float64),
+            "timesteps": torch.tensor(timesteps),
+            "eta": dict(self.scheduler_step_kwargs).get("eta"),
+        }
+        if trace:
+            info["trace"] = torch.stack(trace)
+            info["trace_t"] = torch.tensor(trace_t, dtype=torch.float64)
+        return SampleResult(samples=x, info=info, state=None)
