@@ -61,13 +61,9 @@ def step_size_exponent(kernel: MCMCKernel) -> float:
     """Power of the noise *variance* a kernel's ``step_size`` scales with under a ``σ²`` rule.
 
     1 for Langevin-type steps ``h`` (ULA, MALA: ``h ∝ σ²``), 0.5 for HMC's leapfrog step (a
-    length, ``∝ σ``). A kernel may declare a class attribute ``step_size_exponent``; otherwise
-    kernels with ``n_leapfrog`` are treated as HMC.
+    length, ``∝ σ``); declared by each kernel class as ``MCMCKernel.step_size_exponent``.
     """
-    declared = getattr(type(kernel), "step_size_exponent", None)
-    if declared is not None:
-        return float(declared)
-    return 0.5 if hasattr(kernel, "n_leapfrog") else 1.0
+    return float(type(kernel).step_size_exponent)
 
 
 def level_state(

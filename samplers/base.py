@@ -456,6 +456,9 @@ class MCMCKernel:
     needs_energy: ClassVar[bool] = True
     #: First guess for the step-size search before warm-up.
     initial_step_size_guess: ClassVar[float] = 0.1
+    #: Power of the noise variance the step size scales with across noise levels: 1 for
+    #: Langevin steps (``h ∝ σ²``), 0.5 for leapfrog step lengths (``∝ σ``).
+    step_size_exponent: ClassVar[float] = 1.0
 
     # --------------------------------------------------------------------------- to override
     def step(self, state: State, energy: ec.Energy, step_size: StepSize, generator: Optional[torch.Generator]):

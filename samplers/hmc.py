@@ -173,6 +173,7 @@ class HMC(MCMCKernel):
     compile: bool = False
 
     needs_energy = True
+    step_size_exponent = 0.5  # the leapfrog step is a length: scales like σ, not σ²
 
     def __post_init__(self):
         self._check_config()
