@@ -192,6 +192,13 @@ class ReverseDiffusion:
     -----
     NFE: ``n_steps`` model evaluations (times the NFE of one evaluation of a composed energy,
     e.g. one per distinct leaf).
+
+    Each step predicts ``x0 = (x − σ ε̂) / sqrt(alpha_bar)``, so a score that does not match the
+    ``N(0, I)`` prior at ``t_max`` is amplified by ``1 / sqrt(alpha_bar(t_max))``. Compositions
+    whose weights do not sum to one (``box − 0.5 * small``, tempered energies) have exactly such
+    a mismatch. With the cosine schedule (``alpha_bar(1)`` clamped to ~1e-8) the first step then
+    throws samples far out; use a schedule whose ``alpha_bar(t_max)`` is not tiny
+    (``VPSchedule.linear()``: 4e-5 at ``t = 1``), a ``t_max`` below 1, or ``clip_x0``.
     """
 
     schedule: ec.VPSchedule
