@@ -19,6 +19,20 @@ __all__ = ["atomic_write", "atomic_dir", "write_json", "write_text"]
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, base: int) -> int:
+    """Permissions a plainly created ``path`` would get (or the existing file's)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return base & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` atomically.
@@ -38,6 +52,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _default_mode(path, 0o666))  # mkstemp makes files private (0600)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -99,6 +114,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes directories private (0700)
     try:
         yield tmp
         if path.exists():

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -24,6 +22,7 @@ from torch import Tensor
 
 from .energy import Energy, TimeLike
 from .grid import Bounds, grid_density, parse_bounds
+from .io import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -379,18 +378,7 @@ def save(fig: "Figure", path: Union[str, os.PathLike], **savefig_kwargs: Any) ->
         The written path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = savefig_kwargs.pop("format", None) or (path.suffix[1:].lower() or "png")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, **savefig_kwargs)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=fmt, **savefig_kwargs)
     return path

@@ -55,3 +55,18 @@ def test_atomic_write_rejects_bad_mode(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_write(tmp_path / "c", "a"):
             pass
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        p = write_text(tmp_path / "f.txt", "x")
+        assert (p.stat().st_mode & 0o777) == 0o644
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "y").write_text("y")
+        assert ((tmp_path / "d").stat().st_mode & 0o777) == 0o755
+        os.chmod(p, 0o600)
+        write_text(p, "again")  # replacing keeps the existing file's mode
+        assert (p.stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(mask)
