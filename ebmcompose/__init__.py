@@ -53,3 +53,4 @@ __all__ = [
 
 # Submodules reached as ec.metrics / ec.plot (plot imports matplotlib only when called).
 from . import consistency, metrics, plot  # noqa: E402
+from . import checkpoint  # noqa: E402  (ec.checkpoint.save / load_state: safetensors + JSON)

@@ -25,3 +25,9 @@ __all__ = [
     "ring",
     "tasks",
 ]
+
+# Learned toy models: nets, DSM training, shipped checkpoints.
+from . import nets, pretrained, train  # noqa: E402
+from .nets import ResMLP  # noqa: E402
+
+__all__ += ["ResMLP", "nets", "pretrained", "train"]

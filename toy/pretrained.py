@@ -1,0 +1,108 @@
+"""Shipped toy checkpoints: learned component models of the Du et al. tasks.
+
+For every task of :mod:`toy.tasks` (``product``, ``mixture``, ``negation``) and both
+parameterisations (``"epsilon"``: :class:`ebmcompose.EpsilonModel`, score-only; ``"energy"``:
+:class:`ebmcompose.DiffusionEnergy`, with energies) ``toy/checkpoints/`` holds **one
+conditional** :class:`~toy.nets.ResMLP` (files ``<task>_eps.*`` / ``<task>_energy.*``):
+
+* label ``k`` is the task's ``k``-th component (``task.components`` order, e.g. ``ring = 0``,
+  ``bar = 1``), trained only on that component's exact samples — the paper's setting of
+  concepts learned separately and composed at sampling time;
+* the null label ``K`` (``model.unconditional()``) was trained by label dropout on the union of
+  the components (their equal-weight mixture).
+
+``components(task)`` gives one leaf per component, so ``task.compose(components(task))`` is the
+learned counterpart of ``task.composed_diffused(schedule)``; all leaves run in one batched
+forward. The ``mixture`` task (``left | right``) needs energies, so only its ``"energy"``
+models compose; ε-models raise :class:`ebmcompose.ScoreOnlyError` there. Learned energies are
+unnormalised (``E = ½‖g‖²``, see :class:`toy.train.ResidualDenoiser`), so the weights of a
+learned mixture are only as equal as the concepts' normalising constants. The files are regenerated (deterministically) by
+``python -m benchmarks.train_toy --out toy/checkpoints``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import ebmcompose as ec
+
+from . import tasks as _tasks
+from .train import load_trained
+
+__all__ = ["CHECKPOINT_DIR", "checkpoint_path", "load", "components", "REGENERATE"]
+
+#: Folder of the shipped checkpoints.
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+#: The command that regenerates them (from the repository root).
+REGENERATE = "python -m benchmarks.train_toy --out toy/checkpoints"
+
+_SUFFIX = {"epsilon": "eps", "eps": "eps", "energy": "energy"}
+
+
+def checkpoint_path(task_name: str, parameterisation: str = "epsilon") -> Path:
+    """Stem ``toy/checkpoints/<task>_<eps|energy>`` of a shipped checkpoint.
+
+    Raises
+    ------
+    ValueError
+        For an unknown task or parameterisation.
+    """
+    if task_name not in _tasks.names():
+        raise ValueError(f"unknown task {task_name!r}; valid tasks are {', '.join(_tasks.names())}")
+    try:
+        suffix = _SUFFIX[parameterisation]
+    except (KeyError, TypeError):
+        raise ValueError(f"parameterisation must be 'epsilon' or 'energy', got {parameterisation!r}") from None
+    return CHECKPOINT_DIR / f"{task_name}_{suffix}"
+
+
+def load(task_name: str, parameterisation: str = "epsilon") -> Tuple[ec.Energy, Dict[str, Any]]:
+    """Load the shipped conditional model of ``task_name``'s components.
+
+    Parameters
+    ----------
+    task_name : {"product", "mixture", "negation"}
+    parameterisation : {"epsilon", "energy"}
+
+    Returns
+    -------
+    model : EpsilonModel or DiffusionEnergy
+        The model; ``model.condition(k)`` is component ``k``, ``model.unconditional()`` the
+        null label (union of the components).
+    info : dict
+        ``concepts`` (component names in label order), ``labels`` (``{name: label}``),
+        ``null_label``, ``schedule`` (the :class:`~ebmcompose.VPSchedule`), ``net`` (the
+        :class:`~toy.nets.ResMLP`), ``path`` and ``config`` (the saved JSON config, with
+        training hyper-parameters and score errors under ``"metrics"``).
+
+    Raises
+    ------
+    ebmcompose.checkpoint.CheckpointError
+        If the files are missing (the message gives the command that regenerates them),
+        corrupt or mismatched.
+    """
+    path = checkpoint_path(task_name, parameterisation)
+    model, net, config = load_trained(path, missing_hint=f"regenerate it with `{REGENERATE} --tasks {task_name}`")
+    concepts = tuple(config["concepts"])
+    info = {
+        "task": task_name,
+        "parameterisation": config["parameterisation"],
+        "concepts": concepts,
+        "labels": {name: k for k, name in enumerate(concepts)},
+        "null_label": config["null_label"],
+        "schedule": model.schedule,
+        "net": net,
+        "path": path,
+        "config": config,
+    }
+    return model, info
+
+
+def components(task_name: str, parameterisation: str = "epsilon") -> Dict[str, ec.Energy]:
+    """The learned component leaves of ``task_name``: ``{name: model.condition(label)}``.
+
+    ``toy.tasks.get(task_name).compose(components(task_name))`` is the learned composition.
+    """
+    model, info = load(task_name, parameterisation)
+    return {name: model.condition(k, name=name) for name, k in info["labels"].items()}
