@@ -90,7 +90,8 @@ class PredictorCorrector:
     schedule : ec.VPSchedule
         Noise schedule the energy's ``t`` refers to.
     n_steps : int
-        Predictor steps; ladder ``schedule.timesteps(n_steps)`` ``(n_steps + 1,)`` from 1 to 0.
+        Predictor steps; ladder ``schedule.timesteps(n_steps, t_max)`` ``(n_steps + 1,)`` from
+        ``t_max`` to 0.
     corrector : MCMCKernel
         ``ULA(step_size, n_steps=K)``, ``MALA(...)`` or ``HMC(...)``; its ``step_size`` is the
         base of ``step_rule`` and its ``n_steps`` the default ``corrector_steps``.
@@ -115,6 +116,11 @@ class PredictorCorrector:
         (analytic diffused densities); never for ε-networks.
     clip_x0 : float, optional
         Clamp the predictor's x0-prediction (see :class:`~samplers.ReverseDiffusion`).
+    t_max : float
+        Start of the ladder (default 1.0). With the cosine schedule (``alpha_bar(1)`` ≈ 1e-8) a
+        composition whose score does not match the ``N(0, I)`` prior at ``t_max`` is thrown far
+        out by the first predictor step (see :class:`~samplers.ReverseDiffusion`); start lower
+        (e.g. ``t_max=0.98``) or use ``clip_x0``.
     log_weights : bool
         Accumulate annealed-importance log-weights ``−(E_{t_{i+1}}(x) − E_{t_i}(x))`` at each
         level change, evaluated at the state *before* the predictor moves it (one extra
@@ -134,11 +140,14 @@ class PredictorCorrector:
     final_correction: Optional[bool] = None
     clip_x0: Optional[float] = None
     log_weights: bool = False
+    t_max: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.schedule, ec.VPSchedule):
             raise TypeError(f"schedule must be an ebmcompose.VPSchedule, got {type(self.schedule).__name__}")
         check_positive_int(self.n_steps, "n_steps")
+        if not (isinstance(self.t_max, (int, float)) and 0.0 < float(self.t_max) <= 1.0):
+            raise ValueError(f"t_max must be in (0, 1], got {self.t_max!r}")
         if self.corrector is None:
             raise TypeError(
                 "PredictorCorrector needs a corrector kernel, e.g. corrector=MALA(step_size=0.1, n_steps=5) "
@@ -186,8 +195,8 @@ class PredictorCorrector:
         return self.corrector.n_steps if self.corrector_steps is None else self.corrector_steps
 
     def ladder(self) -> Tensor:
-        """The ladder ``(n_steps + 1,)`` (float64, 1 → 0)."""
-        return self.schedule.timesteps(self.n_steps, dtype=torch.float64)
+        """The ladder ``(n_steps + 1,)`` (float64, ``t_max`` → 0)."""
+        return self.schedule.timesteps(self.n_steps, t_max=float(self.t_max), dtype=torch.float64)
 
     def corrected_levels(self, energy: Optional[ec.Energy] = None) -> List[bool]:
         """``(n_steps + 1,)`` flags: whether correction runs at ``ts[i]`` (``ts[0]`` never)."""

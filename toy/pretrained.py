@@ -16,8 +16,14 @@ learned counterpart of ``task.composed_diffused(schedule)``; all leaves run in o
 forward. The ``mixture`` task (``left | right``) needs energies, so only its ``"energy"``
 models compose; ε-models raise :class:`ebmcompose.ScoreOnlyError` there. Learned energies are
 unnormalised (``E = ½‖g‖²``, see :class:`toy.train.ResidualDenoiser`), so the weights of a
-learned mixture are only as equal as the concepts' normalising constants. The files are regenerated (deterministically) by
-``python -m benchmarks.train_toy --out toy/checkpoints``.
+learned mixture are only as equal as the concepts' normalising constants. The files are
+regenerated (deterministically) by ``python -m benchmarks.train_toy --out toy/checkpoints``.
+
+The models were trained on the cosine schedule (``model.schedule``): sample them with it. Its
+``alpha_bar(1)`` is about 1e-8, so for compositions whose score does not match the ``N(0, I)``
+prior at ``t = 1`` (products, negations) start the reverse process a little lower
+(``t_max=0.98`` in :class:`~samplers.ReverseDiffusion` / :class:`~samplers.PredictorCorrector`)
+or clip the x0-prediction (``clip_x0``).
 """
 
 from __future__ import annotations

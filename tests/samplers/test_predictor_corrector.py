@@ -206,3 +206,25 @@ def test_bad_configs(kwargs, match):
 def test_missing_corrector():
     with pytest.raises(TypeError, match="corrector"):
         PredictorCorrector(SCHEDULE, 10)
+
+
+def test_t_max_starts_the_ladder_lower_and_tames_the_cosine_endpoint():
+    """A composition with the wrong prior variance at t=1 (box − 0.5·small has variance 2)
+    explodes from cosine's alpha_bar(1) ≈ 1e-8; starting at t_max=0.98 does not."""
+    import toy
+
+    sched = ec.VPSchedule.cosine()
+    task = toy.tasks.get("negation")
+    energy = task.composed_diffused(sched)
+    corr = MALA(step_size=0.05, n_steps=1)
+    g = torch.Generator().manual_seed(0)
+    xT = torch.randn(500, 2, generator=g)
+    pc = PredictorCorrector(sched, n_steps=30, corrector=corr, t_max=0.98)
+    assert float(pc.ladder()[0]) == pytest.approx(0.98)
+    tame = pc.sample(energy, xT, generator=torch.Generator().manual_seed(1)).samples
+    wild = PredictorCorrector(sched, n_steps=30, corrector=corr).sample(
+        energy, xT, generator=torch.Generator().manual_seed(1)
+    ).samples
+    assert tame.abs().max() < 10 < wild.abs().max()
+    with pytest.raises(ValueError, match="t_max must be in"):
+        PredictorCorrector(sched, n_steps=3, corrector=corr, t_max=0.0)
