@@ -235,18 +235,14 @@ def _load_learned(task_name: str, parameterisation: str, checkpoint_dir: Optiona
     """``(model, labels, schedule)`` of one task's checkpoint (shipped or from ``checkpoint_dir``)."""
     from ebmcompose.checkpoint import CheckpointError, CheckpointNotFoundError
     from toy import pretrained
-    from toy.train import load_trained
 
-    suffix = "eps" if parameterisation == "epsilon" else "energy"
     if checkpoint_dir is None:
-        folder = pretrained.CHECKPOINT_DIR
         hint = (
             f"the shipped checkpoint is missing; regenerate it with `ebmcompose train --tasks {task_name} "
             f"--parameterisations {parameterisation} --out toy/checkpoints`"
         )
     else:
-        folder = Path(checkpoint_dir)
-        if not folder.is_dir():
+        if not Path(checkpoint_dir).is_dir():
             raise UserError(
                 f"--checkpoint-dir {checkpoint_dir} is not a folder. Point it at a folder written by "
                 f"`ebmcompose train` (e.g. `ebmcompose train --tasks {task_name} --parameterisations "
@@ -257,9 +253,9 @@ def _load_learned(task_name: str, parameterisation: str, checkpoint_dir: Optiona
             f"train it with `ebmcompose train --tasks {task_name} --parameterisations {parameterisation} "
             f"--out {checkpoint_dir}`, or leave out --checkpoint-dir to use the shipped checkpoints"
         )
-    stem = folder / f"{task_name}_{suffix}"
+    stem = pretrained.checkpoint_path(task_name, parameterisation, checkpoint_dir)
     try:
-        model, _net, config = load_trained(stem, missing_hint=hint)
+        model, info = pretrained.load(task_name, parameterisation, checkpoint_dir, missing_hint=hint)
     except CheckpointNotFoundError:
         raise UserError(
             f"--model {parameterisation} needs the {parameterisation} checkpoint of task {task_name!r}, "
@@ -267,8 +263,7 @@ def _load_learned(task_name: str, parameterisation: str, checkpoint_dir: Optiona
         ) from None
     except CheckpointError as exc:
         raise UserError(f"cannot load the {parameterisation} checkpoint of task {task_name!r}: {exc}") from None
-    labels = {name: k for k, name in enumerate(config["concepts"])}
-    return model, labels, model.schedule
+    return model, info["labels"], model.schedule
 
 
 def _needs_energy(sampler: str, kernel: str) -> bool:

@@ -29,7 +29,7 @@ or clip the x0-prediction (``clip_x0``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import ebmcompose as ec
 
@@ -46,8 +46,8 @@ REGENERATE = "python -m benchmarks.train_toy --out toy/checkpoints"
 _SUFFIX = {"epsilon": "eps", "eps": "eps", "energy": "energy"}
 
 
-def checkpoint_path(task_name: str, parameterisation: str = "epsilon") -> Path:
-    """Stem ``toy/checkpoints/<task>_<eps|energy>`` of a shipped checkpoint.
+def checkpoint_path(task_name: str, parameterisation: str = "epsilon", checkpoint_dir=None) -> Path:
+    """Stem ``<checkpoint_dir>/<task>_<eps|energy>`` of a checkpoint (default: the shipped ones).
 
     Raises
     ------
@@ -60,16 +60,26 @@ def checkpoint_path(task_name: str, parameterisation: str = "epsilon") -> Path:
         suffix = _SUFFIX[parameterisation]
     except (KeyError, TypeError):
         raise ValueError(f"parameterisation must be 'epsilon' or 'energy', got {parameterisation!r}") from None
-    return CHECKPOINT_DIR / f"{task_name}_{suffix}"
+    return Path(checkpoint_dir or CHECKPOINT_DIR) / f"{task_name}_{suffix}"
 
 
-def load(task_name: str, parameterisation: str = "epsilon") -> Tuple[ec.Energy, Dict[str, Any]]:
-    """Load the shipped conditional model of ``task_name``'s components.
+def load(
+    task_name: str,
+    parameterisation: str = "epsilon",
+    checkpoint_dir=None,
+    missing_hint: Optional[str] = None,
+) -> Tuple[ec.Energy, Dict[str, Any]]:
+    """Load the conditional model of ``task_name``'s components (shipped, or from a folder).
 
     Parameters
     ----------
     task_name : {"product", "mixture", "negation"}
     parameterisation : {"epsilon", "energy"}
+    checkpoint_dir : str or Path, optional
+        A folder written by ``benchmarks.train_toy`` / ``ebmcompose train`` (default: the
+        shipped ``toy/checkpoints``).
+    missing_hint : str, optional
+        What to do when the files are missing (default: the command that regenerates them).
 
     Returns
     -------
@@ -88,8 +98,11 @@ def load(task_name: str, parameterisation: str = "epsilon") -> Tuple[ec.Energy, 
         If the files are missing (the message gives the command that regenerates them),
         corrupt or mismatched.
     """
-    path = checkpoint_path(task_name, parameterisation)
-    model, net, config = load_trained(path, missing_hint=f"regenerate it with `{REGENERATE} --tasks {task_name}`")
+    path = checkpoint_path(task_name, parameterisation, checkpoint_dir)
+    if missing_hint is None:
+        out = checkpoint_dir or "toy/checkpoints"
+        missing_hint = f"regenerate it with `python -m benchmarks.train_toy --out {out} --tasks {task_name}`"
+    model, net, config = load_trained(path, missing_hint=missing_hint)
     concepts = tuple(config["concepts"])
     info = {
         "task": task_name,

@@ -222,3 +222,21 @@ def test_shipped_checkpoints_match_exact_component_scores(task_name, param):
         return
     ev = task.compose(comps).evaluate(x, 0.3, energy=param == "energy", grad=True)
     assert torch.isfinite(ev.grad).all() and ev.nfe == 1
+
+
+def test_pretrained_load_reads_another_folder_and_names_the_fix_when_missing(tmp_path):
+    import shutil
+
+    from ebmcompose.checkpoint import CheckpointNotFoundError
+    from toy import pretrained
+
+    for ext in (".safetensors", ".json"):
+        src = pretrained.checkpoint_path("mixture", "energy")
+        shutil.copy(str(src) + ext, tmp_path / ("mixture_energy" + ext))
+    model, info = pretrained.load("mixture", "energy", checkpoint_dir=tmp_path)
+    shipped, _ = pretrained.load("mixture", "energy")
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(model.grad(x, 0.3), shipped.grad(x, 0.3), rtol=0, atol=0)
+    assert info["path"] == tmp_path / "mixture_energy"
+    with pytest.raises(CheckpointNotFoundError, match=f"--out {tmp_path}"):
+        pretrained.load("product", "energy", checkpoint_dir=tmp_path)
