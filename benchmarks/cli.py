@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 __all__ = ["main", "build_parser", "UserError", "SAMPLERS", "MODELS"]
 
@@ -103,54 +103,27 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _checked(cast: Callable, ok: Callable[[float], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``cast(text)``, then ``ok(value)``, else "expected ``expected``"."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = expected  # argparse names the type in its messages
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text}")
-    return v
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return v
-
-
-def _time(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a diffusion time in (0, 1], got {text!r}")
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a diffusion time in (0, 1], got {text}")
-    return v
+_positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+_nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _checked(float, lambda v: v > 0, "a positive, finite number")
+_nonnegative_float = _checked(float, lambda v: v >= 0, "a finite number >= 0")
+_time = _checked(float, lambda v: 0.0 < v <= 1.0, "a diffusion time in (0, 1]")
 
 
 def _progress(flag: Optional[bool]) -> bool:
@@ -268,10 +241,6 @@ def _load_learned(task_name: str, parameterisation: str, checkpoint_dir: Optiona
 
 def _needs_energy(sampler: str, kernel: str) -> bool:
     return sampler in ("mala", "hmc", "pc-mala", "pc-hmc") or (sampler == "annealed" and kernel != "ula")
-
-
-def _metropolis(sampler: str, kernel: str) -> bool:
-    return _needs_energy(sampler, kernel)
 
 
 #: Which ``sample`` options each sampler uses (an option given to a sampler that ignores it is an error).
@@ -486,7 +455,7 @@ def _diverged(args, samples, info, acceptance) -> Optional[str]:
     big = float(samples.abs().max()) if samples.numel() else 0.0
     if big > DIVERGED_ABS:
         return f"samples reached |x| = {big:.3g} (the toy targets live in [-6, 6]^2)"
-    if _metropolis(args.sampler, args.kernel or "ula") and acceptance is not None and acceptance < 0.01:
+    if _needs_energy(args.sampler, args.kernel or "ula") and acceptance is not None and acceptance < 0.01:
         return f"the Metropolis acceptance rate was {acceptance:.3g}: almost every proposal was rejected"
     return None
 
@@ -578,7 +547,7 @@ def _cmd_sample(args) -> int:
         ) from None
     seconds = time.perf_counter() - t0
     samples = res.samples.detach()
-    acceptance = _mean_acceptance(res.info) if _metropolis(args.sampler, args.kernel or "ula") else None
+    acceptance = _mean_acceptance(res.info) if _needs_energy(args.sampler, args.kernel or "ula") else None
     why = _diverged(args, samples, res.info, acceptance)
     if why is not None:
         hint = "Use a smaller --step-size, or leave it out so that it is adapted."
