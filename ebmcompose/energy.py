@@ -261,10 +261,16 @@ class Energy(nn.Module):
             t = self._validate(x, t)
         else:
             t = _normalise_t(t, x)
-        plan: Dict[int, List] = {}
-        self._collect(need, plan)
-        results, nfe = _evaluate_plan(plan, x, t, create_graph)
-        e, g = self._combine(results, need)
+        cls = type(self)
+        if cls._collect is Energy._collect and cls._combine is Energy._combine and self.leaf_group() is None:
+            # a lone ungrouped leaf: the plan would hold just this leaf, evaluated once
+            e, g = _evaluate_leaf(self, need, x, t, create_graph)
+            nfe = 1
+        else:
+            plan: Dict[int, List] = {}
+            self._collect(need, plan)
+            results, nfe = _evaluate_plan(plan, x, t, create_graph)
+            e, g = self._combine(results, need)
         return Evaluation(e if need & ENERGY else None, g if need & GRAD else None, nfe)
 
     def energy(self, x: Tensor, t: TimeLike = None) -> Tensor:

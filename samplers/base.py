@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
@@ -51,6 +52,7 @@ __all__ = [
     "init_state",
     "sqrt_step",
     "compiled",
+    "compiled_transition",
     "MCMCKernel",
 ]
 
@@ -82,7 +84,22 @@ class State:
 
     def replace(self, **changes) -> "State":
         """A copy with some fields replaced (states are immutable)."""
+        cls = type(self)
+        if cls in _PLAIN_STATE_TYPES:
+            # fast path for State / HMCState (no __post_init__, no init=False fields): the same
+            # result as dataclasses.replace without its per-call field introspection
+            unknown = changes.keys() - self.__dict__.keys()
+            if not unknown:
+                new = object.__new__(cls)
+                d = new.__dict__
+                d.update(self.__dict__)
+                d.update(changes)
+                return new
         return dataclasses.replace(self, **changes)
+
+
+#: State classes whose ``replace`` may copy ``__dict__`` directly (see :meth:`State.replace`).
+_PLAIN_STATE_TYPES = {State}
 
 
 @dataclass(frozen=True)
@@ -140,7 +157,10 @@ def per_chain(v: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-chain ``(B,)`` (or scalar) tensor to broadcast against ``like`` ``(B, *event)``."""
     if v.dim() == 0:
         return v
-    return v.reshape((v.shape[0],) + (1,) * (like.dim() - 1))
+    nd = like.dim()
+    if nd == 2:
+        return v.unsqueeze(1)
+    return v.reshape((v.shape[0],) + (1,) * (nd - 1))
 
 
 def check_generator(generator: Optional[torch.Generator], x: Tensor) -> None:
@@ -211,7 +231,9 @@ def finite_rows(*tensors: Optional[Tensor]) -> Tensor:
     for v in tensors:
         if v is None:
             continue
-        r = torch.isfinite(v) if v.dim() == 1 else torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1)
+        # v * 0 is 0 where v is finite and NaN where it is inf or NaN (fewer ops than isfinite + all)
+        z = v * 0.0
+        r = (z if v.dim() == 1 else z.reshape(v.shape[0], -1).sum(dim=1)) == 0
         ok = r if ok is None else ok & r
     return ok
 
@@ -247,6 +269,11 @@ def init_state(energy: ec.Energy, x: Tensor, t, need_energy: bool, sampler: str)
 class Recorder:
     """Collects per-step diagnostics without synchronising the device every step.
 
+    Per-step tensors are buffered and reduced in chunks (a few ops per chunk instead of five per
+    step); the public attributes ``acceptance`` (list of 0-d tensors, the mean acceptance of
+    each step), ``acc_sum`` (``(B,)``), ``divergent`` (``(B,)`` long counts) and
+    ``energy_error`` (list of 0-d tensors) reduce what is pending when read.
+
     Parameters
     ----------
     n_chains : int
@@ -255,13 +282,21 @@ class Recorder:
         Keep every ``trace_every``-th position (0: none).
     """
 
+    #: Buffered per-chain values before a chunk is reduced (bounds the extra memory).
+    _BUFFER_ELEMENTS = 1 << 20
+    _MAX_CHUNK = 256
+
     def __init__(self, n_chains: int, trace_every: int = 0):
         check_positive_int(trace_every, "trace_every", allow_zero=True)
         self.trace_every = trace_every
-        self.acceptance: List[Tensor] = []
-        self.acc_sum: Optional[Tensor] = None
-        self.divergent: Optional[Tensor] = None
-        self.energy_error: List[Tensor] = []
+        self._acceptance: List[Tensor] = []
+        self._acc_sum: Optional[Tensor] = None
+        self._divergent: Optional[Tensor] = None
+        self._energy_error: List[Tensor] = []
+        self._pending_acc: List[Tensor] = []
+        self._pending_div: List[Tensor] = []
+        self._pending_err: List[Tensor] = []
+        self._chunk = max(1, min(self._MAX_CHUNK, self._BUFFER_ELEMENTS // max(int(n_chains), 1)))
         self.trace: List[Tensor] = []
         self.energy_trace: List[Tensor] = []
         self.nfe = 0
@@ -271,31 +306,83 @@ class Recorder:
         """Add one step's :class:`StepInfo` (and the state to the trace when due)."""
         self.n_steps += 1
         self.nfe += info.nfe
-        acc = info.acceptance
-        self.acceptance.append(acc.mean())
-        # accumulate in place into the recorder's own tensors (one op each, nothing caller-visible)
-        if self.acc_sum is None:
-            self.acc_sum = acc.clone()
-            self.divergent = info.divergent.long()
-        else:
-            self.acc_sum.add_(acc)
-            self.divergent.add_(info.divergent)
+        self._pending_acc.append(info.acceptance)
+        self._pending_div.append(info.divergent)
         if info.energy_error is not None:
-            self.energy_error.append(info.energy_error.abs().mean())
+            self._pending_err.append(info.energy_error)
+        if len(self._pending_acc) >= self._chunk:
+            self._flush()
         if self.trace_every and self.n_steps % self.trace_every == 0:
             self.trace.append(state.x.detach().clone())
             if state.energy is not None:
                 self.energy_trace.append(state.energy.detach().clone())
 
+    def _flush(self) -> None:
+        """Reduce the buffered steps into the running statistics (no device sync)."""
+        acc = self._pending_acc
+        if acc:
+            if len(acc) == 1 or any(a.shape != acc[0].shape for a in acc):
+                for a, dv in zip(acc, self._pending_div):
+                    self._acceptance.append(a.mean())
+                    if self._acc_sum is None:
+                        self._acc_sum = a.clone()
+                        self._divergent = dv.long()
+                    else:
+                        self._acc_sum.add_(a)
+                        self._divergent.add_(dv)
+            else:
+                a = torch.stack(acc)  # (c, B)
+                self._acceptance.extend(a.mean(dim=1).unbind(0))
+                a_sum = a.sum(dim=0)
+                d_sum = torch.stack(self._pending_div).sum(dim=0)  # long counts
+                if self._acc_sum is None:
+                    self._acc_sum, self._divergent = a_sum, d_sum
+                else:
+                    self._acc_sum.add_(a_sum)
+                    self._divergent.add_(d_sum)
+            self._pending_acc, self._pending_div = [], []
+        err = self._pending_err
+        if err:
+            if len(err) == 1 or any(e.shape != err[0].shape for e in err):
+                self._energy_error.extend(e.abs().mean() for e in err)
+            else:
+                self._energy_error.extend(torch.stack(err).abs().mean(dim=1).unbind(0))
+            self._pending_err = []
+
+    @property
+    def acceptance(self) -> List[Tensor]:
+        """Mean acceptance of each recorded step (0-d tensors)."""
+        self._flush()
+        return self._acceptance
+
+    @property
+    def acc_sum(self) -> Optional[Tensor]:
+        """``(B,)`` sum of the per-chain acceptance over the recorded steps (``None`` before any)."""
+        self._flush()
+        return self._acc_sum
+
+    @property
+    def divergent(self) -> Optional[Tensor]:
+        """``(B,)`` number of divergent proposals per chain (``None`` before any step)."""
+        self._flush()
+        return self._divergent
+
+    @property
+    def energy_error(self) -> List[Tensor]:
+        """Mean absolute energy error of each recorded step (0-d tensors)."""
+        self._flush()
+        return self._energy_error
+
     def info(self, init_nfe: int = 0) -> Dict[str, Any]:
         """The diagnostics dict of :class:`SampleResult` (one device sync here)."""
+        self._flush()
         out: Dict[str, Any] = {"nfe": self.nfe + init_nfe, "n_steps": self.n_steps}
-        if self.acceptance:
-            out["acceptance"] = torch.stack(self.acceptance)
-            out["acceptance_per_chain"] = self.acc_sum / self.n_steps
-            out["divergences"] = int(self.divergent.sum())
-        if self.energy_error:
-            out["energy_error"] = torch.stack(self.energy_error)
+        if self._acceptance:
+            out["acceptance"] = torch.stack(self._acceptance)
+            out["acceptance_per_chain"] = self._acc_sum / self.n_steps
+            out["divergences"] = int(self._divergent.sum())
+        if self._energy_error:
+            out["energy_error"] = torch.stack(self._energy_error)
         if self.trace:
             out["trace"] = torch.stack(self.trace)
         if self.energy_trace:
@@ -392,6 +479,12 @@ def sqrt_step(step_size: StepSize, factor: float = 1.0) -> StepSize:
     return math.sqrt(factor * step_size)
 
 
+def _compile(fn: Callable, fullgraph: bool = False) -> Callable:
+    # Static shapes: one specialised graph per (shape, dtype), compiled on first use and reused
+    # for every later step (step sizes are 0-d tensor inputs, not constants).
+    return torch.compile(fn, dynamic=False, fullgraph=fullgraph)
+
+
 class _CompiledFn:
     """``torch.compile(fn)`` that falls back to eager ``fn`` (with one warning) if compiling fails."""
 
@@ -405,7 +498,7 @@ class _CompiledFn:
             return self.fn(*args)
         try:
             if self.compiled is None:
-                self.compiled = torch.compile(self.fn, dynamic=None)
+                self.compiled = _compile(self.fn)
             return self.compiled(*args)
         except Exception as exc:  # compiler missing, unsupported op, ...
             self.failed = True
@@ -424,13 +517,55 @@ _COMPILED: Dict[Callable, _CompiledFn] = {}
 def compiled(fn: Callable) -> Callable:
     """A cached ``torch.compile`` of a pure tensor function, with graceful eager fallback.
 
-    Kernels compile their step *math* (proposal, Metropolis correction) this way; the energy
-    evaluation stays eager because it contains autograd. Pass step sizes as 0-d tensors so a new
-    value does not trigger a recompilation.
+    Kernels compile their step *math* (proposal, Metropolis correction) this way when the whole
+    transition cannot be compiled (see :func:`compiled_transition`). Pass step sizes as 0-d
+    tensors so a new value does not trigger a recompilation.
     """
     out = _COMPILED.get(fn)
     if out is None:
         out = _COMPILED[fn] = _CompiledFn(fn)
+    return out
+
+
+class _CompiledTransition:
+    """``torch.compile(fn, fullgraph=True)`` of a whole transition, energy evaluation included.
+
+    ``fn(energy, *tensors)`` must be pure (random draws are passed in). Energies whose
+    evaluation cannot be captured in one graph (autograd inside, data-dependent Python, a
+    missing compiler) are remembered and get ``None`` back: the caller then runs its
+    split path (compiled step math around an eager evaluation), which warns if compiling
+    fails there too.
+    """
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.compiled: Optional[Callable] = None
+        self.failed: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+        self.disabled = False
+
+    def __call__(self, energy: ec.Energy, *args):
+        if self.disabled or energy in self.failed:
+            return None
+        try:
+            if self.compiled is None:
+                self.compiled = _compile(self.fn, fullgraph=True)
+            return self.compiled(energy, *args)
+        except Exception:  # graph break (e.g. autograd in the energy), compiler missing, ...
+            try:
+                self.failed[energy] = True
+            except TypeError:  # not weak-referenceable: stop trying for every energy
+                self.disabled = True
+            return None
+
+
+_COMPILED_TRANSITIONS: Dict[Callable, _CompiledTransition] = {}
+
+
+def compiled_transition(fn: Callable) -> _CompiledTransition:
+    """A cached whole-transition compile of ``fn(energy, ...)`` (``None`` result: use the split path)."""
+    out = _COMPILED_TRANSITIONS.get(fn)
+    if out is None:
+        out = _COMPILED_TRANSITIONS[fn] = _CompiledTransition(fn)
     return out
 
 
@@ -575,10 +710,14 @@ class MCMCKernel:
         elif step_size is None:
             raise ValueError(f"{type(self).__name__}.run needs a step_size (or adapt=DualAveraging(...))")
         h = step_size
+        h_step = h
+        if getattr(self, "compile", False) and not adapting and not isinstance(h, Tensor):
+            # one 0-d tensor for the whole run (the compiled graphs take the step size as input)
+            h_step = torch.tensor(float(h), device=state.x.device, dtype=state.x.dtype)
         for i in progress_bar(n_steps, progress, desc or type(self).__name__):
             if adapting:
-                h = adapt_state.step_size
-            state, info, stat = self._transition(state, energy, h, generator, adapting)
+                h = h_step = adapt_state.step_size
+            state, info, stat = self._transition(state, energy, h_step, generator, adapting)
             if adapting:
                 adapt_state = adapt.update(adapt_state, stat)
             if recorder is not None:

@@ -28,15 +28,17 @@ import ebmcompose as ec
 from .base import (
     MCMCKernel,
     State,
+    _PLAIN_STATE_TYPES,
     StepInfo,
     compiled,
+    compiled_transition,
     evaluate,
     init_state,
     per_chain,
     randn_like,
     uniform,
 )
-from .mala import _sum_event
+from .mala import _sum_event, metropolis_accept
 
 __all__ = ["HMC", "HMCState", "leapfrog", "kinetic_energy"]
 
@@ -46,6 +48,9 @@ class HMCState(State):
     """:class:`State` plus the momentum ``(B, *event)`` (``None``: drawn fresh at the next step)."""
 
     momentum: Optional[Tensor] = None
+
+
+_PLAIN_STATE_TYPES.add(HMCState)
 
 
 def kinetic_energy(momentum: Tensor, inv_mass=1.0) -> Tensor:
@@ -94,9 +99,19 @@ def leapfrog(
     """
     half = 0.5 * step_size
     drift = step_size * inv_mass  # h M⁻¹ (scalar or like the event), computed once
-    p = momentum - half * grad
     nfe = 0
     e = None
+    if isinstance(step_size, float) and isinstance(drift, float):
+        # Python-number step: fused ``a + alpha * b`` updates (one op each instead of two)
+        p = torch.add(momentum, grad, alpha=-half)
+        for i in range(n_leapfrog):
+            x = torch.add(x, p, alpha=drift)
+            last = i == n_leapfrog - 1
+            e, grad, n = evaluate(energy, x, t, last)
+            nfe += n
+            p = torch.add(p, grad, alpha=-(half if last else step_size))
+        return x, p, e, grad, nfe
+    p = momentum - half * grad
     for i in range(n_leapfrog):
         x = x + drift * p
         last = i == n_leapfrog - 1
@@ -114,9 +129,8 @@ def _refresh(momentum: Tensor, noise: Tensor, sqrt_mass, refresh: float) -> Tens
 def _hmc_correct(x, energy, grad, p0, x_new, energy_new, grad_new, p_new, inv_mass, u):
     """Per-chain Metropolis test on ``ΔH``; rejected chains keep ``x`` and negate the momentum."""
     delta = (energy_new + kinetic_energy(p_new, inv_mass)) - (energy + kinetic_energy(p0, inv_mass))
-    ok = torch.isfinite(delta)  # non-finite energy/gradient anywhere on the trajectory ends here
-    acceptance = torch.where(ok, -delta, -float("inf")).clamp(max=0.0).exp()
-    accepted = u < acceptance
+    # non-finite energy/gradient anywhere on the trajectory ends in delta: rejected, divergent
+    acceptance, accepted, divergent, delta = metropolis_accept(-delta, u)
     acc_x = per_chain(accepted, x)
     return (
         torch.where(acc_x, x_new, x),
@@ -125,9 +139,15 @@ def _hmc_correct(x, energy, grad, p0, x_new, energy_new, grad_new, p_new, inv_ma
         torch.where(acc_x, p_new, -p0),
         acceptance,
         accepted,
-        ~ok,
-        torch.where(ok, delta, 0.0),
+        divergent,
+        -delta,
     )
+
+
+def _hmc_transition(energy, x, e, g, t, p0, u, step_size, n_leapfrog: int, inv_mass):
+    """A whole HMC transition given the starting momentum and ``u`` (one graph with ``compile=True``)."""
+    x_new, p_new, e_new, g_new, nfe = leapfrog(energy, x, p0, g, t, step_size, n_leapfrog, inv_mass)
+    return _hmc_correct(x, e, g, p0, x_new, e_new, g_new, p_new, inv_mass, u) + (nfe,)
 
 
 @dataclass(frozen=True)
@@ -154,7 +174,9 @@ class HMC(MCMCKernel):
     n_warmup : int or None
         Default ``max(100, n_steps // 2)`` when adapting, else 0.
     compile : bool
-        ``torch.compile`` the refresh and Metropolis math (see :meth:`compiled`).
+        ``torch.compile`` the whole transition (leapfrog with its energy evaluations, Metropolis
+        test) when the energy can be captured in one graph, else the refresh and Metropolis math
+        only (see :class:`samplers.mala.MALA`).
 
     Notes
     -----
@@ -209,23 +231,31 @@ class HMC(MCMCKernel):
             raise ValueError("HMC.step needs a state with energies: create it with HMC().init(energy, x, t)")
         x = state.x
         inv_mass, sqrt_mass = self._mass(x)
-        refresh, correct = _refresh, _hmc_correct
-        if self.compile:
-            refresh, correct = compiled(_refresh), compiled(_hmc_correct)
-            if not isinstance(step_size, Tensor):
-                step_size = torch.tensor(step_size, device=x.device, dtype=x.dtype)
+        refresh = compiled(_refresh) if self.compile else _refresh
+        if self.compile and not isinstance(step_size, Tensor):
+            step_size = torch.tensor(step_size, device=x.device, dtype=x.dtype)
         noise = randn_like(x, generator)
         p_old = getattr(state, "momentum", None)
         if p_old is None or self.refresh == 1.0:
             p0 = noise if isinstance(sqrt_mass, float) and sqrt_mass == 1.0 else sqrt_mass * noise
         else:
             p0 = refresh(p_old, noise, sqrt_mass, float(self.refresh))
-        x_new, p_new, e_new, g_new, nfe = leapfrog(
-            energy, x, p0, state.grad, state.t, step_size, self.n_leapfrog, inv_mass
-        )
-        u = uniform(x.shape[:1], x, generator)
-        x, e, g, p, acceptance, accepted, divergent, delta = correct(
-            x, state.energy, state.grad, p0, x_new, e_new, g_new, p_new, inv_mass, u
-        )
+        out = None
+        if self.compile:
+            # u before the trajectory: the same stream as the eager path (the energy never
+            # touches the generator)
+            u = uniform(x.shape[:1], x, generator)
+            out = compiled_transition(_hmc_transition)(
+                energy, x, state.energy, state.grad, state.t, p0, u, step_size, self.n_leapfrog, inv_mass
+            )
+        if out is None:
+            x_new, p_new, e_new, g_new, nfe = leapfrog(
+                energy, x, p0, state.grad, state.t, step_size, self.n_leapfrog, inv_mass
+            )
+            if not self.compile:
+                u = uniform(x.shape[:1], x, generator)
+            correct = compiled(_hmc_correct) if self.compile else _hmc_correct
+            out = correct(x, state.energy, state.grad, p0, x_new, e_new, g_new, p_new, inv_mass, u) + (nfe,)
+        x, e, g, p, acceptance, accepted, divergent, delta, nfe = out
         new = HMCState(x=x, energy=e, grad=g, t=state.t, momentum=p)
         return new, StepInfo(acceptance=acceptance, accepted=accepted, divergent=divergent, energy_error=delta, nfe=nfe)

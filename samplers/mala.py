@@ -13,6 +13,7 @@ becomes the state's when accepted).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -26,6 +27,7 @@ from .base import (
     State,
     StepInfo,
     compiled,
+    compiled_transition,
     evaluate,
     per_chain,
     randn_like,
@@ -38,12 +40,17 @@ __all__ = ["MALA", "langevin_proposal", "mala_log_ratio"]
 
 def _sum_event(v: Tensor) -> Tensor:
     """Sum over all but the batch dimension: ``(B, *event) -> (B,)``."""
+    if v.dim() == 2:
+        return v.sum(dim=1)
     return v.reshape(v.shape[0], -1).sum(dim=1)
 
 
 def langevin_proposal(x: Tensor, grad: Tensor, step_size, noise: Tensor) -> Tensor:
     """Langevin proposal ``x - h ∇E(x) + sqrt(2h) ξ`` (Euler–Maruyama step of ``dx = -∇E dt + sqrt(2) dW``); shapes ``(B, *event)``."""
-    return x - step_size * grad + sqrt_step(step_size, 2.0) * noise
+    if isinstance(step_size, Tensor):
+        return x - step_size * grad + sqrt_step(step_size, 2.0) * noise
+    # float step size: two fused ops instead of four (same value up to rounding)
+    return torch.add(x, grad, alpha=-step_size).add_(noise, alpha=math.sqrt(2.0 * step_size))
 
 
 def mala_log_ratio(x, energy, x_new, energy_new, grad_new, noise, step_size) -> Tensor:
@@ -53,17 +60,41 @@ def mala_log_ratio(x, energy, x_new, energy_new, grad_new, noise, step_size) -> 
     return energy - energy_new + log_q_bwd - log_q_fwd
 
 
+_NEG_INF = -float("inf")
+
+
+def metropolis_accept(log_ratio: Tensor, u: Tensor):
+    """Per-chain Metropolis decision from a ``(B,)`` log ratio and ``U(0, 1)`` draws ``u``.
+
+    Returns ``(acceptance, accepted, divergent, energy_error)``: ``min(1, exp(log_ratio))`` with
+    non-finite ratios (a non-finite energy or gradient of the proposal) given acceptance 0 and
+    flagged divergent, the decision ``u < acceptance``, and the log ratio with non-finite
+    entries set to 0.
+    """
+    # -inf for every non-finite ratio: acceptance 0 there (one op instead of isfinite + where)
+    safe = torch.nan_to_num(log_ratio, nan=_NEG_INF, posinf=_NEG_INF, neginf=_NEG_INF)
+    divergent = safe == _NEG_INF  # a finite ratio stays finite, so this is ~isfinite(log_ratio)
+    acceptance = safe.clamp(max=0.0).exp()
+    accepted = u < acceptance
+    return acceptance, accepted, divergent, torch.nan_to_num(log_ratio, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _mala_correct(x, energy, grad, x_new, energy_new, grad_new, noise, step_size, u):
     """Per-chain Metropolis correction; non-finite proposals are rejected and flagged divergent."""
     log_ratio = mala_log_ratio(x, energy, x_new, energy_new, grad_new, noise, step_size)
-    ok = torch.isfinite(log_ratio)  # non-finite energy or gradient of the proposal propagates here
-    acceptance = torch.where(ok, log_ratio, -float("inf")).clamp(max=0.0).exp()
-    accepted = u < acceptance
+    acceptance, accepted, divergent, log_ratio = metropolis_accept(log_ratio, u)
     acc_x = per_chain(accepted, x)
     x_out = torch.where(acc_x, x_new, x)
     e_out = torch.where(accepted, energy_new, energy)
     g_out = torch.where(acc_x, grad_new, grad)
-    return x_out, e_out, g_out, acceptance, accepted, ~ok, torch.where(ok, log_ratio, 0.0)
+    return x_out, e_out, g_out, acceptance, accepted, divergent, log_ratio
+
+
+def _mala_transition(energy, x, e, g, t, noise, u, step_size):
+    """A whole MALA transition given its random draws (compiled as one graph with ``compile=True``)."""
+    x_new = langevin_proposal(x, g, step_size, noise)
+    e_new, g_new, nfe = evaluate(energy, x_new, t, True)
+    return _mala_correct(x, e, g, x_new, e_new, g_new, noise, step_size, u) + (nfe,)
 
 
 @dataclass(frozen=True)
@@ -83,8 +114,11 @@ class MALA(MCMCKernel):
         Warm-up transitions before the ``n_steps`` kept; default ``max(100, n_steps // 2)`` when
         adapting, 0 with a given ``step_size``.
     compile : bool
-        ``torch.compile`` the proposal and correction math (energy evaluation stays eager);
-        falls back to eager with a warning if compilation fails. See :meth:`compiled`.
+        ``torch.compile`` the whole transition (proposal, energy evaluation, correction) as one
+        graph when the energy can be captured (closed-form energies such as
+        ``toy.GaussianMixture``); otherwise (autograd inside the energy) only the proposal and
+        correction math, around an eager evaluation; falls back to eager with a warning if
+        compilation fails. One compilation per (shape, dtype); random draws stay eager.
 
     Notes
     -----
@@ -117,18 +151,25 @@ class MALA(MCMCKernel):
         if state.energy is None:
             raise ValueError("MALA.step needs a state with energies: create it with MALA().init(energy, x, t)")
         x = state.x
-        propose, correct = langevin_proposal, _mala_correct
         if self.compile:
-            propose, correct = compiled(langevin_proposal), compiled(_mala_correct)
             if not isinstance(step_size, Tensor):
                 step_size = torch.tensor(step_size, device=x.device, dtype=x.dtype)
-        noise = randn_like(x, generator)
-        x_new = propose(x, state.grad, step_size, noise)
-        e_new, g_new, nfe = evaluate(energy, x_new, state.t, True)
-        u = uniform(x.shape[:1], x, generator)
-        x, e, g, acceptance, accepted, divergent, log_ratio = correct(
-            x, state.energy, state.grad, x_new, e_new, g_new, noise, step_size, u
-        )
+            # both draws before the evaluation: the same stream as the eager path (the energy
+            # never touches the generator)
+            noise = randn_like(x, generator)
+            u = uniform(x.shape[:1], x, generator)
+            out = compiled_transition(_mala_transition)(energy, x, state.energy, state.grad, state.t, noise, u, step_size)
+            if out is None:  # energy not capturable in one graph: compile the step math only
+                x_new = compiled(langevin_proposal)(x, state.grad, step_size, noise)
+                e_new, g_new, nfe = evaluate(energy, x_new, state.t, True)
+                out = compiled(_mala_correct)(x, state.energy, state.grad, x_new, e_new, g_new, noise, step_size, u) + (nfe,)
+        else:
+            noise = randn_like(x, generator)
+            x_new = langevin_proposal(x, state.grad, step_size, noise)
+            e_new, g_new, nfe = evaluate(energy, x_new, state.t, True)
+            u = uniform(x.shape[:1], x, generator)
+            out = _mala_correct(x, state.energy, state.grad, x_new, e_new, g_new, noise, step_size, u) + (nfe,)
+        x, e, g, acceptance, accepted, divergent, log_ratio, nfe = out
         return (
             state.replace(x=x, energy=e, grad=g),
             StepInfo(acceptance=acceptance, accepted=accepted, divergent=divergent, energy_error=log_ratio, nfe=nfe),

@@ -23,7 +23,7 @@ from torch import Tensor
 
 import ebmcompose as ec
 
-from .base import MCMCKernel, State, StepInfo, compiled, evaluate, finite_rows, per_chain, randn_like
+from .base import MCMCKernel, State, StepInfo, compiled, compiled_transition, evaluate, finite_rows, per_chain, randn_like
 from .mala import _sum_event, langevin_proposal
 
 __all__ = ["ULA", "ula_acceptance_proxy"]
@@ -44,6 +44,17 @@ def _ula_update(x, grad, x_new, grad_new):
     return torch.where(ok_x, x_new, x), torch.where(ok_x, grad_new, grad), ok
 
 
+def _ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
+    """A whole ULA transition given its noise (compiled as one graph with ``compile=True``)."""
+    x_new = langevin_proposal(x, g, step_size, noise)
+    _, g_new, nfe = evaluate(energy, x_new, t, False)
+    x_out, g_out, ok = _ula_update(x, g, x_new, g_new)
+    acceptance = ok.to(x.dtype)
+    if proxy:
+        acceptance = torch.where(ok, ula_acceptance_proxy(x, g, x_new, g_new, noise, step_size), acceptance)
+    return x_out, g_out, ok, acceptance, nfe
+
+
 @dataclass(frozen=True)
 class ULA(MCMCKernel):
     """Unadjusted Langevin kernel ``x' = x - h ∇E(x) + sqrt(2h) ξ`` (Roberts & Tweedie 1996, eq. 1.2).
@@ -60,7 +71,8 @@ class ULA(MCMCKernel):
     n_warmup : int or None
         Default ``max(100, n_steps // 2)`` when adapting, else 0.
     compile : bool
-        ``torch.compile`` the update math (see :meth:`compiled`).
+        ``torch.compile`` the whole transition (energy evaluation included) when the energy can
+        be captured in one graph, else the update math only (see :class:`samplers.mala.MALA`).
 
     Notes
     -----
@@ -82,20 +94,28 @@ class ULA(MCMCKernel):
 
     def _step(self, state, energy, step_size, generator, proxy: bool):
         x = state.x
-        propose, update = langevin_proposal, _ula_update
+        out = None
         if self.compile:
-            propose, update = compiled(langevin_proposal), compiled(_ula_update)
             if not isinstance(step_size, Tensor):
                 step_size = torch.tensor(step_size, device=x.device, dtype=x.dtype)
-        noise = randn_like(x, generator)
-        x_new = propose(x, state.grad, step_size, noise)
-        _, g_new, nfe = evaluate(energy, x_new, state.t, False)
-        x_out, g_out, ok = update(x, state.grad, x_new, g_new)
-        acceptance = ok.to(x.dtype)
-        stat = None
-        if proxy:  # report the proxy as the acceptance while adapting
-            acceptance = torch.where(ok, ula_acceptance_proxy(x, state.grad, x_new, g_new, noise, step_size), acceptance)
-            stat = acceptance.mean()
+            noise = randn_like(x, generator)
+            out = compiled_transition(_ula_transition)(energy, x, state.grad, state.t, noise, step_size, proxy)
+            if out is None:  # energy not capturable in one graph: compile the update math only
+                x_new = compiled(langevin_proposal)(x, state.grad, step_size, noise)
+                _, g_new, nfe = evaluate(energy, x_new, state.t, False)
+                x_out, g_out, ok = compiled(_ula_update)(x, state.grad, x_new, g_new)
+        else:
+            noise = randn_like(x, generator)
+            x_new = langevin_proposal(x, state.grad, step_size, noise)
+            _, g_new, nfe = evaluate(energy, x_new, state.t, False)
+            x_out, g_out, ok = _ula_update(x, state.grad, x_new, g_new)
+        if out is not None:
+            x_out, g_out, ok, acceptance, nfe = out
+        else:
+            acceptance = ok.to(x.dtype)
+            if proxy:  # report the proxy as the acceptance while adapting
+                acceptance = torch.where(ok, ula_acceptance_proxy(x, state.grad, x_new, g_new, noise, step_size), acceptance)
+        stat = acceptance.mean() if proxy else None
         info = StepInfo(acceptance=acceptance, accepted=ok, divergent=~ok, energy_error=None, nfe=nfe)
         return state.replace(x=x_out, energy=None, grad=g_out), info, stat
 

@@ -230,6 +230,8 @@ class GaussianMixture(Energy):
 
     # ------------------------------------------------------------------ leaf hooks
     def _parts(self, x: Tensor):
+        if self._means.dtype == x.dtype:  # the usual case: no conversion dispatches per call
+            return self._means, self._eigvecs, self._eigvals, self._log_weights
         return (
             self._means.to(x.dtype),
             self._eigvecs.to(x.dtype),
