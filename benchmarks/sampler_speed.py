@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ebmcompose as ec  # noqa: E402
+from ebmcompose.io import write_json, write_text  # noqa: E402
 from samplers import HMC, MALA, ULA  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -320,8 +321,9 @@ def write(rows, breakdown, args):
             compiled_hand_mala_chain_steps_per_s=cm["hand_chain_steps_per_s"],
             compiled_hand_mala_cpu_chain_steps_per_s=cm["hand_cpu_chain_steps_per_s"],
         )
-    (RESULTS / "sampler_speed.json").write_text(
-        json.dumps(dict(meta=meta, rows=rows, evaluate_us_per_call_n100=breakdown, targets=targets, compiled_bound=bound), indent=2)
+    write_json(
+        RESULTS / "sampler_speed.json",
+        dict(meta=meta, rows=rows, evaluate_us_per_call_n100=breakdown, targets=targets, compiled_bound=bound),
     )
     lines = [
         "# Sampler speed: library kernels vs minimal hand-written torch loops",
@@ -356,7 +358,7 @@ def write(rows, breakdown, args):
         ]
     lines += ["", "Targets:", ""]
     lines += [f"- {k}: {'met' if v else ('not met' if v is not None else 'not measured')}" for k, v in targets.items()]
-    (RESULTS / "sampler_speed.md").write_text("\n".join(lines) + "\n")
+    write_text(RESULTS / "sampler_speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
