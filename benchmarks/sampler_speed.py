@@ -19,7 +19,6 @@ compiled MALA >= 10 M chain-steps/s at N = 1e5.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
