@@ -9,7 +9,32 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ebmcompose import Energy
+
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+class ClosedForm(Energy):
+    """A leaf whose energy and gradient come from one closed form (no autograd).
+
+    Subclasses implement :meth:`_closed_form`; the three leaf hooks of
+    :class:`~ebmcompose.Energy` are derived from it. With ``create_graph=True`` the same closed
+    form runs with autograd recording, so the gradient stays differentiable.
+    """
+
+    def _closed_form(self, x: Tensor, t: Optional[Tensor], need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """Energies ``(B,)`` and, when ``need_grad``, gradients like ``x`` (else ``None``)."""
+        raise NotImplementedError
+
+    def _energy(self, x: Tensor, t: Optional[Tensor]) -> Tensor:
+        return self._closed_form(x, t, False)[0]
+
+    def _energy_and_grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False):
+        with torch.enable_grad() if create_graph else torch.no_grad():
+            return self._closed_form(x, t, True)
+
+    def _grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False) -> Tensor:
+        return self._energy_and_grad(x, t, create_graph)[1]
 
 
 def as_float64(value, name: str, device: Optional[torch.device] = None) -> Tensor:

@@ -21,9 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ebmcompose import Energy
-
 from ._common import (
+    ClosedForm,
     as_float64,
     batch_t,
     check_generator,
@@ -112,7 +111,7 @@ def _check_box(lo, hi, smoothing, device) -> Tuple[Tensor, Tensor, Tensor]:
     return lo64.clone(), hi64.clone(), s64.clone()
 
 
-class SmoothBox(Energy):
+class SmoothBox(ClosedForm):
     """A uniform box ``[lo, hi]`` convolved with ``N(0, s² I)``: a smooth, normalised box.
 
     ``E(x) = −Σ_d log([Φ((x_d − lo_d)/s_d) − Φ((x_d − hi_d)/s_d)] / (hi_d − lo_d))``, computed
@@ -175,15 +174,8 @@ class SmoothBox(Energy):
     def _parts(self, x: Tensor):
         return self._lo.to(x.dtype), self._hi.to(x.dtype), self._smoothing.to(x.dtype)
 
-    def _energy(self, x: Tensor, t: Optional[Tensor]) -> Tensor:
-        return _box_energy(x, *self._parts(x), need_grad=False)[0]
-
-    def _energy_and_grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False):
-        with torch.enable_grad() if create_graph else torch.no_grad():
-            return _box_energy(x, *self._parts(x), need_grad=True)
-
-    def _grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False) -> Tensor:
-        return self._energy_and_grad(x, t, create_graph)[1]
+    def _closed_form(self, x: Tensor, t: Optional[Tensor], need_grad: bool):
+        return _box_energy(x, *self._parts(x), need_grad=need_grad)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p(x)`` ``(B,)`` (normalised)."""
@@ -217,7 +209,7 @@ class SmoothBox(Energy):
         return f"lo={self._lo.tolist()}, hi={self._hi.tolist()}, smoothing={self._smoothing.tolist()}"
 
 
-class DiffusedSmoothBox(Energy):
+class DiffusedSmoothBox(ClosedForm):
     """Exact energy of a :class:`SmoothBox` under the VP forward process.
 
     At time ``t`` the marginal is the smooth box with bounds ``sqrt(ᾱ_t)·[lo, hi]`` and
@@ -245,15 +237,8 @@ class DiffusedSmoothBox(Energy):
         s_t = torch.sqrt(ab[:, None] * s * s + one_minus[:, None])
         return sa * lo, sa * hi, s_t
 
-    def _energy(self, x: Tensor, t: Optional[Tensor]) -> Tensor:
-        return _box_energy(x, *self._parts(x, t), need_grad=False)[0]
-
-    def _energy_and_grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False):
-        with torch.enable_grad() if create_graph else torch.no_grad():
-            return _box_energy(x, *self._parts(x, t), need_grad=True)
-
-    def _grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False) -> Tensor:
-        return self._energy_and_grad(x, t, create_graph)[1]
+    def _closed_form(self, x: Tensor, t: Optional[Tensor], need_grad: bool):
+        return _box_energy(x, *self._parts(x, t), need_grad=need_grad)
 
     def log_prob(self, x: Tensor, t) -> Tensor:
         """``log p_t(x)`` ``(B,)``; ``t`` scalar or ``(B,)``."""

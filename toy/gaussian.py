@@ -17,10 +17,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ebmcompose import Energy
-
 from ._common import (
     LOG_2PI,
+    ClosedForm,
     as_float64,
     batch_t,
     check_generator,
@@ -81,7 +80,7 @@ def _mixture_energy(
     return energy, grad
 
 
-class GaussianMixture(Energy):
+class GaussianMixture(ClosedForm):
     """A Gaussian mixture ``p(x) = Σ_k w_k N(x; μ_k, Σ_k)`` with closed-form energy and gradient.
 
     The energy is normalised, ``E(x) = −log p(x)``; its gradient is the posterior-weighted sum
@@ -239,15 +238,8 @@ class GaussianMixture(Energy):
             self._log_weights.to(x.dtype),
         )
 
-    def _energy(self, x: Tensor, t: Optional[Tensor]) -> Tensor:
-        return _mixture_energy(x, *self._parts(x), need_grad=False)[0]
-
-    def _energy_and_grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False):
-        with torch.enable_grad() if create_graph else torch.no_grad():
-            return _mixture_energy(x, *self._parts(x), need_grad=True)
-
-    def _grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False) -> Tensor:
-        return self._energy_and_grad(x, t, create_graph)[1]
+    def _closed_form(self, x: Tensor, t: Optional[Tensor], need_grad: bool):
+        return _mixture_energy(x, *self._parts(x), need_grad=need_grad)
 
     # ------------------------------------------------------------------ density
     def log_prob(self, x: Tensor) -> Tensor:
@@ -309,7 +301,7 @@ class GaussianMixture(Energy):
         return f"K={self.n_components}, D={self.dim}"
 
 
-class DiffusedGaussianMixture(Energy):
+class DiffusedGaussianMixture(ClosedForm):
     """Exact energy of a Gaussian mixture noised by a VP process: ``−log p_t(x)``.
 
     ``p_t = Σ_k w_k N(sqrt(ᾱ_t) μ_k, ᾱ_t Σ_k + (1 − ᾱ_t) I)`` with ``ᾱ_t = schedule.alpha_bar(t)``.
@@ -346,15 +338,8 @@ class DiffusedGaussianMixture(Energy):
         var = ab[:, None, None] * b._eigvals.to(x.dtype) + one_minus[:, None, None]  # (B, K, D)
         return means, b._eigvecs.to(x.dtype), var, b._log_weights.to(x.dtype)
 
-    def _energy(self, x: Tensor, t: Optional[Tensor]) -> Tensor:
-        return _mixture_energy(x, *self._parts(x, t), need_grad=False)[0]
-
-    def _energy_and_grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False):
-        with torch.enable_grad() if create_graph else torch.no_grad():
-            return _mixture_energy(x, *self._parts(x, t), need_grad=True)
-
-    def _grad(self, x: Tensor, t: Optional[Tensor], create_graph: bool = False) -> Tensor:
-        return self._energy_and_grad(x, t, create_graph)[1]
+    def _closed_form(self, x: Tensor, t: Optional[Tensor], need_grad: bool):
+        return _mixture_energy(x, *self._parts(x, t), need_grad=need_grad)
 
     def log_prob(self, x: Tensor, t) -> Tensor:
         """``log p_t(x)`` ``(B,)``; ``t`` scalar or ``(B,)``."""
