@@ -565,7 +565,32 @@ def _fn_name(fn: Callable) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-class EnergyFunction(Energy):
+class _FunctionLeaf(Energy):
+    """A leaf wrapping a user function ``fn(x)`` or ``fn(x, t)`` (see the two subclasses)."""
+
+    _expects = "fn(x) or fn(x, t)"
+
+    def __init__(
+        self,
+        fn: Callable,
+        name: Optional[str] = None,
+        event_shape: Optional[Sequence[int]] = None,
+        time_dependent: Optional[bool] = None,
+    ):
+        super().__init__()
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__} needs a callable {self._expects}, got {type(fn).__name__}")
+        self.fn = fn  # nn.Module fns are registered as submodules by nn.Module.__setattr__
+        self._takes_t = _accepts_t(fn)
+        self.name = name or _fn_name(fn)
+        self.event_shape = tuple(event_shape) if event_shape is not None else None
+        self.time_dependent = self._takes_t if time_dependent is None else bool(time_dependent)
+
+    def _call(self, x, t):
+        return self.fn(x, t) if self._takes_t else self.fn(x)
+
+
+class EnergyFunction(_FunctionLeaf):
     """An energy given by a function ``fn(x) -> (B,)`` or ``fn(x, t) -> (B,)``.
 
     The gradient is taken by autograd. ``fn`` may be an ``nn.Module`` (its parameters are
@@ -588,27 +613,11 @@ class EnergyFunction(Energy):
     >>> ring = ec.EnergyFunction(lambda x: (x.norm(dim=-1) - 2.0) ** 2 / 0.1, name="ring")
     """
 
-    def __init__(
-        self,
-        fn: Callable,
-        name: Optional[str] = None,
-        event_shape: Optional[Sequence[int]] = None,
-        time_dependent: Optional[bool] = None,
-    ):
-        super().__init__()
-        if not callable(fn):
-            raise TypeError(f"EnergyFunction needs a callable fn(x) or fn(x, t), got {type(fn).__name__}")
-        self.fn = fn  # nn.Module fns are registered as submodules by nn.Module.__setattr__
-        self._takes_t = _accepts_t(fn)
-        self.name = name or _fn_name(fn)
-        self.event_shape = tuple(event_shape) if event_shape is not None else None
-        self.time_dependent = self._takes_t if time_dependent is None else bool(time_dependent)
-
     def _energy(self, x, t):
-        return self.fn(x, t) if self._takes_t else self.fn(x)
+        return self._call(x, t)
 
 
-class ScoreFunction(Energy):
+class ScoreFunction(_FunctionLeaf):
     """A score-only model ``fn(x, t) -> ∇x log p_t(x)`` (``has_energy`` is ``False``).
 
     Composes with ``+``, ``-`` and weights; samplers that need energy values (MALA, HMC) and
@@ -617,35 +626,22 @@ class ScoreFunction(Energy):
     Parameters
     ----------
     fn : callable
-        ``fn(x)`` or ``fn(x, t)`` returning the score, shaped like ``x``.
+        ``fn(x)`` or ``fn(x, t)`` returning the score, shaped like ``x``. It runs under
+        ``torch.no_grad()`` (unless a gradient with ``create_graph=True`` is asked for), so a
+        score function that differentiates internally wraps that part in ``torch.enable_grad()``.
     name, event_shape, time_dependent
         As for :class:`EnergyFunction`.
     """
 
     has_energy = False
-
-    def __init__(
-        self,
-        fn: Callable,
-        name: Optional[str] = None,
-        event_shape: Optional[Sequence[int]] = None,
-        time_dependent: Optional[bool] = None,
-    ):
-        super().__init__()
-        if not callable(fn):
-            raise TypeError(f"ScoreFunction needs a callable fn(x, t), got {type(fn).__name__}")
-        self.fn = fn
-        self._takes_t = _accepts_t(fn)
-        self.name = name or _fn_name(fn)
-        self.event_shape = tuple(event_shape) if event_shape is not None else None
-        self.time_dependent = self._takes_t if time_dependent is None else bool(time_dependent)
+    _expects = "fn(x, t) returning the score"
 
     def _energy(self, x, t):
         raise ScoreOnlyError(self._score_only_message())
 
     def _grad(self, x, t, create_graph=False):
         with torch.enable_grad() if create_graph else torch.no_grad():
-            s = self.fn(x, t) if self._takes_t else self.fn(x)
+            s = self._call(x, t)
         return -s
 
     def _energy_and_grad(self, x, t, create_graph=False):
