@@ -158,6 +158,8 @@ class Energy(nn.Module):
     time_dependent: bool = False
     #: Event shape the energy expects (e.g. ``(2,)``), or ``None`` if any shape is fine.
     event_shape: Optional[Tuple[int, ...]] = None
+    #: Leaves evaluate themselves; algebra nodes (``Sum``, ``Mixture``) set this to ``False``.
+    _is_leaf = True
 
     # ----------------------------------------------------------------- leaf hooks (override)
     def _energy(self, x: Tensor, t: Optional[Tensor]) -> Tensor:
@@ -261,8 +263,7 @@ class Energy(nn.Module):
             t = self._validate(x, t)
         else:
             t = _normalise_t(t, x)
-        cls = type(self)
-        if cls._collect is Energy._collect and cls._combine is Energy._combine and self.leaf_group() is None:
+        if self._is_leaf and self.leaf_group() is None:
             # a lone ungrouped leaf: the plan would hold just this leaf, evaluated once
             e, g = _evaluate_leaf(self, need, x, t, create_graph)
             nfe = 1
@@ -665,6 +666,8 @@ class Sum(Energy):
     sums so ``a + b + c`` is one node. Immutable: the algebra returns new nodes.
     """
 
+    _is_leaf = False
+
     def __init__(self, terms: Sequence[Tuple[float, Energy]]):
         super().__init__()
         if len(terms) == 0:
@@ -746,6 +749,8 @@ class Mixture(Energy):
     the posterior-weighted average of the components' gradients, so every component must
     provide energies.
     """
+
+    _is_leaf = False
 
     def __init__(self, components: Sequence[Energy], log_weights: Optional[Sequence[float]] = None):
         super().__init__()
