@@ -862,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
             "For the product (ring AND bar), mixture (left OR right) and negation (box AND NOT\n"
             "small box) tasks: draw exact samples, then sample with MALA on the composed energy,\n"
             "plain reverse diffusion on the summed diffused scores, and predictor-corrector with a\n"
-            "MALA corrector.\n\n"
+            "MALA corrector; then predictor-corrector + MALA on the shipped learned models.\n\n"
             "Writes OUT/demo.png (all tasks), OUT/<task>.png, OUT/metrics.md and OUT/metrics.json\n"
             "(TV with its noise floor, MMD², energy distance, acceptance, NFE, time), atomically:\n"
             "nothing half-written on failure or Ctrl-C. About 10-30 s on a 2-core CPU."

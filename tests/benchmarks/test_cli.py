@@ -284,8 +284,23 @@ def test_demo_quick_writes_its_files(tmp_path, capsys):
     assert rc == 0, err
     assert {"demo.png", "product.png", "metrics.json", "metrics.md"} <= {p.name for p in out.iterdir()}
     rows = json.loads((out / "metrics.json").read_text())["rows"]
-    assert {r["sampler"] for r in rows} == {"exact", "MALA", "reverse diffusion", "PC + MALA"}
+    assert {r["sampler"] for r in rows} == {"exact", "MALA", "reverse diffusion", "PC + MALA", "PC + MALA (learned)"}
     assert all(0 <= r["tv"] <= 1 for r in rows)
+
+
+def test_demo_shows_the_bias_of_reverse_diffusion_and_its_correction():
+    """At the demo's own settings on the product task, PC + MALA (exact and learned) comes close
+    to the exact-sampling TV floor while plain reverse diffusion stays far above it."""
+    from benchmarks import demo
+
+    cfg = demo.DemoConfig(tasks=("product",))
+    task = demo.toy.tasks.get("product")
+    rows = {r["sampler"]: r for r in demo._metrics(task, demo._run_samplers(task, cfg, demo.torch.device("cpu")), cfg)}
+    floor = rows["exact"]["tv_floor"]
+    assert rows["reverse diffusion"]["tv"] > floor + 0.15
+    assert rows["PC + MALA"]["tv"] < floor + 0.05
+    assert rows["PC + MALA (learned)"]["tv"] < floor + 0.07
+    assert rows["PC + MALA"]["tv"] < rows["reverse diffusion"]["tv"] - 0.1
 
 
 def test_demo_unknown_task(tmp_path, capsys):
