@@ -37,6 +37,31 @@ class ClosedForm(Energy):
         return self._energy_and_grad(x, t, create_graph)[1]
 
 
+class DiffusedClosedForm(ClosedForm):
+    """The exact VP-diffused energy of a closed-form toy density ``base`` (time-dependent).
+
+    Subclasses set ``base_type`` (the class of ``base``) and implement ``_parts(x, t)`` and
+    ``at(t)``; the constructor and ``log_prob`` are shared.
+    """
+
+    time_dependent = True
+    base_type: type = Energy
+
+    def __init__(self, base, schedule, name: Optional[str] = None):
+        super().__init__()
+        if not isinstance(base, self.base_type):
+            raise TypeError(f"base must be a toy.{self.base_type.__name__}, got {type(base).__name__}")
+        check_schedule(schedule)
+        self.base = base
+        self.schedule = schedule
+        self.event_shape = base.event_shape
+        self.name = name or f"{base.name}_t"
+
+    def log_prob(self, x: Tensor, t) -> Tensor:
+        """``log p_t(x)`` ``(B,)``; ``t`` scalar or ``(B,)``."""
+        return -self.energy(x, t)
+
+
 def as_float64(value, name: str, device: Optional[torch.device] = None) -> Tensor:
     """``value`` as a float64 tensor (on ``device``), with an error that names the argument."""
     try:

@@ -23,11 +23,11 @@ from torch import Tensor
 
 from ._common import (
     ClosedForm,
+    DiffusedClosedForm,
     as_float64,
     batch_t,
     check_generator,
     check_n,
-    check_schedule,
     infer_device,
     infer_dtype,
     rng_device,
@@ -209,7 +209,7 @@ class SmoothBox(ClosedForm):
         return f"lo={self._lo.tolist()}, hi={self._hi.tolist()}, smoothing={self._smoothing.tolist()}"
 
 
-class DiffusedSmoothBox(ClosedForm):
+class DiffusedSmoothBox(DiffusedClosedForm):
     """Exact energy of a :class:`SmoothBox` under the VP forward process.
 
     At time ``t`` the marginal is the smooth box with bounds ``sqrt(ᾱ_t)·[lo, hi]`` and
@@ -217,17 +217,7 @@ class DiffusedSmoothBox(ClosedForm):
     :meth:`SmoothBox.diffused`.
     """
 
-    time_dependent = True
-
-    def __init__(self, base: SmoothBox, schedule, name: Optional[str] = None):
-        super().__init__()
-        if not isinstance(base, SmoothBox):
-            raise TypeError(f"base must be a toy.SmoothBox, got {type(base).__name__}")
-        check_schedule(schedule)
-        self.base = base
-        self.schedule = schedule
-        self.event_shape = base.event_shape
-        self.name = name or f"{base.name}_t"
+    base_type = SmoothBox
 
     def _parts(self, x: Tensor, t: Optional[Tensor]):
         tt = batch_t(t, x, self._label())
@@ -239,10 +229,6 @@ class DiffusedSmoothBox(ClosedForm):
 
     def _closed_form(self, x: Tensor, t: Optional[Tensor], need_grad: bool):
         return _box_energy(x, *self._parts(x, t), need_grad=need_grad)
-
-    def log_prob(self, x: Tensor, t) -> Tensor:
-        """``log p_t(x)`` ``(B,)``; ``t`` scalar or ``(B,)``."""
-        return -self.energy(x, t)
 
     def at(self, t) -> SmoothBox:
         """The marginal ``p_t`` at a fixed scalar ``t`` as a :class:`SmoothBox`."""

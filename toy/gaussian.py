@@ -20,11 +20,11 @@ from torch import Tensor
 from ._common import (
     LOG_2PI,
     ClosedForm,
+    DiffusedClosedForm,
     as_float64,
     batch_t,
     check_generator,
     check_n,
-    check_schedule,
     infer_device,
     infer_dtype,
     rng_device,
@@ -301,7 +301,7 @@ class GaussianMixture(ClosedForm):
         return f"K={self.n_components}, D={self.dim}"
 
 
-class DiffusedGaussianMixture(ClosedForm):
+class DiffusedGaussianMixture(DiffusedClosedForm):
     """Exact energy of a Gaussian mixture noised by a VP process: ``−log p_t(x)``.
 
     ``p_t = Σ_k w_k N(sqrt(ᾱ_t) μ_k, ᾱ_t Σ_k + (1 − ᾱ_t) I)`` with ``ᾱ_t = schedule.alpha_bar(t)``.
@@ -318,17 +318,7 @@ class DiffusedGaussianMixture(ClosedForm):
         Name in formulas (default ``base.name + "_t"``).
     """
 
-    time_dependent = True
-
-    def __init__(self, base: GaussianMixture, schedule, name: Optional[str] = None):
-        super().__init__()
-        if not isinstance(base, GaussianMixture):
-            raise TypeError(f"base must be a toy.GaussianMixture, got {type(base).__name__}")
-        check_schedule(schedule)
-        self.base = base
-        self.schedule = schedule
-        self.event_shape = base.event_shape
-        self.name = name or f"{base.name}_t"
+    base_type = GaussianMixture
 
     def _parts(self, x: Tensor, t: Optional[Tensor]):
         tt = batch_t(t, x, self._label())
@@ -340,10 +330,6 @@ class DiffusedGaussianMixture(ClosedForm):
 
     def _closed_form(self, x: Tensor, t: Optional[Tensor], need_grad: bool):
         return _mixture_energy(x, *self._parts(x, t), need_grad=need_grad)
-
-    def log_prob(self, x: Tensor, t) -> Tensor:
-        """``log p_t(x)`` ``(B,)``; ``t`` scalar or ``(B,)``."""
-        return -self.energy(x, t)
 
     def at(self, t) -> GaussianMixture:
         """The marginal ``p_t`` at a fixed scalar ``t`` as a :class:`GaussianMixture` (for exact
