@@ -15,17 +15,15 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow") or "slow" in (config.getoption("-m") or ""):
-        return
+    run_slow = config.getoption("--runslow") or "slow" in (config.getoption("-m") or "")
     skip_slow = pytest.mark.skip(reason="slow statistical test: run with --runslow")
+    skip_gpu = pytest.mark.skip(reason="no CUDA device available")
+    has_gpu = torch.cuda.is_available()
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
-    if not torch.cuda.is_available():
-        skip_gpu = pytest.mark.skip(reason="no CUDA device available")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip_gpu)
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
 
 
 @pytest.fixture
