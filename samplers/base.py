@@ -266,6 +266,12 @@ def init_state(energy: ec.Energy, x: Tensor, t, need_energy: bool, sampler: str)
     return State(x=x, energy=e, grad=g, t=tt), nfe
 
 
+def _mean_abs(v: Tensor, dim=None) -> Tensor:
+    """Mean ``|v|`` (over ``dim``; all elements by default) as an L1 norm: one pass, no ``abs()`` temporary."""
+    n = v.numel() if dim is None else v.shape[dim]
+    return torch.linalg.vector_norm(v, ord=1, dim=dim) / n
+
+
 class Recorder:
     """Collects per-step diagnostics without synchronising the device every step.
 
@@ -285,6 +291,9 @@ class Recorder:
     #: Buffered per-chain values before a chunk is reduced (bounds the extra memory).
     _BUFFER_ELEMENTS = 1 << 20
     _MAX_CHUNK = 256
+    #: From this many chains on, each step is reduced at once: stacking a chunk then costs more
+    #: memory traffic than the handful of ops per step it saves.
+    _DIRECT_CHAINS = 8192
 
     def __init__(self, n_chains: int, trace_every: int = 0):
         check_positive_int(trace_every, "trace_every", allow_zero=True)
@@ -296,7 +305,8 @@ class Recorder:
         self._pending_acc: List[Tensor] = []
         self._pending_div: List[Tensor] = []
         self._pending_err: List[Tensor] = []
-        self._chunk = max(1, min(self._MAX_CHUNK, self._BUFFER_ELEMENTS // max(int(n_chains), 1)))
+        n_chains = max(int(n_chains), 1)
+        self._chunk = 1 if n_chains >= self._DIRECT_CHAINS else min(self._MAX_CHUNK, self._BUFFER_ELEMENTS // n_chains)
         self.trace: List[Tensor] = []
         self.energy_trace: List[Tensor] = []
         self.nfe = 0
@@ -321,7 +331,7 @@ class Recorder:
         """Reduce the buffered steps into the running statistics (no device sync)."""
         acc = self._pending_acc
         if acc:
-            if len(acc) == 1 or any(a.shape != acc[0].shape for a in acc):
+            if len(acc) == 1 or any(a.shape != acc[0].shape for a in acc):  # step by step
                 for a, dv in zip(acc, self._pending_div):
                     self._acceptance.append(a.mean())
                     if self._acc_sum is None:
@@ -334,9 +344,10 @@ class Recorder:
                 a = torch.stack(acc)  # (c, B)
                 self._acceptance.extend(a.mean(dim=1).unbind(0))
                 a_sum = a.sum(dim=0)
-                d_sum = torch.stack(self._pending_div).sum(dim=0)  # long counts
+                # counted as bytes into int32: a bool sum would first copy the (c, B) stack to int64
+                d_sum = torch.stack(self._pending_div).view(torch.uint8).sum(dim=0, dtype=torch.int32)
                 if self._acc_sum is None:
-                    self._acc_sum, self._divergent = a_sum, d_sum
+                    self._acc_sum, self._divergent = a_sum, d_sum.long()
                 else:
                     self._acc_sum.add_(a_sum)
                     self._divergent.add_(d_sum)
@@ -344,9 +355,9 @@ class Recorder:
         err = self._pending_err
         if err:
             if len(err) == 1 or any(e.shape != err[0].shape for e in err):
-                self._energy_error.extend(e.abs().mean() for e in err)
+                self._energy_error.extend(_mean_abs(e) for e in err)
             else:
-                self._energy_error.extend(torch.stack(err).abs().mean(dim=1).unbind(0))
+                self._energy_error.extend(_mean_abs(torch.stack(err), dim=1).unbind(0))
             self._pending_err = []
 
     @property

@@ -1,0 +1,56 @@
+"""The Recorder's running statistics equal the naive per-step reductions, on both of its paths.
+
+Below ``Recorder._DIRECT_CHAINS`` chains it buffers steps and reduces them in stacked chunks;
+from there on it reduces every step at once. Both must give the same numbers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from samplers.base import Recorder, State, StepInfo
+
+
+def _steps(n_chains, n_steps, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_steps):
+        acc = torch.rand(n_chains, generator=g, dtype=dtype)
+        div = torch.rand(n_chains, generator=g) < 0.1
+        err = torch.randn(n_chains, generator=g, dtype=dtype)
+        out.append(StepInfo(acceptance=acc, accepted=acc > 0.5, divergent=div, energy_error=err, nfe=2))
+    return out
+
+
+@pytest.mark.parametrize("n_chains", [3, 100, Recorder._DIRECT_CHAINS, 20_000])
+def test_running_statistics_equal_the_naive_reductions(n_chains):
+    steps = _steps(n_chains, 37)
+    rec = Recorder(n_chains, trace_every=10)
+    x = torch.zeros(n_chains, 2)
+    for i, info in enumerate(steps):
+        rec.record(State(x=x + i, t=None, energy=torch.zeros(n_chains), grad=None), info)
+    assert rec.n_steps == 37 and rec.nfe == 74
+    torch.testing.assert_close(torch.stack(rec.acceptance), torch.stack([s.acceptance.mean() for s in steps]))
+    torch.testing.assert_close(rec.acc_sum, torch.stack([s.acceptance for s in steps]).sum(0), rtol=1e-5, atol=1e-5)
+    naive_div = torch.stack([s.divergent for s in steps]).long().sum(0)
+    assert rec.divergent.dtype == torch.long and torch.equal(rec.divergent, naive_div)
+    torch.testing.assert_close(
+        torch.stack(rec.energy_error), torch.stack([s.energy_error.abs().mean() for s in steps])
+    )
+    info = rec.info(init_nfe=1)
+    assert info["nfe"] == 75 and info["divergences"] == int(naive_div.sum())
+    assert info["trace"].shape == (3, n_chains, 2) and float(info["trace"][1, 0, 0]) == 19.0
+
+
+def test_reading_midway_then_recording_more_keeps_counting():
+    steps = _steps(50, 12, seed=1)
+    rec = Recorder(50)
+    for info in steps[:5]:
+        rec.record(None, info)
+    first = rec.divergent.clone()  # flushes a partial chunk
+    for info in steps[5:]:
+        rec.record(None, info)
+    assert torch.equal(first, torch.stack([s.divergent for s in steps[:5]]).long().sum(0))
+    assert torch.equal(rec.divergent, torch.stack([s.divergent for s in steps]).long().sum(0))
+    assert len(rec.acceptance) == 12 and len(rec.energy_error) == 12
