@@ -4,16 +4,18 @@ Target: the 8-Gaussian ring (radius 4, std 0.3) with a closed-form energy and gr
 same function ``ring_energy_and_grad`` is called by the hand loops directly and by the samplers
 through an :class:`ebmcompose.Energy` leaf, so the ratio measures exactly the library's overhead
 (``Energy.evaluate`` machinery + kernel bookkeeping: finiteness checks, per-chain masks,
-recorder). Median of repeats, sampler and hand loop interleaved.
+recorder). Median of repeats, sampler and hand loop interleaved. One table per torch thread
+count (default: 1 thread, then all CPUs); compiled code is regenerated for each count.
 
 Usage::
 
-    python benchmarks/sampler_speed.py            # full run, writes benchmarks/results/
-    python benchmarks/sampler_speed.py --quick    # short run
-    python benchmarks/sampler_speed.py --device cuda
+    python -m benchmarks.sampler_speed              # full run, writes benchmarks/results/
+    python -m benchmarks.sampler_speed --quick      # short run
+    python -m benchmarks.sampler_speed --threads 2 --sizes 100000
+    python -m benchmarks.sampler_speed --device cuda
 
 Targets: eager within 10 % of the hand loop at N >= 1e4; < 20 us/step overhead at N = 100;
-compiled MALA >= 10 M chain-steps/s at N = 1e5.
+compiled MALA >= 10 M chain-steps/s at N = 1e5 (the issue's 2-core CPU: all CPUs).
 """
 
 from __future__ import annotations
@@ -48,51 +50,84 @@ def ring_params(device, dtype):
 
 
 def ring_energy_and_grad(x, means, var):
-    """Closed-form ``-log (1/8 Σ_k N(x; μ_k, var I))`` ``(B,)`` and its gradient ``(B, 2)``."""
-    diff = x[:, None, :] - means  # (B, 8, 2)
+    """Closed-form ``-log (1/K Σ_k N(x; μ_k, var I))`` ``(B,)`` and its gradient ``(B, 2)``.
+
+    Written per coordinate: ``(B, K)`` tables of ``x_d - μ_kd`` reduced over their contiguous last
+    dimension, with one ``exp`` shared by the energy (max-shifted log-sum-exp) and the gradient
+    (responsibilities). This is the layout ``torch.compile`` handles well on CPU; see
+    :func:`ring_energy_and_grad_broadcast` for the one it does not.
+    """
+    d0 = x[:, :1] - means[:, 0].contiguous()  # (B, K)
+    d1 = x[:, 1:] - means[:, 1].contiguous()
+    logits = (d0 * d0 + d1 * d1) * (-0.5 / var)
+    top = logits.amax(-1, keepdim=True)
+    w = (logits - top).exp()
+    total = w.sum(-1, keepdim=True)
+    energy = (math.log(means.shape[0] * 2 * math.pi * var) - top - total.log()).squeeze(-1)
+    grad = torch.cat([(w * d0).sum(-1, keepdim=True), (w * d1).sum(-1, keepdim=True)], -1) / (total * var)
+    return energy, grad
+
+
+def ring_energy_and_grad_broadcast(x, means, var):
+    """The same energy and gradient through a ``(B, K, 2)`` broadcast, ``logsumexp`` and ``softmax``.
+
+    The natural way to write it, kept for the ``layout`` rows: with more than one thread, torch
+    2.13's inductor turns the ``(B, K, 2) -> (B, 2)`` gradient reduction into an OpenMP region
+    opened once per chain (``#pragma omp parallel`` inside the loop over B), and the compiled step
+    runs about 5x slower on two threads than on one. The slowdown belongs to the compiled code of
+    this energy, not to any sampler: the compiled hand loop shows it as much as the library.
+    """
+    diff = x[:, None, :] - means  # (B, K, 2)
     logits = -0.5 * diff.square().sum(-1) / var
-    energy = -torch.logsumexp(logits, -1) + math.log(8 * 2 * math.pi * var)
+    energy = -torch.logsumexp(logits, -1) + math.log(means.shape[0] * 2 * math.pi * var)
     resp = torch.softmax(logits, -1)
     grad = (resp[..., None] * diff).sum(1) / var
     return energy, grad
 
 
+LAYOUTS = {"per-coordinate": ring_energy_and_grad, "broadcast": ring_energy_and_grad_broadcast}
+
+
 class Ring(ec.Energy):
-    """The ring as an Energy leaf with a closed-form ``_energy_and_grad`` (no autograd)."""
+    """The ring as an Energy leaf with a closed-form ``_energy_and_grad`` (no autograd).
+
+    ``fn`` is one of :data:`LAYOUTS` (default: the per-coordinate form).
+    """
 
     event_shape = (2,)
 
-    def __init__(self, device, dtype):
+    def __init__(self, device, dtype, fn=None):
         super().__init__()
         self.means, self.var = ring_params(device, dtype)
+        self.fn = fn or ring_energy_and_grad
 
     def _energy(self, x, t):
-        return ring_energy_and_grad(x, self.means, self.var)[0]
+        return self.fn(x, self.means, self.var)[0]
 
     def _energy_and_grad(self, x, t, create_graph=False):
-        return ring_energy_and_grad(x, self.means, self.var)
+        return self.fn(x, self.means, self.var)
 
     def _grad(self, x, t, create_graph=False):
-        return ring_energy_and_grad(x, self.means, self.var)[1]
+        return self.fn(x, self.means, self.var)[1]
 
 
 # ------------------------------------------------------------------------------- hand loops
-def hand_ula(x, n, h, gen, means, var):
-    _, g = ring_energy_and_grad(x, means, var)
+def hand_ula(x, n, h, gen, means, var, fn=ring_energy_and_grad):
+    _, g = fn(x, means, var)
     s = math.sqrt(2 * h)
     for _ in range(n):
         x = x - h * g + s * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        _, g = ring_energy_and_grad(x, means, var)
+        _, g = fn(x, means, var)
     return x
 
 
-def hand_mala(x, n, h, gen, means, var):
-    e, g = ring_energy_and_grad(x, means, var)
+def hand_mala(x, n, h, gen, means, var, fn=ring_energy_and_grad):
+    e, g = fn(x, means, var)
     s = math.sqrt(2 * h)
     for _ in range(n):
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         xp = x - h * g + s * noise
-        ep, gp = ring_energy_and_grad(xp, means, var)
+        ep, gp = fn(xp, means, var)
         log_r = e - ep - (x - xp + h * gp).square().sum(1) / (4 * h) + 0.5 * noise.square().sum(1)
         acc = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype) < log_r.clamp(max=0).exp()
         x = torch.where(acc[:, None], xp, x)
@@ -101,14 +136,14 @@ def hand_mala(x, n, h, gen, means, var):
     return x
 
 
-def hand_hmc(x, n, h, gen, means, var):
-    e, g = ring_energy_and_grad(x, means, var)
+def hand_hmc(x, n, h, gen, means, var, fn=ring_energy_and_grad):
+    e, g = fn(x, means, var)
     for _ in range(n):
         p0 = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         xp, p = x, p0 - 0.5 * h * g
         for i in range(N_LEAPFROG):
             xp = xp + h * p
-            ep, gp = ring_energy_and_grad(xp, means, var)
+            ep, gp = fn(xp, means, var)
             p = p - (0.5 * h if i == N_LEAPFROG - 1 else h) * gp
         d_h = ep + 0.5 * p.square().sum(1) - e - 0.5 * p0.square().sum(1)
         acc = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype) < (-d_h).clamp(max=0).exp()
@@ -125,24 +160,24 @@ HAND = {"ULA": hand_ula, "MALA": hand_mala, "HMC": hand_hmc}
 # The same transitions as one torch.compile'd function per step (random draws stay eager, as in
 # the library's compiled kernels): the apples-to-apples baseline for the compiled rows, and the
 # bound on what any compiled kernel can reach on this target and machine.
-def _ula_step(x, g, noise, h, means, var):
+def _ula_step(x, g, noise, h, means, var, fn):
     x = x - h * g + (2 * h).sqrt() * noise
-    return x, ring_energy_and_grad(x, means, var)[1]
+    return x, fn(x, means, var)[1]
 
 
-def _mala_step(x, e, g, noise, u, h, means, var):
+def _mala_step(x, e, g, noise, u, h, means, var, fn):
     xp = x - h * g + (2 * h).sqrt() * noise
-    ep, gp = ring_energy_and_grad(xp, means, var)
+    ep, gp = fn(xp, means, var)
     log_r = e - ep - (x - xp + h * gp).square().sum(1) / (4 * h) + 0.5 * noise.square().sum(1)
     acc = u < log_r.clamp(max=0).exp()
     return torch.where(acc[:, None], xp, x), torch.where(acc, ep, e), torch.where(acc[:, None], gp, g)
 
 
-def _hmc_step(x, e, g, p0, u, h, means, var):
+def _hmc_step(x, e, g, p0, u, h, means, var, fn):
     xp, p = x, p0 - 0.5 * h * g
     for i in range(N_LEAPFROG):
         xp = xp + h * p
-        ep, gp = ring_energy_and_grad(xp, means, var)
+        ep, gp = fn(xp, means, var)
         p = p - (0.5 * h if i == N_LEAPFROG - 1 else h) * gp
     d_h = ep + 0.5 * p.square().sum(1) - e - 0.5 * p0.square().sum(1)
     acc = u < (-d_h).clamp(max=0).exp()
@@ -152,37 +187,37 @@ def _hmc_step(x, e, g, p0, u, h, means, var):
 _COMPILED_STEPS = {}
 
 
-def _compiled_step(fn):
-    if fn not in _COMPILED_STEPS:
-        _COMPILED_STEPS[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
-    return _COMPILED_STEPS[fn]
+def _compiled_step(step):
+    if step not in _COMPILED_STEPS:
+        _COMPILED_STEPS[step] = torch.compile(step, dynamic=False, fullgraph=True)
+    return _COMPILED_STEPS[step]
 
 
-def hand_ula_compiled(x, n, h, gen, means, var):
+def hand_ula_compiled(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     step, h = _compiled_step(_ula_step), torch.tensor(h, device=x.device, dtype=x.dtype)
-    _, g = ring_energy_and_grad(x, means, var)
+    _, g = fn(x, means, var)
     for _ in range(n):
-        x, g = step(x, g, torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype), h, means, var)
+        x, g = step(x, g, torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype), h, means, var, fn)
     return x
 
 
-def hand_mala_compiled(x, n, h, gen, means, var):
+def hand_mala_compiled(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     step, h = _compiled_step(_mala_step), torch.tensor(h, device=x.device, dtype=x.dtype)
-    e, g = ring_energy_and_grad(x, means, var)
+    e, g = fn(x, means, var)
     for _ in range(n):
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         u = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype)
-        x, e, g = step(x, e, g, noise, u, h, means, var)
+        x, e, g = step(x, e, g, noise, u, h, means, var, fn)
     return x
 
 
-def hand_hmc_compiled(x, n, h, gen, means, var):
+def hand_hmc_compiled(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     step, h = _compiled_step(_hmc_step), torch.tensor(h, device=x.device, dtype=x.dtype)
-    e, g = ring_energy_and_grad(x, means, var)
+    e, g = fn(x, means, var)
     for _ in range(n):
         p0 = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         u = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype)
-        x, e, g = step(x, e, g, p0, u, h, means, var)
+        x, e, g = step(x, e, g, p0, u, h, means, var, fn)
     return x
 
 
@@ -220,61 +255,79 @@ def n_steps_for(n, name, quick):
     return max(base // (4 if quick else 1), 10)
 
 
-def bench(args):
+def measure(name, n, compiled, layout, args):
+    """One row: the library kernel and its hand loop on ``N = n`` chains, interleaved, median of repeats."""
     device = torch.device(args.device)
     dtype = torch.float32
+    fn = LAYOUTS[layout]
+    energy = Ring(device, dtype, fn)
+    means, var = ring_params(device, dtype)
+    steps = n_steps_for(n, name, args.quick)
+    repeats = 3 if args.quick else args.repeats
+    x0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=dtype) * 3
+    k = kernel(name, steps, compiled)
+    hand_fn = (HAND_COMPILED if compiled else HAND)[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))  # warm-up (and compilation)
+        hand_fn(x0, 2, STEP[name], torch.Generator(device=device).manual_seed(1), means, var, fn)
+    t_lib, t_hand = [], []
+    for _ in range(repeats):
+        gen = torch.Generator(device=device).manual_seed(1)
+        t_hand.append(timed(lambda: hand_fn(x0, steps, STEP[name], gen, means, var, fn), device, cpu=True))
+        gen = torch.Generator(device=device).manual_seed(1)
+        t_lib.append(timed(lambda: k.sample(energy, x0, generator=gen), device, cpu=True))
+    lib, hand = statistics.median(t[0] for t in t_lib), statistics.median(t[0] for t in t_hand)
+    lib_cpu, hand_cpu = statistics.median(t[1] for t in t_lib), statistics.median(t[1] for t in t_hand)
+    row = dict(
+        sampler=name, n_chains=n, compiled=compiled, threads=torch.get_num_threads(), layout=layout, n_steps=steps,
+        baseline="compiled hand loop" if compiled else "eager hand loop",
+        lib_chain_steps_per_s=n * steps / lib, hand_chain_steps_per_s=n * steps / hand,
+        ratio_lib_over_hand_time=lib / hand,
+        overhead_us_per_step=(lib - hand) / steps * 1e6,
+        lib_us_per_step=lib / steps * 1e6, hand_us_per_step=hand / steps * 1e6,
+        lib_cpu_chain_steps_per_s=n * steps / lib_cpu, hand_cpu_chain_steps_per_s=n * steps / hand_cpu,
+        ratio_lib_over_hand_cpu=lib_cpu / hand_cpu,
+        overhead_cpu_us_per_step=(lib_cpu - hand_cpu) / steps * 1e6,
+    )
+    print(
+        f"{name:4s} N={n:>6d} {'compiled' if compiled else 'eager   '} {row['threads']} thr {layout:14s} "
+        f"lib {row['lib_chain_steps_per_s']:.3e}/s hand {row['hand_chain_steps_per_s']:.3e}/s "
+        f"time ratio {row['ratio_lib_over_hand_time']:.3f} (cpu {row['ratio_lib_over_hand_cpu']:.3f}) "
+        f"overhead {row['overhead_us_per_step']:.1f} us/step (cpu {row['overhead_cpu_us_per_step']:.1f})",
+        flush=True,
+    )
+    return row
+
+
+def set_threads(n):
+    """``torch.set_num_threads(n)`` and forget compiled code: inductor's CPU kernels are specialised
+    on the thread count when they are generated, and a cached graph would keep the old one."""
+    torch.set_num_threads(n)
+    torch._dynamo.reset()
+
+
+def bench(args):
+    sizes = args.sizes or ([100, 1000, 10_000] if args.quick else [100, 1000, 10_000, 100_000])
+    rows = []
+    breakdown = {}
+    for threads in args.threads:
+        set_threads(threads)
+        for name in ["ULA", "MALA", "HMC"]:
+            for n in sizes:
+                for compiled in [False] + ([True] if args.compile else []):
+                    rows.append(measure(name, n, compiled, "per-coordinate", args))
+        if args.compile and args.layouts:
+            # the broadcast-layout energy, compiled: library and hand loop alike
+            rows.append(measure("MALA", max(sizes), True, "broadcast", args))
+        breakdown[threads] = evaluate_breakdown(torch.device(args.device), torch.float32)
+    return rows, breakdown
+
+
+def evaluate_breakdown(device, dtype, n=100, reps=3000):
+    """Per-call cost at N=100 of the closed form alone vs through ``Energy.evaluate``."""
     energy = Ring(device, dtype)
     means, var = ring_params(device, dtype)
-    sizes = [100, 1000, 10_000] if args.quick else [100, 1000, 10_000, 100_000]
-    repeats = 3 if args.quick else args.repeats
-    rows = []
-    for name in ["ULA", "MALA", "HMC"]:
-        for n in sizes:
-            steps = n_steps_for(n, name, args.quick)
-            x0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=dtype) * 3
-            modes = [False] + ([True] if args.compile else [])
-            for compiled in modes:
-                k = kernel(name, steps, compiled)
-                hand_fn = (HAND_COMPILED if compiled else HAND)[name]
-                gen = torch.Generator(device=device).manual_seed(1)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    k.sample(energy, x0, generator=gen)  # warm-up (and compilation)
-                    hand_fn(x0, 2, STEP[name], torch.Generator(device=device).manual_seed(1), means, var)
-                t_lib, t_hand = [], []
-                for _ in range(repeats):
-                    gen = torch.Generator(device=device).manual_seed(1)
-                    t_hand.append(timed(lambda: hand_fn(x0, steps, STEP[name], gen, means, var), device, cpu=True))
-                    gen = torch.Generator(device=device).manual_seed(1)
-                    t_lib.append(timed(lambda: k.sample(energy, x0, generator=gen), device, cpu=True))
-                lib, hand = statistics.median(t[0] for t in t_lib), statistics.median(t[0] for t in t_hand)
-                lib_cpu, hand_cpu = statistics.median(t[1] for t in t_lib), statistics.median(t[1] for t in t_hand)
-                rows.append(
-                    dict(
-                        sampler=name, n_chains=n, compiled=compiled, n_steps=steps,
-                        baseline="compiled hand loop" if compiled else "eager hand loop",
-                        lib_chain_steps_per_s=n * steps / lib, hand_chain_steps_per_s=n * steps / hand,
-                        ratio_lib_over_hand_time=lib / hand,
-                        overhead_us_per_step=(lib - hand) / steps * 1e6,
-                        lib_us_per_step=lib / steps * 1e6, hand_us_per_step=hand / steps * 1e6,
-                        lib_cpu_chain_steps_per_s=n * steps / lib_cpu, hand_cpu_chain_steps_per_s=n * steps / hand_cpu,
-                        ratio_lib_over_hand_cpu=lib_cpu / hand_cpu,
-                        overhead_cpu_us_per_step=(lib_cpu - hand_cpu) / steps * 1e6,
-                    )
-                )
-                r = rows[-1]
-                print(
-                    f"{name:4s} N={n:>6d} {'compiled' if compiled else 'eager   '} "
-                    f"lib {r['lib_chain_steps_per_s']:.3e}/s hand {r['hand_chain_steps_per_s']:.3e}/s "
-                    f"time ratio {r['ratio_lib_over_hand_time']:.3f} (cpu {r['ratio_lib_over_hand_cpu']:.3f}) "
-                    f"overhead {r['overhead_us_per_step']:.1f} us/step (cpu {r['overhead_cpu_us_per_step']:.1f})",
-                    flush=True,
-                )
-    return rows, evaluate_breakdown(energy, means, var, device, dtype)
-
-
-def evaluate_breakdown(energy, means, var, device, dtype, n=100, reps=3000):
-    """Per-call cost at N=100 of the closed form alone vs through ``Energy.evaluate``."""
     x = torch.randn(n, 2, device=device, dtype=dtype)
     out = {}
     for label, fn in [
@@ -291,74 +344,86 @@ def evaluate_breakdown(energy, means, var, device, dtype, n=100, reps=3000):
     return out
 
 
-def write(rows, breakdown, args):
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = dict(
-        device=args.device, torch=torch.__version__, threads=torch.get_num_threads(),
-        cpu_count=os.cpu_count(), platform=platform.platform(), quick=args.quick,
-        repeats=3 if args.quick else args.repeats, n_leapfrog=N_LEAPFROG, step_size=STEP,
-        target="8-Gaussian ring, radius 4, std 0.3, closed-form energy and gradient",
-    )
-
-    def find(name, n, compiled=False):
-        return next((r for r in rows if r["sampler"] == name and r["n_chains"] == n and r["compiled"] == compiled), None)
-
-    big = [r for r in rows if r["n_chains"] >= 10_000 and not r["compiled"]]
-    small = [r for r in rows if r["n_chains"] == 100 and not r["compiled"]]
-    cm = find("MALA", 100_000, True)
-    targets = {
+def targets_for(rows, threads):
+    """The issue's targets evaluated on the rows measured with ``threads`` threads (``None``: not measured)."""
+    mine = [r for r in rows if r["threads"] == threads and r["layout"] == "per-coordinate"]
+    big = [r for r in mine if r["n_chains"] >= 10_000 and not r["compiled"]]
+    small = [r for r in mine if r["n_chains"] == 100 and not r["compiled"]]
+    cm = next((r for r in mine if r["sampler"] == "MALA" and r["n_chains"] == 100_000 and r["compiled"]), None)
+    return {
         "eager within 10% of hand loop at N>=1e4 (wall)": all(r["ratio_lib_over_hand_time"] <= 1.10 for r in big) if big else None,
         "eager within 10% of hand loop at N>=1e4 (cpu)": all(r["ratio_lib_over_hand_cpu"] <= 1.10 for r in big) if big else None,
         "overhead < 20 us/step at N=100 (wall)": all(r["overhead_us_per_step"] < 20 for r in small) if small else None,
         "overhead < 20 us/step at N=100 (cpu)": all(r["overhead_cpu_us_per_step"] < 20 for r in small) if small else None,
         "compiled MALA >= 1e7 chain-steps/s at N=1e5 (wall)": (cm["lib_chain_steps_per_s"] >= 1e7) if cm else None,
-        "compiled MALA >= 1e7 chain-steps/s at N=1e5 (cpu)": (cm["lib_cpu_chain_steps_per_s"] >= 1e7) if cm else None,
     }
-    bound = None
-    if cm:
-        bound = dict(
-            compiled_hand_mala_chain_steps_per_s=cm["hand_chain_steps_per_s"],
-            compiled_hand_mala_cpu_chain_steps_per_s=cm["hand_cpu_chain_steps_per_s"],
-        )
+
+
+def _verdict(v):
+    return "met" if v else ("not met" if v is not None else "not measured")
+
+
+def write(rows, breakdown, args):
+    meta = dict(
+        device=args.device, torch=torch.__version__, threads=list(args.threads),
+        cpu_count=os.cpu_count(), platform=platform.platform(), quick=args.quick,
+        repeats=3 if args.quick else args.repeats, n_leapfrog=N_LEAPFROG, step_size=STEP,
+        target="8-Gaussian ring, radius 4, std 0.3, closed-form energy and gradient",
+    )
+    targets = {str(t): targets_for(rows, t) for t in args.threads}
     write_json(
         RESULTS / "sampler_speed.json",
-        dict(meta=meta, rows=rows, evaluate_us_per_call_n100=breakdown, targets=targets, compiled_bound=bound),
+        dict(meta=meta, rows=rows, evaluate_us_per_call_n100={str(k): v for k, v in breakdown.items()}, targets=targets),
     )
     lines = [
         "# Sampler speed: library kernels vs minimal hand-written torch loops",
         "",
-        f"Target: {meta['target']}. Device `{meta['device']}`, torch {meta['torch']}, {meta['threads']} thread(s), "
-        f"{meta['cpu_count']} CPUs; median of {meta['repeats']} interleaved repeats; HMC with {N_LEAPFROG} leapfrog steps "
-        "(chain-steps count transitions). Ratio = library / baseline time (1.00 = no overhead), baseline = the eager "
-        "hand loop for eager rows and the same hand loop compiled as one `torch.compile` graph per step for compiled "
-        "rows. `wall` columns are wall-clock medians; `cpu` columns are this process's CPU-time medians, which "
-        "exclude time the process waited for the cores (robust when other jobs share the machine; with 1 thread "
-        "they measure the work done).",
+        f"Target: {meta['target']}. Device `{meta['device']}`, torch {meta['torch']}, {meta['cpu_count']} CPUs; "
+        f"median of {meta['repeats']} interleaved repeats; HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
+        "transitions). Ratio = library / baseline time (1.00 = no overhead), baseline = the eager hand loop for "
+        "eager rows and the same hand loop compiled as one `torch.compile` graph per step for compiled rows; the "
+        "library and its baseline call the same energy function. `wall` columns are wall-clock medians; `cpu` "
+        "columns are this process's CPU-time medians (with one thread they measure the work done and are robust "
+        "when other jobs share the machine).",
         "",
-        "| sampler | N | mode | library chain-steps/s | baseline chain-steps/s | ratio wall | ratio cpu | "
-        "overhead us/step wall | overhead us/step cpu | library chain-steps/s cpu |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Energy layout: the rows use the per-coordinate form (`ring_energy_and_grad`); the `broadcast` row runs "
+        "the same energy written with a `(B, K, 2)` broadcast, `logsumexp` and `softmax` "
+        "(`ring_energy_and_grad_broadcast`), which torch's inductor compiles into a per-chain OpenMP region when "
+        "it has more than one thread.",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['sampler']} | {r['n_chains']:,} | {'compiled' if r['compiled'] else 'eager'} | "
-            f"{r['lib_chain_steps_per_s']:.3g} | {r['hand_chain_steps_per_s']:.3g} | "
-            f"{r['ratio_lib_over_hand_time']:.3f} | {r['ratio_lib_over_hand_cpu']:.3f} | "
-            f"{r['overhead_us_per_step']:.1f} | {r['overhead_cpu_us_per_step']:.1f} | {r['lib_cpu_chain_steps_per_s']:.3g} |"
-        )
-    lines += ["", "Per-call cost at N = 100 (us):", ""]
-    lines += [f"- {k}: {v:.1f}" for k, v in breakdown.items()]
-    if bound:
+    for threads in args.threads:
+        mine = [r for r in rows if r["threads"] == threads]
         lines += [
             "",
-            "Bound on the compiled target: the hand-written MALA step compiled as one graph reaches "
-            f"{bound['compiled_hand_mala_chain_steps_per_s']:.3g} chain-steps/s wall "
-            f"({bound['compiled_hand_mala_cpu_chain_steps_per_s']:.3g} per CPU-second) at N = 1e5 here.",
+            f"## {threads} thread{'s' if threads > 1 else ''}",
+            "",
+            "| sampler | N | mode | energy layout | library chain-steps/s | baseline chain-steps/s | ratio wall | "
+            "ratio cpu | overhead us/step wall | overhead us/step cpu |",
+            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
         ]
-    lines += ["", "Targets:", ""]
-    lines += [f"- {k}: {'met' if v else ('not met' if v is not None else 'not measured')}" for k, v in targets.items()]
+        for r in mine:
+            lines.append(
+                f"| {r['sampler']} | {r['n_chains']:,} | {'compiled' if r['compiled'] else 'eager'} | {r['layout']} | "
+                f"{r['lib_chain_steps_per_s']:.3g} | {r['hand_chain_steps_per_s']:.3g} | "
+                f"{r['ratio_lib_over_hand_time']:.3f} | {r['ratio_lib_over_hand_cpu']:.3f} | "
+                f"{r['overhead_us_per_step']:.1f} | {r['overhead_cpu_us_per_step']:.1f} |"
+            )
+        lines += ["", "Per-call cost at N = 100 (us):", ""]
+        lines += [f"- {k}: {v:.1f}" for k, v in breakdown[threads].items()]
+        lines += ["", "Targets:", ""]
+        lines += [f"- {k}: {_verdict(v)}" for k, v in targets[str(threads)].items()]
     write_text(RESULTS / "sampler_speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _thread_counts(text):
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes comma-separated integers, got {text!r}")
+    if not counts or any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"--threads takes positive integers (0: all CPUs), got {text!r}")
+    return list(dict.fromkeys(c or os.cpu_count() or 1 for c in counts))
 
 
 def main(argv=None):
@@ -366,15 +431,23 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="short run (N up to 1e4, fewer steps)")
     ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable numbers; 0: torch default)")
+    ap.add_argument(
+        "--threads", type=_thread_counts, default=_thread_counts("1,0"),
+        help="comma-separated torch intra-op thread counts, one table each (0: all CPUs; default: 1 and all)",
+    )
+    ap.add_argument("--sizes", type=lambda v: [int(n) for n in v.split(",")], default=None, help="chain counts (default: 1e2..1e5)")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
+    ap.add_argument("--no-layouts", dest="layouts", action="store_false", help="skip the broadcast-layout row")
     ap.add_argument("--no-write", dest="write", action="store_false")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows, breakdown = bench(args)
+    before = torch.get_num_threads()
+    try:
+        rows, breakdown = bench(args)
+    finally:
+        set_threads(before)
     if args.write:
         write(rows, breakdown, args)
+    return 0
 
 
 if __name__ == "__main__":

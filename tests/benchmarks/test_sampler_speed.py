@@ -1,0 +1,125 @@
+"""Tests of the speed benchmark (benchmarks/sampler_speed.py): its target and its baselines.
+
+The timings themselves are not tested (speed claims live in benchmarks/results/). What is tested
+is what makes the ratios meaningful: both energy layouts compute the exact ring energy and
+gradient, the hand-written loops are the same algorithms as the library kernels (same seed, same
+chains), and the files the benchmark writes say what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import argparse
+
+import pytest
+import torch
+
+from benchmarks import sampler_speed as sp
+from samplers import HMC, MALA, ULA
+from toy import ring
+
+
+@pytest.mark.parametrize("layout", sorted(sp.LAYOUTS))
+def test_ring_energy_and_grad_match_the_toy_ring(layout):
+    fn = sp.LAYOUTS[layout]
+    means, var = sp.ring_params("cpu", torch.float64)
+    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
+    x = torch.cat([x, torch.tensor([[60.0, -80.0], [0.0, 0.0]], dtype=torch.float64)])  # far out, centre
+    e, g = fn(x, means, var)
+    ref = ring(8, 4.0, 0.3, dtype=torch.float64)
+    x_ = x.clone().requires_grad_(True)
+    e_ref = -ref.log_prob(x_)
+    (g_ref,) = torch.autograd.grad(e_ref.sum(), x_)
+    assert e.shape == (502,) and g.shape == (502, 2)
+    torch.testing.assert_close(e, e_ref.detach(), rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-8)
+
+
+def test_ring_energy_stays_finite_far_from_every_mode():
+    """The max-shifted log-sum-exp: no underflow to log(0) a thousand stds away (float32)."""
+    means, var = sp.ring_params("cpu", torch.float32)
+    x = torch.tensor([[300.0, 300.0], [-1e3, 5.0]])
+    for fn in sp.LAYOUTS.values():
+        e, g = fn(x, means, var)
+        assert torch.isfinite(e).all() and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", ["ULA", "MALA", "HMC"])
+def test_hand_loops_are_the_library_kernels(name):
+    """Same seed, same chains: the baseline runs the library's algorithm, so the ratio is overhead.
+
+    The kernels draw their noise in the hand loops' order; only float rounding differs (the
+    library fuses some arithmetic), so a rare Metropolis decision can flip: allow 1% of chains.
+    """
+    energy = sp.Ring("cpu", torch.float64)
+    means, var = sp.ring_params("cpu", torch.float64)
+    x0 = torch.randn(400, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    n = 30
+    k = sp.kernel(name, n, compiled=False)
+    lib = k.sample(energy, x0, generator=torch.Generator().manual_seed(1)).samples
+    hand = sp.HAND[name](x0, n, sp.STEP[name], torch.Generator().manual_seed(1), means, var)
+    same = torch.isclose(lib, hand, rtol=1e-9, atol=1e-9).all(dim=1)
+    assert same.float().mean() >= 0.99, f"{name}: only {int(same.sum())}/400 chains agree"
+    moved = (lib != x0).any(dim=1).float().mean()
+    assert moved > 0.5  # the comparison is not vacuous
+
+
+def test_kernel_configurations_match_the_hand_loops():
+    assert isinstance(sp.kernel("ULA", 5, False), ULA)
+    m = sp.kernel("MALA", 5, True)
+    assert isinstance(m, MALA) and m.compile and m.step_size == sp.STEP["MALA"]
+    h = sp.kernel("HMC", 5, False)
+    assert isinstance(h, HMC) and h.n_leapfrog == sp.N_LEAPFROG and h.refresh == 1.0
+
+
+def test_thread_counts_parse_and_reject_bad_input():
+    assert sp._thread_counts("1") == [1]
+    assert sp._thread_counts("1,0") == list(dict.fromkeys([1, os.cpu_count() or 1]))
+    assert sp._thread_counts("2,2,1") == [2, 1]
+    for bad in ["", "a", "-1", "1,x"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="--threads"):
+            sp._thread_counts(bad)
+
+
+def test_targets_are_judged_per_thread_count():
+    def row(threads, compiled, n, lib, ratio=1.0, overhead=1.0, sampler="MALA", layout="per-coordinate"):
+        return dict(
+            sampler=sampler, n_chains=n, compiled=compiled, threads=threads, layout=layout,
+            lib_chain_steps_per_s=lib, ratio_lib_over_hand_time=ratio, ratio_lib_over_hand_cpu=ratio,
+            overhead_us_per_step=overhead, overhead_cpu_us_per_step=overhead,
+        )
+
+    rows = [
+        row(1, False, 100, 1e6, overhead=5.0), row(1, False, 100_000, 3e6, ratio=1.05),
+        row(1, True, 100_000, 8e6), row(2, True, 100_000, 1.2e7),
+        row(2, True, 100_000, 1e5, layout="broadcast"),  # the layout row never decides a target
+        row(2, False, 100_000, 6e6, ratio=1.2),
+    ]
+    t1, t2 = sp.targets_for(rows, 1), sp.targets_for(rows, 2)
+    key = "compiled MALA >= 1e7 chain-steps/s at N=1e5 (wall)"
+    assert t1[key] is False and t2[key] is True
+    assert t1["eager within 10% of hand loop at N>=1e4 (wall)"] is True
+    assert t2["eager within 10% of hand loop at N>=1e4 (wall)"] is False
+    assert t1["overhead < 20 us/step at N=100 (wall)"] is True
+    assert t2["overhead < 20 us/step at N=100 (wall)"] is None  # not measured
+    assert sp._verdict(None) == "not measured"
+
+
+def test_tiny_run_writes_json_and_markdown(tmp_path, monkeypatch):
+    monkeypatch.setattr(sp, "RESULTS", tmp_path)
+    before = torch.get_num_threads()
+    sp.main(["--quick", "--repeats", "1", "--sizes", "100", "--threads", "1", "--no-compile"])
+    assert torch.get_num_threads() == before  # restored
+    data = json.loads((tmp_path / "sampler_speed.json").read_text())
+    assert data["meta"]["threads"] == [1]
+    assert {(r["sampler"], r["n_chains"], r["compiled"], r["threads"]) for r in data["rows"]} == {
+        (s, 100, False, 1) for s in ("ULA", "MALA", "HMC")
+    }
+    for r in data["rows"]:
+        assert r["lib_chain_steps_per_s"] > 0 and r["hand_chain_steps_per_s"] > 0
+        assert r["ratio_lib_over_hand_time"] == pytest.approx(r["hand_chain_steps_per_s"] / r["lib_chain_steps_per_s"])
+    assert set(data["targets"]) == {"1"}
+    md = (tmp_path / "sampler_speed.md").read_text()
+    assert "## 1 thread" in md and "| ULA | 100 | eager | per-coordinate |" in md
+    assert "compiled MALA >= 1e7 chain-steps/s at N=1e5 (wall): not measured" in md
