@@ -700,11 +700,19 @@ def _run_main(module, argv: List[str], name: str) -> int:
     return int(rc or 0)
 
 
+def _thread_list(text: str) -> str:
+    """Validate ``--thread-counts`` (``"1,0"``) here, so a typo is a usage error before anything runs."""
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated thread counts such as 1,2 (0 = all CPUs), got {text!r}")
+    return ",".join(parts)
+
+
 def _cmd_bench_speed(args) -> int:
     from . import sampler_speed
 
     device = _device(args.device)
-    argv = ["--device", device, "--repeats", str(args.repeats)]
+    argv = ["--device", device, "--repeats", str(args.repeats), "--threads", args.thread_counts]
     if args.quick:
         argv.append("--quick")
     if not args.compile:
@@ -960,6 +968,10 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--quick", action="store_true", help="short run (N up to 1e4, fewer steps)")
     bs.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     bs.add_argument("--repeats", type=_positive_int, default=5, help="repeats per row, median reported (default: %(default)s)")
+    bs.add_argument(
+        "--thread-counts", type=_thread_list, default="1,0",
+        help="comma-separated torch thread counts, one table each; 0 = all CPUs (default: %(default)s)",
+    )
     bs.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
     bs.add_argument("--no-write", dest="write", action="store_false", help="print only; do not write benchmarks/results/")
     bs.set_defaults(func=_cmd_bench_speed)

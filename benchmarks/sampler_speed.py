@@ -300,6 +300,28 @@ def measure(name, n, compiled, layout, args):
     return row
 
 
+def calibration(reps=20_000):
+    """How fast this machine is right now at what N = 100 rows are made of (medians of 5).
+
+    ``torch_op_us``: one small eager op (``a + a`` on 100 floats, dispatch-bound);
+    ``python_ns``: one iteration of a plain Python ``for`` loop with an add. Shared and throttled
+    machines vary several-fold in both from one hour to the next; the overhead columns scale with
+    them, the ratio columns much less.
+    """
+    a = torch.randn(100)
+    op, py = [], []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a + a
+        op.append((time.perf_counter() - t0) / reps * 1e6)
+        t0, acc = time.perf_counter(), 0
+        for i in range(reps * 10):
+            acc += i
+        py.append((time.perf_counter() - t0) / (reps * 10) * 1e9)
+    return dict(torch_op_us=statistics.median(op), python_ns=statistics.median(py))
+
+
 def set_threads(n):
     """``torch.set_num_threads(n)`` and forget compiled code: inductor's CPU kernels are specialised
     on the thread count when they are generated, and a cached graph would keep the old one."""
@@ -310,7 +332,7 @@ def set_threads(n):
 def bench(args):
     sizes = args.sizes or ([100, 1000, 10_000] if args.quick else [100, 1000, 10_000, 100_000])
     rows = []
-    breakdown = {}
+    breakdown = {"calibration_before": calibration()}
     for threads in args.threads:
         set_threads(threads)
         for name in ["ULA", "MALA", "HMC"]:
@@ -321,6 +343,7 @@ def bench(args):
             # the broadcast-layout energy, compiled: library and hand loop alike
             rows.append(measure("MALA", max(sizes), True, "broadcast", args))
         breakdown[threads] = evaluate_breakdown(torch.device(args.device), torch.float32)
+    breakdown["calibration_after"] = calibration()
     return rows, breakdown
 
 
@@ -373,8 +396,13 @@ def write(rows, breakdown, args):
     targets = {str(t): targets_for(rows, t) for t in args.threads}
     write_json(
         RESULTS / "sampler_speed.json",
-        dict(meta=meta, rows=rows, evaluate_us_per_call_n100={str(k): v for k, v in breakdown.items()}, targets=targets),
+        dict(
+            meta=meta, rows=rows, targets=targets,
+            calibration={k: breakdown[k] for k in ("calibration_before", "calibration_after")},
+            evaluate_us_per_call_n100={str(t): breakdown[t] for t in args.threads},
+        ),
     )
+    cal = [breakdown["calibration_before"], breakdown["calibration_after"]]
     lines = [
         "# Sampler speed: library kernels vs minimal hand-written torch loops",
         "",
@@ -390,6 +418,11 @@ def write(rows, breakdown, args):
         "the same energy written with a `(B, K, 2)` broadcast, `logsumexp` and `softmax` "
         "(`ring_energy_and_grad_broadcast`), which torch's inductor compiles into a per-chain OpenMP region when "
         "it has more than one thread.",
+        "",
+        "Machine speed during the run (before / after): a small eager torch op took "
+        f"{cal[0]['torch_op_us']:.2f} / {cal[1]['torch_op_us']:.2f} us and a Python loop iteration "
+        f"{cal[0]['python_ns']:.0f} / {cal[1]['python_ns']:.0f} ns. The us overhead columns scale with these "
+        "(a shared machine varies several-fold between hours), the ratios much less.",
     ]
     for threads in args.threads:
         mine = [r for r in rows if r["threads"] == threads]

@@ -120,6 +120,9 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, monkeypatch):
         assert r["lib_chain_steps_per_s"] > 0 and r["hand_chain_steps_per_s"] > 0
         assert r["ratio_lib_over_hand_time"] == pytest.approx(r["hand_chain_steps_per_s"] / r["lib_chain_steps_per_s"])
     assert set(data["targets"]) == {"1"}
+    for when in ("calibration_before", "calibration_after"):
+        assert data["calibration"][when]["torch_op_us"] > 0 and data["calibration"][when]["python_ns"] > 0
     md = (tmp_path / "sampler_speed.md").read_text()
+    assert "Machine speed during the run" in md
     assert "## 1 thread" in md and "| ULA | 100 | eager | per-coordinate |" in md
     assert "compiled MALA >= 1e7 chain-steps/s at N=1e5 (wall): not measured" in md
