@@ -255,6 +255,13 @@ def n_steps_for(n, name, quick):
     return max(base // (4 if quick else 1), 10)
 
 
+def _repeats(args):
+    """``--repeats`` when given, else 9 (3 with ``--quick``)."""
+    if getattr(args, "repeats", None):
+        return args.repeats
+    return 3 if args.quick else 9
+
+
 def measure(name, n, compiled, layout, args):
     """One row: the library kernel and its hand loop on ``N = n`` chains, interleaved, median of repeats."""
     device = torch.device(args.device)
@@ -263,7 +270,7 @@ def measure(name, n, compiled, layout, args):
     energy = Ring(device, dtype, fn)
     means, var = ring_params(device, dtype)
     steps = n_steps_for(n, name, args.quick)
-    repeats = 3 if args.quick else args.repeats
+    repeats = _repeats(args)
     x0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=dtype) * 3
     k = kernel(name, steps, compiled)
     hand_fn = (HAND_COMPILED if compiled else HAND)[name]
@@ -271,24 +278,39 @@ def measure(name, n, compiled, layout, args):
         warnings.simplefilter("ignore")
         k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))  # warm-up (and compilation)
         hand_fn(x0, 2, STEP[name], torch.Generator(device=device).manual_seed(1), means, var, fn)
+    def run_hand():
+        gen = torch.Generator(device=device).manual_seed(1)
+        return timed(lambda: hand_fn(x0, steps, STEP[name], gen, means, var, fn), device, cpu=True)
+
+    def run_lib():
+        gen = torch.Generator(device=device).manual_seed(1)
+        return timed(lambda: k.sample(energy, x0, generator=gen), device, cpu=True)
+
+    # Paired design: each repeat times both back to back (in alternating order), and the ratio and
+    # overhead are medians of the per-pair values, so a machine that slows down or speeds up
+    # between repeats (shared CPUs, memory bandwidth) cancels within each pair.
     t_lib, t_hand = [], []
-    for _ in range(repeats):
-        gen = torch.Generator(device=device).manual_seed(1)
-        t_hand.append(timed(lambda: hand_fn(x0, steps, STEP[name], gen, means, var, fn), device, cpu=True))
-        gen = torch.Generator(device=device).manual_seed(1)
-        t_lib.append(timed(lambda: k.sample(energy, x0, generator=gen), device, cpu=True))
-    lib, hand = statistics.median(t[0] for t in t_lib), statistics.median(t[0] for t in t_hand)
-    lib_cpu, hand_cpu = statistics.median(t[1] for t in t_lib), statistics.median(t[1] for t in t_hand)
+    for i in range(repeats):
+        if i % 2 == 0:
+            t_hand.append(run_hand())
+            t_lib.append(run_lib())
+        else:
+            t_lib.append(run_lib())
+            t_hand.append(run_hand())
+    med = statistics.median
+    lib, hand = med(t[0] for t in t_lib), med(t[0] for t in t_hand)
+    lib_cpu, hand_cpu = med(t[1] for t in t_lib), med(t[1] for t in t_hand)
+    pairs = list(zip(t_lib, t_hand))
     row = dict(
         sampler=name, n_chains=n, compiled=compiled, threads=torch.get_num_threads(), layout=layout, n_steps=steps,
-        baseline="compiled hand loop" if compiled else "eager hand loop",
+        baseline="compiled hand loop" if compiled else "eager hand loop", repeats=repeats,
         lib_chain_steps_per_s=n * steps / lib, hand_chain_steps_per_s=n * steps / hand,
-        ratio_lib_over_hand_time=lib / hand,
-        overhead_us_per_step=(lib - hand) / steps * 1e6,
+        ratio_lib_over_hand_time=med(a[0] / b[0] for a, b in pairs),
+        overhead_us_per_step=med(a[0] - b[0] for a, b in pairs) / steps * 1e6,
         lib_us_per_step=lib / steps * 1e6, hand_us_per_step=hand / steps * 1e6,
         lib_cpu_chain_steps_per_s=n * steps / lib_cpu, hand_cpu_chain_steps_per_s=n * steps / hand_cpu,
-        ratio_lib_over_hand_cpu=lib_cpu / hand_cpu,
-        overhead_cpu_us_per_step=(lib_cpu - hand_cpu) / steps * 1e6,
+        ratio_lib_over_hand_cpu=med(a[1] / b[1] for a, b in pairs),
+        overhead_cpu_us_per_step=med(a[1] - b[1] for a, b in pairs) / steps * 1e6,
     )
     print(
         f"{name:4s} N={n:>6d} {'compiled' if compiled else 'eager   '} {row['threads']} thr {layout:14s} "
@@ -323,8 +345,12 @@ def calibration(reps=20_000):
 
 
 def set_threads(n):
-    """``torch.set_num_threads(n)`` and forget compiled code: inductor's CPU kernels are specialised
-    on the thread count when they are generated, and a cached graph would keep the old one."""
+    """``torch.set_num_threads(n)`` and forget compiled code.
+
+    Inductor's CPU kernels are specialised on the thread count (dynamo guards on it and
+    recompiles); starting afresh keeps each table's graphs under dynamo's recompile limit (one
+    graph per chain count and thread count per transition would otherwise reach it).
+    """
     torch.set_num_threads(n)
     torch._dynamo.reset()
 
@@ -390,7 +416,7 @@ def write(rows, breakdown, args):
     meta = dict(
         device=args.device, torch=torch.__version__, threads=list(args.threads),
         cpu_count=os.cpu_count(), platform=platform.platform(), quick=args.quick,
-        repeats=3 if args.quick else args.repeats, n_leapfrog=N_LEAPFROG, step_size=STEP,
+        repeats=_repeats(args), n_leapfrog=N_LEAPFROG, step_size=STEP,
         target="8-Gaussian ring, radius 4, std 0.3, closed-form energy and gradient",
     )
     targets = {str(t): targets_for(rows, t) for t in args.threads}
@@ -410,7 +436,8 @@ def write(rows, breakdown, args):
         f"median of {meta['repeats']} interleaved repeats; HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
         "transitions). Ratio = library / baseline time (1.00 = no overhead), baseline = the eager hand loop for "
         "eager rows and the same hand loop compiled as one `torch.compile` graph per step for compiled rows; the "
-        "library and its baseline call the same energy function. `wall` columns are wall-clock medians; `cpu` "
+        "library and its baseline call the same energy function. Each repeat times both back to back (order "
+        "alternating); ratios and overheads are medians of the per-pair values, chain-steps/s medians of each side. `wall` columns are wall-clock medians; `cpu` "
         "columns are this process's CPU-time medians (with one thread they measure the work done and are robust "
         "when other jobs share the machine).",
         "",
@@ -463,7 +490,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="short run (N up to 1e4, fewer steps)")
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=None, help="timed pairs per row (default: 9, 3 with --quick)")
     ap.add_argument(
         "--threads", type=_thread_counts, default=_thread_counts("1,0"),
         help="comma-separated torch intra-op thread counts, one table each (0: all CPUs; default: 1 and all)",
