@@ -45,6 +45,7 @@ __all__ = [
     "require_energy",
     "evaluate",
     "finite_rows",
+    "surely_finite",
     "check_step_size",
     "check_positive_int",
     "Recorder",
@@ -223,6 +224,26 @@ def check_positive_int(value, name: str, allow_zero: bool = False) -> None:
     lo = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+def surely_finite(*tensors: Optional[Tensor]) -> bool:
+    """``True`` when every element of the given tensors is finite, decided cheaply; ``False`` when unsure.
+
+    One contiguous ``sum`` per tensor (a finite sum has no inf or NaN term). Only on the CPU,
+    where reading the answer back costs nothing, and never while ``torch.compile`` traces (a
+    data-dependent branch would break the graph); elsewhere, and when a sum overflows or is not
+    finite, it answers ``False`` and the caller takes its per-row path. Per-row checks and
+    ``torch.where`` over ``(B, 2)`` rows are slow on the CPU (reductions over a tiny last axis),
+    so a kernel skips them this way in the common all-finite case.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    for v in tensors:
+        if v is None:
+            continue
+        if v.device.type != "cpu" or not bool(v.sum().isfinite()):
+            return False
+    return True
 
 
 def finite_rows(*tensors: Optional[Tensor]) -> Tensor:

@@ -118,7 +118,9 @@ class MALA(MCMCKernel):
         graph when the energy can be captured (closed-form energies such as
         ``toy.GaussianMixture``); otherwise (autograd inside the energy) only the proposal and
         correction math, around an eager evaluation; falls back to eager with a warning if
-        compilation fails. One compilation per (shape, dtype); random draws stay eager.
+        compilation fails. One compilation per (shape, dtype, torch thread count); random draws
+        stay eager, so compiled and eager chains use the same random stream. On CPU, the energy's
+        layout decides the compiled speed more than the sampler does: see the README's "Speed".
 
     Notes
     -----

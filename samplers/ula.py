@@ -23,7 +23,18 @@ from torch import Tensor
 
 import ebmcompose as ec
 
-from .base import MCMCKernel, State, StepInfo, compiled, compiled_transition, evaluate, finite_rows, per_chain, randn_like
+from .base import (
+    MCMCKernel,
+    State,
+    StepInfo,
+    compiled,
+    compiled_transition,
+    evaluate,
+    finite_rows,
+    per_chain,
+    randn_like,
+    surely_finite,
+)
 from .mala import _sum_event, langevin_proposal
 
 __all__ = ["ULA", "ula_acceptance_proxy"]
@@ -39,6 +50,9 @@ def ula_acceptance_proxy(x, grad, x_new, grad_new, noise, step_size) -> Tensor:
 
 
 def _ula_update(x, grad, x_new, grad_new):
+    """Take the proposal where its gradient is finite, keep the chain elsewhere; ``(x, grad, ok)``."""
+    if surely_finite(grad_new):  # the common case, without per-row work (CPU, eager)
+        return x_new, grad_new, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     ok = finite_rows(grad_new)
     ok_x = per_chain(ok, x)
     return torch.where(ok_x, x_new, x), torch.where(ok_x, grad_new, grad), ok
