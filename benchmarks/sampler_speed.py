@@ -57,14 +57,16 @@ def ring_energy_and_grad(x, means, var):
     (responsibilities). This is the layout ``torch.compile`` handles well on CPU; see
     :func:`ring_energy_and_grad_broadcast` for the one it does not.
     """
-    d0 = x[:, :1] - means[:, 0].contiguous()  # (B, K)
-    d1 = x[:, 1:] - means[:, 1].contiguous()
+    d0 = x[:, :1] - means[:, 0]  # (B, K)
+    d1 = x[:, 1:] - means[:, 1]
     logits = (d0 * d0 + d1 * d1) * (-0.5 / var)
     top = logits.amax(-1, keepdim=True)
     w = (logits - top).exp()
-    total = w.sum(-1, keepdim=True)
-    energy = (math.log(means.shape[0] * 2 * math.pi * var) - top - total.log()).squeeze(-1)
-    grad = torch.cat([(w * d0).sum(-1, keepdim=True), (w * d1).sum(-1, keepdim=True)], -1) / (total * var)
+    total = w.sum(-1)
+    energy = math.log(means.shape[0] * 2 * math.pi * var) - top.squeeze(-1) - total.log()
+    # stack, not cat of keepdim sums: torch 2.13's inductor miscompiles the cat form when three or
+    # more evaluations share one graph (an HMC leapfrog); tests/benchmarks/test_sampler_speed.py
+    grad = torch.stack([(w * d0).sum(-1), (w * d1).sum(-1)], -1) / (total[:, None] * var)
     return energy, grad
 
 

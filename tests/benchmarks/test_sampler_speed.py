@@ -126,3 +126,21 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, monkeypatch):
     assert "Machine speed during the run" in md
     assert "## 1 thread" in md and "| ULA | 100 | eager | per-coordinate |" in md
     assert "compiled MALA >= 1e7 chain-steps/s at N=1e5 (wall): not measured" in md
+
+
+def test_compiled_baselines_and_kernels_run_the_eager_algorithm():
+    """The compiled rows time the same computation as the eager ones.
+
+    HMC compiles five energy evaluations into one graph; written with ``torch.cat`` of keepdim
+    sums, the ring's gradient came out wrong there (torch 2.13 inductor), which this catches.
+    """
+    energy = sp.Ring("cpu", torch.float64)
+    means, var = sp.ring_params("cpu", torch.float64)
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    n = 3
+    eager = sp.HAND["HMC"](x0, n, sp.STEP["HMC"], torch.Generator().manual_seed(1), means, var)
+    hand = sp.HAND_COMPILED["HMC"](x0, n, sp.STEP["HMC"], torch.Generator().manual_seed(1), means, var)
+    lib = sp.kernel("HMC", n, compiled=True).sample(energy, x0, generator=torch.Generator().manual_seed(1)).samples
+    torch.testing.assert_close(hand, eager, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(lib, eager, rtol=1e-9, atol=1e-9)
+    assert (eager != x0).any(dim=1).float().mean() > 0.5
