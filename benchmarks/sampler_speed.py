@@ -203,24 +203,23 @@ def hand_ula_compiled(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     return x
 
 
-def hand_mala_compiled(x, n, h, gen, means, var, fn=ring_energy_and_grad):
-    step, h = _compiled_step(_mala_step), torch.tensor(h, device=x.device, dtype=x.dtype)
+def _hand_metropolis_compiled(step_fn, x, n, h, gen, means, var, fn):
+    """MALA and HMC as compiled steps: each draws a ``(B, 2)`` normal (noise or momentum), then ``u``."""
+    step, h = _compiled_step(step_fn), torch.tensor(h, device=x.device, dtype=x.dtype)
     e, g = fn(x, means, var)
     for _ in range(n):
-        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         u = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype)
-        x, e, g = step(x, e, g, noise, u, h, means, var, fn)
+        x, e, g = step(x, e, g, z, u, h, means, var, fn)
     return x
+
+
+def hand_mala_compiled(x, n, h, gen, means, var, fn=ring_energy_and_grad):
+    return _hand_metropolis_compiled(_mala_step, x, n, h, gen, means, var, fn)
 
 
 def hand_hmc_compiled(x, n, h, gen, means, var, fn=ring_energy_and_grad):
-    step, h = _compiled_step(_hmc_step), torch.tensor(h, device=x.device, dtype=x.dtype)
-    e, g = fn(x, means, var)
-    for _ in range(n):
-        p0 = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        u = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype)
-        x, e, g = step(x, e, g, p0, u, h, means, var, fn)
-    return x
+    return _hand_metropolis_compiled(_hmc_step, x, n, h, gen, means, var, fn)
 
 
 HAND_COMPILED = {"ULA": hand_ula_compiled, "MALA": hand_mala_compiled, "HMC": hand_hmc_compiled}
@@ -360,7 +359,8 @@ def set_threads(n):
 def bench(args):
     sizes = args.sizes or ([100, 1000, 10_000] if args.quick else [100, 1000, 10_000, 100_000])
     rows = []
-    breakdown = {"calibration_before": calibration()}
+    before = calibration()
+    breakdown = {}
     for threads in args.threads:
         set_threads(threads)
         for name in ["ULA", "MALA", "HMC"]:
@@ -371,8 +371,7 @@ def bench(args):
             # the broadcast-layout energy, compiled: library and hand loop alike
             rows.append(measure("MALA", max(sizes), True, "broadcast", args))
         breakdown[threads] = evaluate_breakdown(torch.device(args.device), torch.float32)
-    breakdown["calibration_after"] = calibration()
-    return rows, breakdown
+    return rows, breakdown, dict(calibration_before=before, calibration_after=calibration())
 
 
 def evaluate_breakdown(device, dtype, n=100, reps=3000):
@@ -414,7 +413,7 @@ def _verdict(v):
     return "met" if v else ("not met" if v is not None else "not measured")
 
 
-def write(rows, breakdown, args):
+def write(rows, breakdown, cal, args):
     meta = dict(
         device=args.device, torch=torch.__version__, threads=list(args.threads),
         cpu_count=os.cpu_count(), platform=platform.platform(), quick=args.quick,
@@ -426,11 +425,10 @@ def write(rows, breakdown, args):
         RESULTS / "sampler_speed.json",
         dict(
             meta=meta, rows=rows, targets=targets,
-            calibration={k: breakdown[k] for k in ("calibration_before", "calibration_after")},
+            calibration=cal,
             evaluate_us_per_call_n100={str(t): breakdown[t] for t in args.threads},
         ),
     )
-    cal = [breakdown["calibration_before"], breakdown["calibration_after"]]
     lines = [
         "# Sampler speed: library kernels vs minimal hand-written torch loops",
         "",
@@ -449,8 +447,8 @@ def write(rows, breakdown, args):
         "it has more than one thread.",
         "",
         "Machine speed during the run (before / after): a small eager torch op took "
-        f"{cal[0]['torch_op_us']:.2f} / {cal[1]['torch_op_us']:.2f} us and a Python loop iteration "
-        f"{cal[0]['python_ns']:.0f} / {cal[1]['python_ns']:.0f} ns. The us overhead columns scale with these "
+        f"{cal['calibration_before']['torch_op_us']:.2f} / {cal['calibration_after']['torch_op_us']:.2f} us and a Python loop "
+        f"iteration {cal['calibration_before']['python_ns']:.0f} / {cal['calibration_after']['python_ns']:.0f} ns. The us overhead columns scale with these "
         "(a shared machine varies several-fold between hours), the ratios much less.",
     ]
     for threads in args.threads:
@@ -504,11 +502,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     before = torch.get_num_threads()
     try:
-        rows, breakdown = bench(args)
+        rows, breakdown, cal = bench(args)
     finally:
         set_threads(before)
     if args.write:
-        write(rows, breakdown, args)
+        write(rows, breakdown, cal, args)
     return 0
 
 
