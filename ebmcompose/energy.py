@@ -263,6 +263,14 @@ class Energy(nn.Module):
             t = self._validate(x, t)
         else:
             t = _normalise_t(t, x)
+        return Evaluation(*self._evaluate_prepared(x, t, need, create_graph))
+
+    def _evaluate_prepared(self, x: Tensor, t: Optional[Tensor], need: int, create_graph: bool = False):
+        """:meth:`evaluate` after its checks: ``t`` is already ``None`` or ``(B,)`` on ``x``'s device.
+
+        Returns ``(energy or None, grad or None, nfe)`` for ``need`` (``ENERGY | GRAD`` bits).
+        Samplers call this in their inner loops with a ``t`` they normalised once.
+        """
         if self._is_leaf and self.leaf_group() is None:
             # a lone ungrouped leaf: the plan would hold just this leaf, evaluated once
             e, g = _evaluate_leaf(self, need, x, t, create_graph)
@@ -272,7 +280,7 @@ class Energy(nn.Module):
             self._collect(need, plan)
             results, nfe = _evaluate_plan(plan, x, t, create_graph)
             e, g = self._combine(results, need)
-        return Evaluation(e if need & ENERGY else None, g if need & GRAD else None, nfe)
+        return (e if need & ENERGY else None), (g if need & GRAD else None), nfe
 
     def energy(self, x: Tensor, t: TimeLike = None) -> Tensor:
         """Unnormalised negative log-density ``E(x, t)``.

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 import ebmcompose as ec
+from ebmcompose.energy import ENERGY as _NEED_ENERGY, GRAD as _NEED_GRAD, _normalise_t
 
 __all__ = [
     "State",
@@ -103,9 +104,8 @@ class State:
 _PLAIN_STATE_TYPES = {State}
 
 
-@dataclass(frozen=True)
 class StepInfo:
-    """What one transition did, per chain.
+    """What one transition did, per chain (immutable).
 
     Attributes
     ----------
@@ -121,13 +121,81 @@ class StepInfo:
         unadjusted kernels.
     nfe : int
         Function evaluations this step cost.
+    all_accepted : bool
+        ``True`` for an info made by :meth:`every_chain_accepted` (no tensors behind it yet).
+
+    Notes
+    -----
+    :meth:`every_chain_accepted` describes an unadjusted step in which every chain took its
+    proposal without holding any tensor: ``acceptance``, ``accepted`` and ``divergent`` are
+    made on first access, and :class:`Recorder` counts such a step without touching a tensor.
+    At small batch sizes each tensor op is a sizeable part of a step, so an unadjusted kernel
+    (ULA) saves three per step this way.
     """
 
-    acceptance: Tensor
-    accepted: Tensor
-    divergent: Tensor
-    energy_error: Optional[Tensor]
-    nfe: int
+    __slots__ = ("_acceptance", "_accepted", "_divergent", "_energy_error", "_nfe", "_like")
+
+    # Immutable through read-only properties (no setters) over private slots: plain slot stores
+    # in the constructor, which runs once per step.
+    def __init__(self, acceptance: Tensor, accepted: Tensor, divergent: Tensor, energy_error: Optional[Tensor], nfe: int):
+        self._acceptance = acceptance
+        self._accepted = accepted
+        self._divergent = divergent
+        self._energy_error = energy_error
+        self._nfe = nfe
+        self._like = None
+
+    @classmethod
+    def every_chain_accepted(cls, like: Tensor, nfe: int) -> "StepInfo":
+        """An unadjusted step in which all ``B = like.shape[0]`` chains took their proposal.
+
+        ``acceptance`` (ones of ``like``'s dtype), ``accepted`` (all ``True``) and ``divergent``
+        (all ``False``) are ``(B,)`` tensors on ``like``'s device, made when first read.
+        """
+        info = cls(None, None, None, None, nfe)
+        # the batch size, dtype and device only: holding ``like`` would keep its memory alive
+        info._like = (like.shape[0], like.dtype, like.device)
+        return info
+
+    @property
+    def all_accepted(self) -> bool:
+        return self._like is not None
+
+    def _made(self, name: str, fill, dtype: Optional[torch.dtype]) -> Tensor:
+        v = getattr(self, name)
+        if v is None and self._like is not None:
+            n, like_dtype, device = self._like
+            v = torch.full((n,), fill, dtype=dtype or like_dtype, device=device)
+            setattr(self, name, v)
+        return v
+
+    @property
+    def acceptance(self) -> Tensor:
+        return self._made("_acceptance", 1.0, None)
+
+    @property
+    def accepted(self) -> Tensor:
+        return self._made("_accepted", True, torch.bool)
+
+    @property
+    def divergent(self) -> Tensor:
+        return self._made("_divergent", False, torch.bool)
+
+    @property
+    def energy_error(self) -> Optional[Tensor]:
+        return self._energy_error
+
+    @property
+    def nfe(self) -> int:
+        return self._nfe
+
+    def __repr__(self) -> str:
+        if self._like is not None:
+            return f"StepInfo(every chain accepted, B={self._like[0]}, nfe={self._nfe})"
+        return (
+            f"StepInfo(acceptance={self._acceptance!r}, accepted={self._accepted!r}, divergent={self._divergent!r}, "
+            f"energy_error={self._energy_error!r}, nfe={self._nfe})"
+        )
 
 
 @dataclass
@@ -229,7 +297,8 @@ def check_positive_int(value, name: str, allow_zero: bool = False) -> None:
 def surely_finite(*tensors: Optional[Tensor]) -> bool:
     """``True`` when every element of the given tensors is finite, decided cheaply; ``False`` when unsure.
 
-    One contiguous ``sum`` per tensor (a finite sum has no inf or NaN term). Only on the CPU,
+    One contiguous ``sum`` per tensor, read back as a Python number (a finite sum has no inf or
+    NaN term; two dispatches, where ``isfinite`` on the sum would add four). Only on the CPU,
     where reading the answer back costs nothing, and never while ``torch.compile`` traces (a
     data-dependent branch would break the graph); elsewhere, and when a sum overflows or is not
     finite, it answers ``False`` and the caller takes its per-row path. Per-row checks and
@@ -241,7 +310,7 @@ def surely_finite(*tensors: Optional[Tensor]) -> bool:
     for v in tensors:
         if v is None:
             continue
-        if v.device.type != "cpu" or not bool(v.sum().isfinite()):
+        if v.device.type != "cpu" or not math.isfinite(v.sum().item()):
             return False
     return True
 
@@ -264,8 +333,16 @@ def evaluate(energy: ec.Energy, x: Tensor, t: Optional[Tensor], need_energy: boo
 
     Samplers validate ``x0`` once (``validate=True``) and then evaluate unchecked.
     """
-    ev = energy.evaluate(x, t, energy=need_energy, grad=True, validate=validate)
-    return ev.energy, ev.grad, ev.nfe
+    if validate:
+        ev = energy.evaluate(x, t, energy=need_energy, grad=True, validate=True)
+        return ev.energy, ev.grad, ev.nfe
+    if need_energy and not energy.has_energy:
+        energy.evaluate(x, t, energy=True, grad=True)  # raises the ScoreOnlyError naming the fix
+    if t is not None:
+        t = _normalise_t(t, x)
+    # the evaluation itself, without the keyword parsing and the result object of
+    # ``Energy.evaluate`` (a sizeable part of a step's Python time at small batch sizes)
+    return energy._evaluate_prepared(x, t, _NEED_GRAD | (_NEED_ENERGY if need_energy else 0))
 
 
 def init_state(energy: ec.Energy, x: Tensor, t, need_energy: bool, sampler: str) -> Tuple[State, int]:
@@ -297,9 +374,11 @@ class Recorder:
     """Collects per-step diagnostics without synchronising the device every step.
 
     Per-step tensors are buffered and reduced in chunks (a few ops per chunk instead of five per
-    step); the public attributes ``acceptance`` (list of 0-d tensors, the mean acceptance of
-    each step), ``acc_sum`` (``(B,)``), ``divergent`` (``(B,)`` long counts) and
-    ``energy_error`` (list of 0-d tensors) reduce what is pending when read.
+    step), and a step in which every chain took its proposal
+    (:meth:`StepInfo.every_chain_accepted`) is counted without a tensor op. The public
+    attributes ``acceptance`` (list of 0-d tensors, the mean acceptance of each step),
+    ``acc_sum`` (``(B,)``), ``divergent`` (``(B,)`` long counts) and ``energy_error`` (list of
+    0-d tensors) reduce what is pending when read.
 
     Parameters
     ----------
@@ -319,10 +398,15 @@ class Recorder:
     def __init__(self, n_chains: int, trace_every: int = 0):
         check_positive_int(trace_every, "trace_every", allow_zero=True)
         self.trace_every = trace_every
-        self._acceptance: List[Tensor] = []
+        # per-step mean acceptance, in step order: 1-d tensors (reduced chunks) and ints (runs of
+        # steps in which every chain accepted, acceptance exactly 1)
+        self._acc_parts: List[Union[Tensor, int]] = []
+        self._acc_list: Optional[List[Tensor]] = None  # ``acceptance`` as 0-d tensors, cached
         self._acc_sum: Optional[Tensor] = None
         self._divergent: Optional[Tensor] = None
-        self._energy_error: List[Tensor] = []
+        self._unanimous = 0  # steps in which every chain accepted
+        self._like = None  # (B, dtype, device) of those steps
+        self._err_parts: List[Tensor] = []
         self._pending_acc: List[Tensor] = []
         self._pending_div: List[Tensor] = []
         self._pending_err: List[Tensor] = []
@@ -335,14 +419,27 @@ class Recorder:
 
     def record(self, state: State, info: StepInfo) -> None:
         """Add one step's :class:`StepInfo` (and the state to the trace when due)."""
+        # the slots directly (not the properties): this runs once per step
         self.n_steps += 1
-        self.nfe += info.nfe
-        self._pending_acc.append(info.acceptance)
-        self._pending_div.append(info.divergent)
-        if info.energy_error is not None:
-            self._pending_err.append(info.energy_error)
-        if len(self._pending_acc) >= self._chunk:
-            self._flush()
+        self.nfe += info._nfe
+        if info._like is not None:
+            if self._pending_acc:
+                self._flush()  # keep the steps in order
+            parts = self._acc_parts
+            if parts and type(parts[-1]) is int:
+                parts[-1] += 1
+            else:
+                parts.append(1)
+            self._unanimous += 1
+            self._like = info._like
+            self._acc_list = None
+        else:
+            self._pending_acc.append(info._acceptance)
+            self._pending_div.append(info._divergent)
+            if info._energy_error is not None:
+                self._pending_err.append(info._energy_error)
+            if len(self._pending_acc) >= self._chunk:
+                self._flush()
         if self.trace_every and self.n_steps % self.trace_every == 0:
             self.trace.append(state.x.detach().clone())
             if state.energy is not None:
@@ -352,9 +449,10 @@ class Recorder:
         """Reduce the buffered steps into the running statistics (no device sync)."""
         acc = self._pending_acc
         if acc:
+            self._acc_list = None
             if len(acc) == 1 or any(a.shape != acc[0].shape for a in acc):  # step by step
                 for a, dv in zip(acc, self._pending_div):
-                    self._acceptance.append(a.mean())
+                    self._acc_parts.append(a.mean().reshape(1))
                     if self._acc_sum is None:
                         self._acc_sum = a.clone()
                         self._divergent = dv.long()
@@ -363,7 +461,7 @@ class Recorder:
                         self._divergent.add_(dv)
             else:
                 a = torch.stack(acc)  # (c, B)
-                self._acceptance.extend(a.mean(dim=1).unbind(0))
+                self._acc_parts.append(a.mean(dim=1))
                 a_sum = a.sum(dim=0)
                 # counted as bytes into int32: a bool sum would first copy the (c, B) stack to int64
                 d_sum = torch.stack(self._pending_div).view(torch.uint8).sum(dim=0, dtype=torch.int32)
@@ -376,45 +474,66 @@ class Recorder:
         err = self._pending_err
         if err:
             if len(err) == 1 or any(e.shape != err[0].shape for e in err):
-                self._energy_error.extend(_mean_abs(e) for e in err)
+                self._err_parts.extend(_mean_abs(e).reshape(1) for e in err)
             else:
-                self._energy_error.extend(_mean_abs(torch.stack(err), dim=1).unbind(0))
+                self._err_parts.append(_mean_abs(torch.stack(err), dim=1))
             self._pending_err = []
+
+    def _acceptance_vector(self) -> Optional[Tensor]:
+        """``(n_steps,)`` mean acceptance per step, in order (``None`` before any step)."""
+        self._flush()
+        parts = self._acc_parts
+        if not parts:
+            return None
+        like = next((p for p in parts if type(p) is not int), None)
+        dtype, device = (like.dtype, like.device) if like is not None else self._like[1:]
+        return torch.cat([torch.ones(p, dtype=dtype, device=device) if type(p) is int else p for p in parts])
 
     @property
     def acceptance(self) -> List[Tensor]:
         """Mean acceptance of each recorded step (0-d tensors)."""
-        self._flush()
-        return self._acceptance
+        if self._acc_list is None or self._pending_acc:
+            v = self._acceptance_vector()
+            self._acc_list = [] if v is None else list(v.unbind(0))
+        return self._acc_list
 
     @property
     def acc_sum(self) -> Optional[Tensor]:
         """``(B,)`` sum of the per-chain acceptance over the recorded steps (``None`` before any)."""
         self._flush()
-        return self._acc_sum
+        if not self._unanimous:
+            return self._acc_sum
+        if self._acc_sum is None:
+            n, dtype, device = self._like
+            return torch.full((n,), float(self._unanimous), dtype=dtype, device=device)
+        return self._acc_sum + self._unanimous
 
     @property
     def divergent(self) -> Optional[Tensor]:
         """``(B,)`` number of divergent proposals per chain (``None`` before any step)."""
         self._flush()
+        if self._divergent is None and self._unanimous:
+            self._divergent = torch.zeros(self._like[0], dtype=torch.long, device=self._like[2])
         return self._divergent
 
     @property
     def energy_error(self) -> List[Tensor]:
         """Mean absolute energy error of each recorded step (0-d tensors)."""
         self._flush()
-        return self._energy_error
+        if len(self._err_parts) > 1:
+            self._err_parts = [torch.cat(self._err_parts)]
+        return list(self._err_parts[0].unbind(0)) if self._err_parts else []
 
     def info(self, init_nfe: int = 0) -> Dict[str, Any]:
         """The diagnostics dict of :class:`SampleResult` (one device sync here)."""
-        self._flush()
         out: Dict[str, Any] = {"nfe": self.nfe + init_nfe, "n_steps": self.n_steps}
-        if self._acceptance:
-            out["acceptance"] = torch.stack(self._acceptance)
-            out["acceptance_per_chain"] = self._acc_sum / self.n_steps
-            out["divergences"] = int(self._divergent.sum())
-        if self._energy_error:
-            out["energy_error"] = torch.stack(self._energy_error)
+        acc = self._acceptance_vector()
+        if acc is not None:
+            out["acceptance"] = acc
+            out["acceptance_per_chain"] = self.acc_sum / self.n_steps
+            out["divergences"] = int(self.divergent.sum())
+        if self._err_parts:
+            out["energy_error"] = torch.cat(self._err_parts)
         if self.trace:
             out["trace"] = torch.stack(self.trace)
         if self.energy_trace:
@@ -827,7 +946,8 @@ class MCMCKernel:
         info = rec.info(nfe + warm.nfe)
         info["step_size"] = torch.as_tensor(h, device=x0.device, dtype=x0.dtype).detach().reshape(())
         info["n_warmup"] = n_warmup
-        info["warmup_acceptance"] = torch.stack(warm.acceptance).mean() if warm.acceptance else None
+        warm_acc = warm._acceptance_vector()
+        info["warmup_acceptance"] = warm_acc.mean() if warm_acc is not None else None
         ok = finite_rows(state.x, state.energy, state.grad)
         if not bool(ok.all()):  # cannot happen by construction (non-finite proposals are rejected)
             bad = (~ok).nonzero().flatten()

@@ -45,7 +45,11 @@ __all__ = ["HMC", "HMCState", "leapfrog", "kinetic_energy"]
 
 @dataclass(frozen=True)
 class HMCState(State):
-    """:class:`State` plus the momentum ``(B, *event)`` (``None``: drawn fresh at the next step)."""
+    """:class:`State` plus the momentum ``(B, *event)`` carried to the next step.
+
+    Only partial refresh (``refresh < 1``) carries a momentum over; with a full refresh it is
+    ``None`` (the next step draws a fresh one), as it is before the first step.
+    """
 
     momentum: Optional[Tensor] = None
 
@@ -126,28 +130,41 @@ def _refresh(momentum: Tensor, noise: Tensor, sqrt_mass, refresh: float) -> Tens
     return math.sqrt(1.0 - refresh * refresh) * momentum + refresh * (sqrt_mass * noise)
 
 
-def _hmc_correct(x, energy, grad, p0, x_new, energy_new, grad_new, p_new, inv_mass, u):
-    """Per-chain Metropolis test on ``ΔH``; rejected chains keep ``x`` and negate the momentum."""
-    delta = (energy_new + kinetic_energy(p_new, inv_mass)) - (energy + kinetic_energy(p0, inv_mass))
+def _hamiltonian_change(energy, energy_new, p0, p_new, inv_mass) -> Tensor:
+    """``(B,)`` ``ΔH = E(x') - E(x) + ½ Σ M⁻¹ (p'² - p0²)`` (one reduction for both kinetic energies)."""
+    if isinstance(inv_mass, float):
+        # fused in-place ops on fresh temporaries (5 ops instead of 9 for the two kinetic energies)
+        dk = torch.mul(p_new, p_new).addcmul_(p0, p0, value=-1.0)
+        return torch.sub(energy_new, energy).add_(_sum_event(dk), alpha=0.5 * inv_mass)
+    return energy_new - energy + 0.5 * _sum_event((p_new.square() - p0.square()) * inv_mass)
+
+
+def _hmc_correct(x, energy, grad, p0, x_new, energy_new, grad_new, p_new, inv_mass, u, keep_momentum: bool = True):
+    """Per-chain Metropolis test on ``ΔH``; rejected chains keep ``x`` and negate the momentum.
+
+    ``keep_momentum=False`` (full refresh: the next step draws a fresh momentum) returns ``None``
+    for the momentum instead of selecting it.
+    """
+    delta = _hamiltonian_change(energy, energy_new, p0, p_new, inv_mass)
     # non-finite energy/gradient anywhere on the trajectory ends in delta: rejected, divergent
-    acceptance, accepted, divergent, delta = metropolis_accept(-delta, u)
+    acceptance, accepted, divergent, log_ratio = metropolis_accept(delta.neg_(), u)
     acc_x = per_chain(accepted, x)
     return (
         torch.where(acc_x, x_new, x),
         torch.where(accepted, energy_new, energy),
         torch.where(acc_x, grad_new, grad),
-        torch.where(acc_x, p_new, -p0),
+        torch.where(acc_x, p_new, -p0) if keep_momentum else None,
         acceptance,
         accepted,
         divergent,
-        -delta,
+        log_ratio.neg_(),
     )
 
 
-def _hmc_transition(energy, x, e, g, t, p0, u, step_size, n_leapfrog: int, inv_mass):
+def _hmc_transition(energy, x, e, g, t, p0, u, step_size, n_leapfrog: int, inv_mass, keep_momentum: bool = True):
     """A whole HMC transition given the starting momentum and ``u`` (one graph with ``compile=True``)."""
     x_new, p_new, e_new, g_new, nfe = leapfrog(energy, x, p0, g, t, step_size, n_leapfrog, inv_mass)
-    return _hmc_correct(x, e, g, p0, x_new, e_new, g_new, p_new, inv_mass, u) + (nfe,)
+    return _hmc_correct(x, e, g, p0, x_new, e_new, g_new, p_new, inv_mass, u, keep_momentum) + (nfe,)
 
 
 @dataclass(frozen=True)
@@ -180,8 +197,9 @@ class HMC(MCMCKernel):
 
     Notes
     -----
-    ``init`` returns an :class:`HMCState` (momentum ``None`` until the first step); ``step``
-    accepts any :class:`State` (a plain one starts with a fresh momentum). ``run`` as in
+    ``init`` returns an :class:`HMCState` (momentum ``None`` until the first step, and always
+    with ``refresh=1``, which never reuses it); ``step`` accepts any :class:`State` (a plain one
+    starts with a fresh momentum). ``run`` as in
     :class:`samplers.base.MCMCKernel`.
     """
 
@@ -240,13 +258,15 @@ class HMC(MCMCKernel):
             p0 = noise if isinstance(sqrt_mass, float) and sqrt_mass == 1.0 else sqrt_mass * noise
         else:
             p0 = refresh(p_old, noise, sqrt_mass, float(self.refresh))
+        # with a full refresh the next step draws a fresh momentum: nothing to carry over
+        keep = self.refresh != 1.0
         out = None
         if self.compile:
             # u before the trajectory: the same stream as the eager path (the energy never
             # touches the generator)
             u = uniform(x.shape[:1], x, generator)
             out = compiled_transition(_hmc_transition)(
-                energy, x, state.energy, state.grad, state.t, p0, u, step_size, self.n_leapfrog, inv_mass
+                energy, x, state.energy, state.grad, state.t, p0, u, step_size, self.n_leapfrog, inv_mass, keep
             )
         if out is None:
             x_new, p_new, e_new, g_new, nfe = leapfrog(
@@ -255,7 +275,7 @@ class HMC(MCMCKernel):
             if not self.compile:
                 u = uniform(x.shape[:1], x, generator)
             correct = compiled(_hmc_correct) if self.compile else _hmc_correct
-            out = correct(x, state.energy, state.grad, p0, x_new, e_new, g_new, p_new, inv_mass, u) + (nfe,)
+            out = correct(x, state.energy, state.grad, p0, x_new, e_new, g_new, p_new, inv_mass, u, keep) + (nfe,)
         x, e, g, p, acceptance, accepted, divergent, delta, nfe = out
         new = HMCState(x=x, energy=e, grad=g, t=state.t, momentum=p)
         return new, StepInfo(acceptance=acceptance, accepted=accepted, divergent=divergent, energy_error=delta, nfe=nfe)

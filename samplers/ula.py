@@ -50,9 +50,13 @@ def ula_acceptance_proxy(x, grad, x_new, grad_new, noise, step_size) -> Tensor:
 
 
 def _ula_update(x, grad, x_new, grad_new):
-    """Take the proposal where its gradient is finite, keep the chain elsewhere; ``(x, grad, ok)``."""
-    if surely_finite(grad_new):  # the common case, without per-row work (CPU, eager)
-        return x_new, grad_new, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    """Take the proposal where its gradient is finite, keep the chain elsewhere; ``(x, grad, ok)``.
+
+    ``ok`` is the ``(B,)`` bool mask of chains that moved, or ``None`` when every chain did
+    (decided by :func:`surely_finite`: eager CPU only, without per-row work).
+    """
+    if surely_finite(grad_new):
+        return x_new, grad_new, None
     ok = finite_rows(grad_new)
     ok_x = per_chain(ok, x)
     return torch.where(ok_x, x_new, x), torch.where(ok_x, grad_new, grad), ok
@@ -62,7 +66,7 @@ def _ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
     """A whole ULA transition given its noise (compiled as one graph with ``compile=True``)."""
     x_new = langevin_proposal(x, g, step_size, noise)
     _, g_new, nfe = evaluate(energy, x_new, t, False)
-    x_out, g_out, ok = _ula_update(x, g, x_new, g_new)
+    x_out, g_out, ok = _ula_update(x, g, x_new, g_new)  # ok is a tensor while compiling
     acceptance = ok.to(x.dtype)
     if proxy:
         acceptance = torch.where(ok, ula_acceptance_proxy(x, g, x_new, g_new, noise, step_size), acceptance)
@@ -125,7 +129,11 @@ class ULA(MCMCKernel):
             x_out, g_out, ok = _ula_update(x, state.grad, x_new, g_new)
         if out is not None:
             x_out, g_out, ok, acceptance, nfe = out
+        elif ok is None and not proxy:  # every chain moved: no per-chain tensors to make
+            return state.replace(x=x_out, energy=None, grad=g_out), StepInfo.every_chain_accepted(x, nfe), None
         else:
+            if ok is None:
+                ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             acceptance = ok.to(x.dtype)
             if proxy:  # report the proxy as the acceptance while adapting
                 acceptance = torch.where(ok, ula_acceptance_proxy(x, state.grad, x_new, g_new, noise, step_size), acceptance)

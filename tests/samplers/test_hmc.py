@@ -203,3 +203,23 @@ def test_long_correlated_gaussian(refresh):
     energy, draw = gaussian([1.0, -2.0], COV)
     res = HMC(n_leapfrog=8, n_steps=1500, refresh=refresh).sample(energy, draw(1000, g), generator=g, trace_every=3)
     assert_moments(res.info["trace"], [1.0, -2.0], COV, z_max=4.0)
+
+
+@pytest.mark.parametrize("mass", [1.0, 2.5, torch.tensor([0.5, 3.0])])
+def test_hamiltonian_change_equals_the_kinetic_energy_formula(mass):
+    """ΔH from the fused one-reduction form equals E' + K(p') - E - K(p0), for scalar and diagonal mass."""
+    from samplers.hmc import _hamiltonian_change
+
+    g = torch.Generator().manual_seed(4)
+    p0, p1 = torch.randn(50, 2, generator=g, dtype=torch.float64), torch.randn(50, 2, generator=g, dtype=torch.float64)
+    e0, e1 = torch.randn(50, generator=g, dtype=torch.float64), torch.randn(50, generator=g, dtype=torch.float64)
+    inv_mass, _ = HMC(mass=mass)._mass(p0)
+    expect = e1 + kinetic_energy(p1, inv_mass) - e0 - kinetic_energy(p0, inv_mass)
+    torch.testing.assert_close(_hamiltonian_change(e0, e1, p0, p1, inv_mass), expect)
+
+
+def test_full_refresh_carries_no_momentum(generator):
+    energy, draw = gaussian([0.0, 0.0], COV)
+    state = HMC(step_size=0.3, n_leapfrog=2).init(energy, draw(20, generator))
+    new, _ = HMC(step_size=0.3, n_leapfrog=2).step(state, energy, 0.3, generator)
+    assert new.momentum is None  # the next step draws a fresh one: nothing to select or negate

@@ -222,3 +222,23 @@ def test_long_correlated_gaussian_and_ring(seed):
     d2 = ((res.info["trace"][..., None, :] - gm.means) ** 2).sum(-1)
     z, est, _ = z_scores(d2.min(-1).values, 2 * 0.3**2)
     assert float(z) < 4.0, est
+
+
+@pytest.mark.parametrize("shape", [(64, 2), (16, 3, 4, 4)])
+def test_log_ratio_fused_float_path_equals_the_textbook_formula(shape):
+    """The Python-number path (fused in-place ops) and the tensor path both equal the written-out ratio."""
+    g = torch.Generator().manual_seed(3)
+    x, grad, noise, grad_new = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(4))
+    e, e_new = torch.randn(shape[0], generator=g, dtype=torch.float64), torch.randn(shape[0], generator=g, dtype=torch.float64)
+    h = 0.07
+    x_new = x - h * grad + (2 * h) ** 0.5 * noise
+    flat = lambda v: v.reshape(v.shape[0], -1).sum(1)
+    log_q_fwd = -flat((x_new - x + h * grad) ** 2) / (4 * h)
+    log_q_bwd = -flat((x - x_new + h * grad_new) ** 2) / (4 * h)
+    expect = e - e_new + log_q_bwd - log_q_fwd
+    inputs = [v.clone() for v in (x, e, x_new, e_new, grad_new, noise)]
+    for step in (h, torch.tensor(h, dtype=torch.float64)):
+        got = mala_log_ratio(x, e, x_new, e_new, grad_new, noise, step)
+        torch.testing.assert_close(got, expect)
+    for before, after in zip(inputs, (x, e, x_new, e_new, grad_new, noise)):
+        assert torch.equal(before, after)  # the in-place ops touch temporaries only

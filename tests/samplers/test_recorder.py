@@ -54,3 +54,49 @@ def test_reading_midway_then_recording_more_keeps_counting():
     assert torch.equal(first, torch.stack([s.divergent for s in steps[:5]]).long().sum(0))
     assert torch.equal(rec.divergent, torch.stack([s.divergent for s in steps]).long().sum(0))
     assert len(rec.acceptance) == 12 and len(rec.energy_error) == 12
+
+
+def test_every_chain_accepted_info_makes_its_tensors_on_demand_and_is_immutable():
+    x = torch.zeros(7, 3, dtype=torch.float64)
+    info = StepInfo.every_chain_accepted(x, nfe=1)
+    assert info.all_accepted and info.nfe == 1 and info.energy_error is None
+    assert info.acceptance.dtype == torch.float64 and torch.equal(info.acceptance, torch.ones(7, dtype=torch.float64))
+    assert info.accepted.dtype == torch.bool and bool(info.accepted.all()) and not bool(info.divergent.any())
+    assert info.acceptance is info.acceptance  # made once
+    assert "every chain accepted" in repr(info)
+    for name in ("nfe", "acceptance", "accepted", "divergent", "energy_error"):
+        with pytest.raises(AttributeError):
+            setattr(info, name, None)
+    plain = _steps(7, 1)[0]
+    assert not plain.all_accepted
+
+
+@pytest.mark.parametrize("n_chains", [5, Recorder._DIRECT_CHAINS])
+def test_unanimous_steps_mixed_with_others_equal_the_naive_reductions(n_chains):
+    """Steps counted without tensors (every chain accepted) interleave in order with ordinary ones."""
+    ordinary = _steps(n_chains, 9, seed=2)
+    x = torch.zeros(n_chains, 2)
+    pattern = "UUoooUoUUUooooU"  # U: every chain accepted, o: an ordinary step
+    it = iter(ordinary)
+    steps = [StepInfo.every_chain_accepted(x, nfe=1) if c == "U" else next(it) for c in pattern]
+    rec = Recorder(n_chains)
+    for i, info in enumerate(steps):
+        rec.record(None, info)
+        if i == 6:
+            assert len(rec.acceptance) == 7  # reading midway keeps the order and the count
+    torch.testing.assert_close(torch.stack(rec.acceptance), torch.stack([s.acceptance.mean() for s in steps]))
+    torch.testing.assert_close(rec.acc_sum, torch.stack([s.acceptance for s in steps]).sum(0), rtol=1e-5, atol=1e-5)
+    assert torch.equal(rec.divergent, torch.stack([s.divergent for s in steps]).long().sum(0))
+    assert len(rec.energy_error) == pattern.count("o")
+    info = rec.info()
+    assert info["acceptance"].shape == (15,) and info["nfe"] == pattern.count("U") + 2 * pattern.count("o")
+
+
+def test_only_unanimous_steps():
+    x = torch.zeros(4, 2)
+    rec = Recorder(4)
+    for _ in range(3):
+        rec.record(None, StepInfo.every_chain_accepted(x, nfe=1))
+    info = rec.info()
+    assert torch.equal(info["acceptance"], torch.ones(3)) and torch.equal(info["acceptance_per_chain"], torch.ones(4))
+    assert info["divergences"] == 0 and rec.energy_error == [] and "energy_error" not in info
