@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -250,17 +251,66 @@ def timed(fn, device, cpu=False):
 
 
 def n_steps_for(n, name, quick):
-    base = {100: 2000, 1000: 1000, 10_000: 300, 100_000: 60}[n]
+    base = {100: 500, 1000: 1000, 10_000: 300, 100_000: 60}[n]
     if name == "HMC":
         base = max(base // N_LEAPFROG, 10)
     return max(base // (4 if quick else 1), 10)
 
 
-def _repeats(args):
-    """``--repeats`` when given, else 9 (3 with ``--quick``)."""
+#: Chain counts whose overhead is a few per cent of a step, which the machine's jitter swamps
+#: unless many short pairs are timed (their rows take about as long as the others).
+SMALL_N = 100
+
+
+def _repeats(args, n=None):
+    """``--repeats`` when given, else 9 (3 with ``--quick``); at ``N = SMALL_N`` 41 (9) short pairs."""
     if getattr(args, "repeats", None):
         return args.repeats
+    if n == SMALL_N:
+        return 9 if args.quick else 41
     return 3 if args.quick else 9
+
+
+def _median_se(values):
+    """Standard error of the median of ``values`` (normal approximation from the interquartile range)."""
+    if len(values) < 4:
+        return float("nan")
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(values))
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched while active (views and in-place ops included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(name, device, n=SMALL_N):
+    """``(library, hand loop)`` aten ops per eager step at ``N = n``: deterministic, unlike a timing.
+
+    Counted over runs of 20 and 10 steps and differenced, so one-off work (the initial
+    evaluation, validation, the final summary) cancels. At small N each op costs a roughly
+    fixed few microseconds, so this is the machine-independent part of the overhead.
+    """
+    dtype = torch.float32
+    energy = Ring(device, dtype)
+    means, var = ring_params(device, dtype)
+    x0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=dtype) * 3
+    counts = {}
+    for steps in (10, 20):
+        k = kernel(name, steps, False)
+        with _OpCounter() as lib:
+            k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))
+        with _OpCounter() as hand:
+            HAND[name](x0, steps, STEP[name], torch.Generator(device=device).manual_seed(1), means, var)
+        counts[steps] = (lib.count, hand.count)
+    return tuple((counts[20][i] - counts[10][i]) / 10 for i in range(2))
 
 
 def measure(name, n, compiled, layout, args):
@@ -271,7 +321,7 @@ def measure(name, n, compiled, layout, args):
     energy = Ring(device, dtype, fn)
     means, var = ring_params(device, dtype)
     steps = n_steps_for(n, name, args.quick)
-    repeats = _repeats(args)
+    repeats = _repeats(args, n)
     x0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=dtype) * 3
     k = kernel(name, steps, compiled)
     hand_fn = (HAND_COMPILED if compiled else HAND)[name]
@@ -308,16 +358,22 @@ def measure(name, n, compiled, layout, args):
         lib_chain_steps_per_s=n * steps / lib, hand_chain_steps_per_s=n * steps / hand,
         ratio_lib_over_hand_time=med(a[0] / b[0] for a, b in pairs),
         overhead_us_per_step=med(a[0] - b[0] for a, b in pairs) / steps * 1e6,
+        overhead_se_us_per_step=_median_se([(a[0] - b[0]) / steps * 1e6 for a, b in pairs]),
         lib_us_per_step=lib / steps * 1e6, hand_us_per_step=hand / steps * 1e6,
         lib_cpu_chain_steps_per_s=n * steps / lib_cpu, hand_cpu_chain_steps_per_s=n * steps / hand_cpu,
         ratio_lib_over_hand_cpu=med(a[1] / b[1] for a, b in pairs),
         overhead_cpu_us_per_step=med(a[1] - b[1] for a, b in pairs) / steps * 1e6,
+        overhead_cpu_se_us_per_step=_median_se([(a[1] - b[1]) / steps * 1e6 for a, b in pairs]),
     )
+    if n == SMALL_N and not compiled:
+        row["lib_ops_per_step"], row["hand_ops_per_step"] = ops_per_step(name, device, n)
     print(
         f"{name:4s} N={n:>6d} {'compiled' if compiled else 'eager   '} {row['threads']} thr {layout:14s} "
         f"lib {row['lib_chain_steps_per_s']:.3e}/s hand {row['hand_chain_steps_per_s']:.3e}/s "
         f"time ratio {row['ratio_lib_over_hand_time']:.3f} (cpu {row['ratio_lib_over_hand_cpu']:.3f}) "
-        f"overhead {row['overhead_us_per_step']:.1f} us/step (cpu {row['overhead_cpu_us_per_step']:.1f})",
+        f"overhead {row['overhead_us_per_step']:.1f} ± {row['overhead_se_us_per_step']:.1f} us/step "
+        f"(cpu {row['overhead_cpu_us_per_step']:.1f})"
+        + (f" ops/step {row['lib_ops_per_step']:.0f} vs {row['hand_ops_per_step']:.0f}" if "lib_ops_per_step" in row else ""),
         flush=True,
     )
     return row
@@ -417,7 +473,7 @@ def write(rows, breakdown, cal, args):
     meta = dict(
         device=args.device, torch=torch.__version__, threads=list(args.threads),
         cpu_count=os.cpu_count(), platform=platform.platform(), quick=args.quick,
-        repeats=_repeats(args), n_leapfrog=N_LEAPFROG, step_size=STEP,
+        repeats=_repeats(args), repeats_small_n=_repeats(args, SMALL_N), n_leapfrog=N_LEAPFROG, step_size=STEP,
         target="8-Gaussian ring, radius 4, std 0.3, closed-form energy and gradient",
     )
     targets = {str(t): targets_for(rows, t) for t in args.threads}
@@ -433,7 +489,9 @@ def write(rows, breakdown, cal, args):
         "# Sampler speed: library kernels vs minimal hand-written torch loops",
         "",
         f"Target: {meta['target']}. Device `{meta['device']}`, torch {meta['torch']}, {meta['cpu_count']} CPUs; "
-        f"median of {meta['repeats']} interleaved repeats; HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
+        f"median of {meta['repeats']} interleaved repeats ({meta['repeats_small_n']} shorter ones at N = {SMALL_N}, "
+        "where the overhead is a few per cent of a step and the machine's jitter is not; the ± is the standard error "
+        "of the median overhead); HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
         "transitions). Ratio = library / baseline time (1.00 = no overhead), baseline = the eager hand loop for "
         "eager rows and the same hand loop compiled as one `torch.compile` graph per step for compiled rows; the "
         "library and its baseline call the same energy function. Each repeat times both back to back (order "
@@ -466,8 +524,13 @@ def write(rows, breakdown, cal, args):
                 f"| {r['sampler']} | {r['n_chains']:,} | {'compiled' if r['compiled'] else 'eager'} | {r['layout']} | "
                 f"{r['lib_chain_steps_per_s']:.3g} | {r['hand_chain_steps_per_s']:.3g} | "
                 f"{r['ratio_lib_over_hand_time']:.3f} | {r['ratio_lib_over_hand_cpu']:.3f} | "
-                f"{r['overhead_us_per_step']:.1f} | {r['overhead_cpu_us_per_step']:.1f} |"
+                f"{r['overhead_us_per_step']:.1f} ± {r['overhead_se_us_per_step']:.1f} | {r['overhead_cpu_us_per_step']:.1f} |"
             )
+        ops = [r for r in mine if "lib_ops_per_step" in r]
+        if ops:
+            lines += ["", f"Tensor ops per eager step at N = {SMALL_N} (aten ops counted by a dispatch mode; "
+                      "deterministic, so this is the part of the overhead that does not depend on the machine):", ""]
+            lines += [f"- {r['sampler']}: library {r['lib_ops_per_step']:.0f}, hand loop {r['hand_ops_per_step']:.0f}" for r in ops]
         lines += ["", "Per-call cost at N = 100 (us):", ""]
         lines += [f"- {k}: {v:.1f}" for k, v in breakdown[threads].items()]
         lines += ["", "Targets:", ""]

@@ -90,12 +90,11 @@ class State:
         if cls in _PLAIN_STATE_TYPES:
             # fast path for State / HMCState (no __post_init__, no init=False fields): the same
             # result as dataclasses.replace without its per-call field introspection
-            unknown = changes.keys() - self.__dict__.keys()
-            if not unknown:
+            d = self.__dict__
+            merged = {**d, **changes}
+            if len(merged) == len(d):  # no unknown field (dataclasses.replace raises for those)
                 new = object.__new__(cls)
-                d = new.__dict__
-                d.update(self.__dict__)
-                d.update(changes)
+                new.__dict__.update(merged)
                 return new
         return dataclasses.replace(self, **changes)
 
@@ -310,7 +309,7 @@ def surely_finite(*tensors: Optional[Tensor]) -> bool:
     for v in tensors:
         if v is None:
             continue
-        if v.device.type != "cpu" or not math.isfinite(v.sum().item()):
+        if not v.is_cpu or not math.isfinite(v.sum().item()):
             return False
     return True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import argparse
+import math
 
 import pytest
 import torch
@@ -144,3 +145,21 @@ def test_compiled_baselines_and_kernels_run_the_eager_algorithm():
     torch.testing.assert_close(hand, eager, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(lib, eager, rtol=1e-9, atol=1e-9)
     assert (eager != x0).any(dim=1).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("name", ["ULA", "MALA", "HMC"])
+def test_library_step_dispatches_no_more_tensor_ops_than_the_hand_loop(name):
+    """At small N each op costs a roughly fixed few microseconds, so the op count is the overhead
+    that does not depend on the machine: the library's eager step must not exceed the hand loop's."""
+    lib, hand = sp.ops_per_step(name, torch.device("cpu"))
+    assert lib == int(lib) and hand == int(hand) and hand > 20  # whole ops per step, a real loop
+    assert lib <= hand, (name, lib, hand)
+
+
+def test_median_standard_error_shrinks_with_more_pairs():
+    g = torch.Generator().manual_seed(0)
+    few = torch.randn(16, generator=g).tolist()
+    many = torch.randn(256, generator=g).tolist()
+    se_few, se_many = sp._median_se(few), sp._median_se(many)
+    assert 0.2 < se_few < 0.6 and 0.05 < se_many < 0.12  # ≈ 1.2533 / sqrt(n) for unit normals
+    assert math.isnan(sp._median_se([1.0, 2.0]))
