@@ -55,6 +55,7 @@ __all__ = [
     "sqrt_step",
     "compiled",
     "compiled_transition",
+    "split_compiled",
     "MCMCKernel",
 ]
 
@@ -709,6 +710,18 @@ class _CompiledTransition:
 
 
 _COMPILED_TRANSITIONS: Dict[Callable, _CompiledTransition] = {}
+
+#: From this many elements of ``x`` on, a compiled transition runs as two graphs, the move
+#: (proposal and energy evaluation) and the Metropolis correction, instead of one. In one graph
+#: torch 2.13's inductor fuses the correction's per-chain selects into the energy's kernel and
+#: the step ran up to 2x slower at N = 1e5 (ring energy, 2-core CPU); below this size the second
+#: graph call's fixed cost (guards, ~0.1 ms here) outweighs that. See ``benchmarks/sampler_speed.py``.
+SPLIT_COMPILE_NUMEL = 1 << 15
+
+
+def split_compiled(x: Tensor) -> bool:
+    """Whether a compiled transition on ``x`` runs as two graphs (see :data:`SPLIT_COMPILE_NUMEL`)."""
+    return x.numel() >= SPLIT_COMPILE_NUMEL
 
 
 def compiled_transition(fn: Callable) -> _CompiledTransition:

@@ -36,6 +36,7 @@ from .base import (
     init_state,
     per_chain,
     randn_like,
+    split_compiled,
     uniform,
 )
 from .mala import _sum_event, metropolis_accept
@@ -260,18 +261,21 @@ class HMC(MCMCKernel):
             p0 = refresh(p_old, noise, sqrt_mass, float(self.refresh))
         # with a full refresh the next step draws a fresh momentum: nothing to carry over
         keep = self.refresh != 1.0
-        out = None
+        out = moved = None
         if self.compile:
             # u before the trajectory: the same stream as the eager path (the energy never
             # touches the generator)
             u = uniform(x.shape[:1], x, generator)
-            out = compiled_transition(_hmc_transition)(
-                energy, x, state.energy, state.grad, state.t, p0, u, step_size, self.n_leapfrog, inv_mass, keep
-            )
+            if not split_compiled(x):
+                out = compiled_transition(_hmc_transition)(
+                    energy, x, state.energy, state.grad, state.t, p0, u, step_size, self.n_leapfrog, inv_mass, keep
+                )
+            else:  # large x: trajectory and Metropolis test as two graphs (see split_compiled)
+                moved = compiled_transition(leapfrog)(energy, x, p0, state.grad, state.t, step_size, self.n_leapfrog, inv_mass)
         if out is None:
-            x_new, p_new, e_new, g_new, nfe = leapfrog(
-                energy, x, p0, state.grad, state.t, step_size, self.n_leapfrog, inv_mass
-            )
+            if moved is None:
+                moved = leapfrog(energy, x, p0, state.grad, state.t, step_size, self.n_leapfrog, inv_mass)
+            x_new, p_new, e_new, g_new, nfe = moved
             if not self.compile:
                 u = uniform(x.shape[:1], x, generator)
             correct = compiled(_hmc_correct) if self.compile else _hmc_correct

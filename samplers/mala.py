@@ -31,6 +31,7 @@ from .base import (
     evaluate,
     per_chain,
     randn_like,
+    split_compiled,
     sqrt_step,
     uniform,
 )
@@ -99,10 +100,15 @@ def _mala_correct(x, energy, grad, x_new, energy_new, grad_new, noise, step_size
     return x_out, e_out, g_out, acceptance, accepted, divergent, log_ratio
 
 
+def _mala_move(energy, x, g, t, noise, step_size):
+    """The proposal and its energy and gradient: ``(x_new, e_new, g_new, nfe)``."""
+    x_new = langevin_proposal(x, g, step_size, noise)
+    return (x_new,) + tuple(evaluate(energy, x_new, t, True))
+
+
 def _mala_transition(energy, x, e, g, t, noise, u, step_size):
     """A whole MALA transition given its random draws (compiled as one graph with ``compile=True``)."""
-    x_new = langevin_proposal(x, g, step_size, noise)
-    e_new, g_new, nfe = evaluate(energy, x_new, t, True)
+    x_new, e_new, g_new, nfe = _mala_move(energy, x, g, t, noise, step_size)
     return _mala_correct(x, e, g, x_new, e_new, g_new, noise, step_size, u) + (nfe,)
 
 
@@ -169,10 +175,15 @@ class MALA(MCMCKernel):
             # never touches the generator)
             noise = randn_like(x, generator)
             u = uniform(x.shape[:1], x, generator)
-            out = compiled_transition(_mala_transition)(energy, x, state.energy, state.grad, state.t, noise, u, step_size)
-            if out is None:  # energy not capturable in one graph: compile the step math only
-                x_new = compiled(langevin_proposal)(x, state.grad, step_size, noise)
-                e_new, g_new, nfe = evaluate(energy, x_new, state.t, True)
+            out = None
+            if not split_compiled(x):
+                out = compiled_transition(_mala_transition)(energy, x, state.energy, state.grad, state.t, noise, u, step_size)
+            if out is None:  # large x: move and correction as two graphs (see split_compiled)
+                moved = compiled_transition(_mala_move)(energy, x, state.grad, state.t, noise, step_size)
+                if moved is None:  # energy not capturable in a graph: compile the step math only
+                    x_new = compiled(langevin_proposal)(x, state.grad, step_size, noise)
+                    moved = (x_new,) + tuple(evaluate(energy, x_new, state.t, True))
+                x_new, e_new, g_new, nfe = moved
                 out = compiled(_mala_correct)(x, state.energy, state.grad, x_new, e_new, g_new, noise, step_size, u) + (nfe,)
         else:
             noise = randn_like(x, generator)

@@ -33,6 +33,7 @@ from .base import (
     finite_rows,
     per_chain,
     randn_like,
+    split_compiled,
     surely_finite,
 )
 from .mala import _sum_event, langevin_proposal
@@ -62,10 +63,16 @@ def _ula_update(x, grad, x_new, grad_new):
     return torch.where(ok_x, x_new, x), torch.where(ok_x, grad_new, grad), ok
 
 
-def _ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
-    """A whole ULA transition given its noise (compiled as one graph with ``compile=True``)."""
+def _ula_move(energy, x, g, t, noise, step_size):
+    """The proposal and its gradient: ``(x_new, g_new, nfe)``."""
     x_new = langevin_proposal(x, g, step_size, noise)
     _, g_new, nfe = evaluate(energy, x_new, t, False)
+    return x_new, g_new, nfe
+
+
+def _ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
+    """A whole ULA transition given its noise (compiled as one graph with ``compile=True``)."""
+    x_new, g_new, nfe = _ula_move(energy, x, g, t, noise, step_size)
     x_out, g_out, ok = _ula_update(x, g, x_new, g_new)  # ok is a tensor while compiling
     acceptance = ok.to(x.dtype)
     if proxy:
@@ -117,10 +124,15 @@ class ULA(MCMCKernel):
             if not isinstance(step_size, Tensor):
                 step_size = torch.tensor(step_size, device=x.device, dtype=x.dtype)
             noise = randn_like(x, generator)
-            out = compiled_transition(_ula_transition)(energy, x, state.grad, state.t, noise, step_size, proxy)
-            if out is None:  # energy not capturable in one graph: compile the update math only
-                x_new = compiled(langevin_proposal)(x, state.grad, step_size, noise)
-                _, g_new, nfe = evaluate(energy, x_new, state.t, False)
+            if not split_compiled(x):
+                out = compiled_transition(_ula_transition)(energy, x, state.grad, state.t, noise, step_size, proxy)
+            if out is None:  # large x: move and update as two graphs (see split_compiled)
+                moved = compiled_transition(_ula_move)(energy, x, state.grad, state.t, noise, step_size)
+                if moved is None:  # energy not capturable in a graph: compile the update math only
+                    x_new = compiled(langevin_proposal)(x, state.grad, step_size, noise)
+                    _, g_new, nfe = evaluate(energy, x_new, state.t, False)
+                else:
+                    x_new, g_new, nfe = moved
                 x_out, g_out, ok = compiled(_ula_update)(x, state.grad, x_new, g_new)
         else:
             noise = randn_like(x, generator)

@@ -163,3 +163,24 @@ def test_median_standard_error_shrinks_with_more_pairs():
     se_few, se_many = sp._median_se(few), sp._median_se(many)
     assert 0.2 < se_few < 0.6 and 0.05 < se_many < 0.12  # ≈ 1.2533 / sqrt(n) for unit normals
     assert math.isnan(sp._median_se([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("name", ["ULA", "MALA", "HMC"])
+def test_compiled_two_graph_transitions_run_the_eager_algorithm(name, monkeypatch):
+    """Large batches compile the move and the correction as two graphs; forced here at N = 64."""
+    import samplers.base as base
+    from samplers.hmc import leapfrog
+    from samplers.mala import _mala_move
+    from samplers.ula import _ula_move
+
+    monkeypatch.setattr(base, "SPLIT_COMPILE_NUMEL", 0)
+    energy = sp.Ring("cpu", torch.float64)
+    means, var = sp.ring_params("cpu", torch.float64)
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    n = 3
+    eager = sp.HAND[name](x0, n, sp.STEP[name], torch.Generator().manual_seed(1), means, var)
+    res = sp.kernel(name, n, compiled=True).sample(energy, x0, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(res.samples, eager, rtol=1e-9, atol=1e-9)
+    move = {"ULA": _ula_move, "MALA": _mala_move, "HMC": leapfrog}[name]
+    assert base._COMPILED_TRANSITIONS[move].compiled is not None  # the split path ran, compiled
+    assert res.info["nfe"] == 1 + n * (sp.N_LEAPFROG if name == "HMC" else 1)
