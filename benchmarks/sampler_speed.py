@@ -492,7 +492,7 @@ def write(rows, breakdown, cal, args):
         f"Target: {meta['target']}. Device `{meta['device']}`, torch {meta['torch']}, {meta['cpu_count']} CPUs; "
         f"median of {meta['repeats']} interleaved repeats ({meta['repeats_small_n']} shorter ones at N = {SMALL_N}, "
         "where the overhead is a few per cent of a step and the machine's jitter is not; a ± is the standard error "
-        "of that median ratio or overhead); HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
+        f"of that median ratio or overhead); HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
         "transitions). Ratio = library / baseline time (1.00 = no overhead), baseline = the eager hand loop for "
         "eager rows and the same hand loop compiled as one `torch.compile` graph per step for compiled rows; the "
         "library and its baseline call the same energy function. Each repeat times both back to back (order "

@@ -178,7 +178,7 @@ class MALA(MCMCKernel):
             out = None
             if not split_compiled(x):
                 out = compiled_transition(_mala_transition)(energy, x, state.energy, state.grad, state.t, noise, u, step_size)
-            if out is None:  # large x: move and correction as two graphs (see split_compiled)
+            if out is None:  # large x (see split_compiled), or the whole transition not capturable
                 moved = compiled_transition(_mala_move)(energy, x, state.grad, state.t, noise, step_size)
                 if moved is None:  # energy not capturable in a graph: compile the step math only
                     x_new = compiled(langevin_proposal)(x, state.grad, step_size, noise)

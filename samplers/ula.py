@@ -126,7 +126,7 @@ class ULA(MCMCKernel):
             noise = randn_like(x, generator)
             if not split_compiled(x):
                 out = compiled_transition(_ula_transition)(energy, x, state.grad, state.t, noise, step_size, proxy)
-            if out is None:  # large x: move and update as two graphs (see split_compiled)
+            if out is None:  # large x (see split_compiled), or the whole transition not capturable
                 moved = compiled_transition(_ula_move)(energy, x, state.grad, state.t, noise, step_size)
                 if moved is None:  # energy not capturable in a graph: compile the update math only
                     x_new = compiled(langevin_proposal)(x, state.grad, step_size, noise)

@@ -127,6 +127,8 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, monkeypatch):
     assert "Machine speed during the run" in md
     assert "## 1 thread" in md and "| ULA | 100 | eager | per-coordinate |" in md
     assert "compiled MALA >= 1e7 chain-steps/s at N=1e5 (wall): not measured" in md
+    assert f"HMC with {sp.N_LEAPFROG} leapfrog steps" in md and "{" not in md  # every placeholder filled
+    assert "Tensor ops per eager step" in md and all(r["lib_ops_per_step"] > 0 for r in data["rows"])
 
 
 def test_compiled_baselines_and_kernels_run_the_eager_algorithm():
