@@ -160,5 +160,5 @@ class ULA(MCMCKernel):
         s, info, _ = self._step(state, energy, step_size, generator, False)
         return s, info
 
-    def _transition(self, state, energy, step_size, generator, adapting: bool):
-        return self._step(state, energy, step_size, generator, adapting)
+    # the loop's transition is the step itself (the acceptance proxy is reported while adapting)
+    _transition = _step

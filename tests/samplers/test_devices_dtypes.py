@@ -92,3 +92,14 @@ def test_every_sampler_runs_on_cuda(name):
     g2 = torch.Generator(device="cuda").manual_seed(0)
     res2 = sampler.sample(target, torch.randn(256, 2, device="cuda", generator=g2), generator=g2)
     torch.testing.assert_close(res.samples, res2.samples, rtol=0, atol=0)
+
+
+def test_randn_like_draws_the_stream_of_randn_for_any_layout():
+    from samplers.base import randn_like
+
+    for x in (torch.zeros(30, 2), torch.zeros(2, 30).t(), torch.zeros(4, 3, 5, 5).to(memory_format=torch.channels_last)):
+        for dtype in (torch.float32, torch.float64):
+            x = x.to(dtype)
+            a = randn_like(x, torch.Generator().manual_seed(7))
+            b = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+            assert a.is_contiguous() and a.dtype == dtype and torch.equal(a, b)

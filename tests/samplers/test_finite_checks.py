@@ -29,3 +29,4 @@ def test_ula_update_is_the_same_on_the_fast_and_the_per_row_path():
     xo, go, ok = _ula_update(x, grad, x_new, grad_new)  # per-row path: those chains stay put
     assert ok.tolist() == [i not in (3, 11) for i in range(40)]
     assert torch.equal(xo[3], x[3]) and torch.equal(go[11], grad[11]) and torch.equal(xo[0], x_new[0])
+
