@@ -342,8 +342,8 @@ def evaluate(energy: ec.Energy, x: Tensor, t: Optional[Tensor], need_energy: boo
     if validate:
         ev = energy.evaluate(x, t, energy=need_energy, grad=True, validate=True)
         return ev.energy, ev.grad, ev.nfe
-    if need_energy and not energy.has_energy:
-        energy.evaluate(x, t, energy=True, grad=True)  # raises the ScoreOnlyError naming the fix
+    if need_energy and not energy.has_energy:  # what Energy.evaluate raises, naming the fix
+        raise ec.ScoreOnlyError(energy._score_only_message())
     if t is not None:
         t = _normalise_t(t, x)
     # the evaluation itself, without the keyword parsing and the result object of
@@ -410,8 +410,7 @@ class Recorder:
         self._acc_list: Optional[List[Tensor]] = None  # ``acceptance`` as 0-d tensors, cached
         self._acc_sum: Optional[Tensor] = None
         self._divergent: Optional[Tensor] = None
-        self._unanimous = 0  # steps in which every chain accepted
-        self._like = None  # (B, dtype, device) of those steps
+        self._like = None  # (B, dtype, device) of the steps in which every chain accepted
         self._err_parts: List[Tensor] = []
         self._pending_acc: List[Tensor] = []
         self._pending_div: List[Tensor] = []
@@ -436,7 +435,6 @@ class Recorder:
                 parts[-1] += 1
             else:
                 parts.append(1)
-            self._unanimous += 1
             self._like = info._like
             self._acc_list = None
         else:
@@ -507,18 +505,19 @@ class Recorder:
     def acc_sum(self) -> Optional[Tensor]:
         """``(B,)`` sum of the per-chain acceptance over the recorded steps (``None`` before any)."""
         self._flush()
-        if not self._unanimous:
+        unanimous = sum(p for p in self._acc_parts if type(p) is int)  # each of those adds 1 per chain
+        if not unanimous:
             return self._acc_sum
         if self._acc_sum is None:
             n, dtype, device = self._like
-            return torch.full((n,), float(self._unanimous), dtype=dtype, device=device)
-        return self._acc_sum + self._unanimous
+            return torch.full((n,), float(unanimous), dtype=dtype, device=device)
+        return self._acc_sum + unanimous
 
     @property
     def divergent(self) -> Optional[Tensor]:
         """``(B,)`` number of divergent proposals per chain (``None`` before any step)."""
         self._flush()
-        if self._divergent is None and self._unanimous:
+        if self._divergent is None and self._like is not None:  # only steps without divergences so far
             self._divergent = torch.zeros(self._like[0], dtype=torch.long, device=self._like[2])
         return self._divergent
 

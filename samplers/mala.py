@@ -103,7 +103,8 @@ def _mala_correct(x, energy, grad, x_new, energy_new, grad_new, noise, step_size
 def _mala_move(energy, x, g, t, noise, step_size):
     """The proposal and its energy and gradient: ``(x_new, e_new, g_new, nfe)``."""
     x_new = langevin_proposal(x, g, step_size, noise)
-    return (x_new,) + tuple(evaluate(energy, x_new, t, True))
+    e_new, g_new, nfe = evaluate(energy, x_new, t, True)
+    return x_new, e_new, g_new, nfe
 
 
 def _mala_transition(energy, x, e, g, t, noise, u, step_size):
@@ -187,8 +188,7 @@ class MALA(MCMCKernel):
                 out = compiled(_mala_correct)(x, state.energy, state.grad, x_new, e_new, g_new, noise, step_size, u) + (nfe,)
         else:
             noise = randn_like(x, generator)
-            x_new = langevin_proposal(x, state.grad, step_size, noise)
-            e_new, g_new, nfe = evaluate(energy, x_new, state.t, True)
+            x_new, e_new, g_new, nfe = _mala_move(energy, x, state.grad, state.t, noise, step_size)
             u = uniform(x.shape[:1], x, generator)
             out = _mala_correct(x, state.energy, state.grad, x_new, e_new, g_new, noise, step_size, u) + (nfe,)
         x, e, g, acceptance, accepted, divergent, log_ratio, nfe = out

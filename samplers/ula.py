@@ -136,8 +136,7 @@ class ULA(MCMCKernel):
                 x_out, g_out, ok = compiled(_ula_update)(x, state.grad, x_new, g_new)
         else:
             noise = randn_like(x, generator)
-            x_new = langevin_proposal(x, state.grad, step_size, noise)
-            _, g_new, nfe = evaluate(energy, x_new, state.t, False)
+            x_new, g_new, nfe = _ula_move(energy, x, state.grad, state.t, noise, step_size)
             x_out, g_out, ok = _ula_update(x, state.grad, x_new, g_new)
         if out is not None:
             x_out, g_out, ok, acceptance, nfe = out
