@@ -291,6 +291,15 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _problem(device, n, fn=None, dtype=torch.float32):
+    """The timed problem: the ring as an Energy (layout ``fn``), its ``means``/``var`` for the hand
+    loops, and ``n`` float32 starting points (fixed seed)."""
+    energy = Ring(device, dtype, fn)
+    means, var = ring_params(device, dtype)
+    x0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=dtype) * 3
+    return energy, means, var, x0
+
+
 def ops_per_step(name, device, n=SMALL_N):
     """``(library, hand loop)`` aten ops per eager step at ``N = n``: deterministic, unlike a timing.
 
@@ -298,10 +307,7 @@ def ops_per_step(name, device, n=SMALL_N):
     evaluation, validation, the final summary) cancels. At small N each op costs a roughly
     fixed few microseconds, so this is the machine-independent part of the overhead.
     """
-    dtype = torch.float32
-    energy = Ring(device, dtype)
-    means, var = ring_params(device, dtype)
-    x0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=dtype) * 3
+    energy, means, var, x0 = _problem(device, n)
     counts = {}
     for steps in (10, 20):
         k = kernel(name, steps, False)
@@ -316,13 +322,10 @@ def ops_per_step(name, device, n=SMALL_N):
 def measure(name, n, compiled, layout, args):
     """One row: the library kernel and its hand loop on ``N = n`` chains, interleaved, median of repeats."""
     device = torch.device(args.device)
-    dtype = torch.float32
     fn = LAYOUTS[layout]
-    energy = Ring(device, dtype, fn)
-    means, var = ring_params(device, dtype)
+    energy, means, var, x0 = _problem(device, n, fn)
     steps = n_steps_for(n, name, args.quick)
     repeats = _repeats(args, n)
-    x0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=dtype) * 3
     k = kernel(name, steps, compiled)
     hand_fn = (HAND_COMPILED if compiled else HAND)[name]
     with warnings.catch_warnings():
