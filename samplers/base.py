@@ -394,11 +394,14 @@ class Recorder:
         Keep every ``trace_every``-th position (0: none).
     """
 
-    #: Buffered per-chain values before a chunk is reduced (bounds the extra memory).
+    #: Buffered per-chain values before a chunk is reduced (bounds the extra memory), on the CPU.
     _BUFFER_ELEMENTS = 1 << 20
+    #: The same bound on a GPU, where each op costs the host a launch (several microseconds)
+    #: whatever its size and memory traffic is cheap: chunks of 8 steps even at N = 1e6.
+    _DEVICE_BUFFER_ELEMENTS = 1 << 23
     _MAX_CHUNK = 256
-    #: From this many chains on, each step is reduced at once: stacking a chunk then costs more
-    #: memory traffic than the handful of ops per step it saves.
+    #: From this many chains on, each step is reduced at once on the CPU: stacking a chunk then
+    #: costs more memory traffic than the handful of ops per step it saves.
     _DIRECT_CHAINS = 8192
 
     def __init__(self, n_chains: int, trace_every: int = 0):
@@ -415,8 +418,8 @@ class Recorder:
         self._pending_acc: List[Tensor] = []
         self._pending_div: List[Tensor] = []
         self._pending_err: List[Tensor] = []
-        n_chains = max(int(n_chains), 1)
-        self._chunk = 1 if n_chains >= self._DIRECT_CHAINS else min(self._MAX_CHUNK, self._BUFFER_ELEMENTS // n_chains)
+        self._n_chains = max(int(n_chains), 1)
+        self._chunk = 0  # steps per reduced chunk, set by the first recorded step (it depends on the device)
         self.trace: List[Tensor] = []
         self.energy_trace: List[Tensor] = []
         self.nfe = 0
@@ -442,12 +445,22 @@ class Recorder:
             self._pending_div.append(info._divergent)
             if info._energy_error is not None:
                 self._pending_err.append(info._energy_error)
-            if len(self._pending_acc) >= self._chunk:
+            if len(self._pending_acc) >= (self._chunk or self._chunk_for(info._acceptance)):
                 self._flush()
         if self.trace_every and self.n_steps % self.trace_every == 0:
             self.trace.append(state.x.detach().clone())
             if state.energy is not None:
                 self.energy_trace.append(state.energy.detach().clone())
+
+    def _chunk_for(self, like: Tensor) -> int:
+        """Steps buffered before a reduction, for per-chain values like ``like`` (and remember it)."""
+        n = self._n_chains
+        if like.is_cpu:
+            chunk = 1 if n >= self._DIRECT_CHAINS else min(self._MAX_CHUNK, self._BUFFER_ELEMENTS // n)
+        else:
+            chunk = min(self._MAX_CHUNK, max(1, self._DEVICE_BUFFER_ELEMENTS // n))
+        self._chunk = chunk
+        return chunk
 
     def _flush(self) -> None:
         """Reduce the buffered steps into the running statistics (no device sync)."""

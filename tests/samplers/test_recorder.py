@@ -1,7 +1,8 @@
 """The Recorder's running statistics equal the naive per-step reductions, on both of its paths.
 
-Below ``Recorder._DIRECT_CHAINS`` chains it buffers steps and reduces them in stacked chunks;
-from there on it reduces every step at once. Both must give the same numbers.
+On the CPU, below ``Recorder._DIRECT_CHAINS`` chains it buffers steps and reduces them in
+stacked chunks; from there on it reduces every step at once. On a GPU it buffers at every size
+(launches, not memory traffic, are what a step costs there). All must give the same numbers.
 """
 
 from __future__ import annotations
@@ -12,24 +13,28 @@ import torch
 from samplers.base import Recorder, State, StepInfo
 
 
-def _steps(n_chains, n_steps, seed=0, dtype=torch.float32):
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _steps(n_chains, n_steps, seed=0, dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_steps):
-        acc = torch.rand(n_chains, generator=g, dtype=dtype)
-        div = torch.rand(n_chains, generator=g) < 0.1
-        err = torch.randn(n_chains, generator=g, dtype=dtype)
+        acc = torch.rand(n_chains, generator=g, dtype=dtype).to(device)
+        div = (torch.rand(n_chains, generator=g) < 0.1).to(device)
+        err = torch.randn(n_chains, generator=g, dtype=dtype).to(device)
         out.append(StepInfo(acceptance=acc, accepted=acc > 0.5, divergent=div, energy_error=err, nfe=2))
     return out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n_chains", [3, 100, Recorder._DIRECT_CHAINS, 20_000])
-def test_running_statistics_equal_the_naive_reductions(n_chains):
-    steps = _steps(n_chains, 37)
+def test_running_statistics_equal_the_naive_reductions(n_chains, device):
+    steps = _steps(n_chains, 37, device=device)
     rec = Recorder(n_chains, trace_every=10)
-    x = torch.zeros(n_chains, 2)
+    x = torch.zeros(n_chains, 2, device=device)
     for i, info in enumerate(steps):
-        rec.record(State(x=x + i, t=None, energy=torch.zeros(n_chains), grad=None), info)
+        rec.record(State(x=x + i, t=None, energy=torch.zeros(n_chains, device=device), grad=None), info)
     assert rec.n_steps == 37 and rec.nfe == 74
     torch.testing.assert_close(torch.stack(rec.acceptance), torch.stack([s.acceptance.mean() for s in steps]))
     torch.testing.assert_close(rec.acc_sum, torch.stack([s.acceptance for s in steps]).sum(0), rtol=1e-5, atol=1e-5)
@@ -41,6 +46,21 @@ def test_running_statistics_equal_the_naive_reductions(n_chains):
     info = rec.info(init_nfe=1)
     assert info["nfe"] == 75 and info["divergences"] == int(naive_div.sum())
     assert info["trace"].shape == (3, n_chains, 2) and float(info["trace"][1, 0, 0]) == 19.0
+
+
+def test_chunks_follow_the_device():
+    """CPU: buffered chunks below ``_DIRECT_CHAINS`` chains, one step at a time from there; any
+    other device: chunks at every size (bounded by ``_DEVICE_BUFFER_ELEMENTS``)."""
+    for n in (100, Recorder._DIRECT_CHAINS, 100_000, 10_000_000):
+        cpu = Recorder(n)._chunk_for(torch.empty(n))
+        other = Recorder(n)._chunk_for(torch.empty(n, device="meta"))
+        assert cpu == (1 if n >= Recorder._DIRECT_CHAINS else min(Recorder._MAX_CHUNK, Recorder._BUFFER_ELEMENTS // n))
+        assert other == min(Recorder._MAX_CHUNK, max(1, Recorder._DEVICE_BUFFER_ELEMENTS // n))
+    assert Recorder(100_000)._chunk_for(torch.empty(100_000, device="meta")) > 1
+    rec = Recorder(20_000)
+    for info in _steps(20_000, 3):
+        rec.record(None, info)
+    assert rec._chunk == 1 and not rec._pending_acc  # reduced step by step on the CPU
 
 
 def test_reading_midway_then_recording_more_keeps_counting():
