@@ -729,17 +729,21 @@ class _CompiledTransition:
 
 _COMPILED_TRANSITIONS: Dict[Callable, _CompiledTransition] = {}
 
-#: From this many elements of ``x`` on, a compiled transition runs as two graphs, the move
-#: (proposal and energy evaluation) and the Metropolis correction, instead of one. In one graph
-#: torch 2.13's inductor fuses the correction's per-chain selects into the energy's kernel and
-#: the step ran up to 2x slower at N = 1e5 (ring energy, 2-core CPU); below this size the second
-#: graph call's fixed cost (guards, ~0.1 ms here) outweighs that. See ``benchmarks/sampler_speed.py``.
+#: From this many elements of ``x`` on, a compiled transition on the CPU runs as two graphs, the
+#: move (proposal and energy evaluation) and the Metropolis correction, instead of one. In one
+#: graph torch 2.13's inductor fuses the correction's per-chain selects into the energy's C++
+#: kernel and the step ran up to 2x slower at N = 1e5 (ring energy, 2-core CPU); below this size
+#: the second graph call's fixed cost (guards, ~0.1 ms here) outweighs that. On a GPU (H200,
+#: triton) one graph was faster in 8 of 9 cases measured (ULA, MALA, HMC at 1e4 to 1e6 chains:
+#: the split step took 1.3-2.3x as long; HMC at 1e4 was 0.7x in a 7-repeat A/B), so the split is
+#: CPU-only. See ``benchmarks/sampler_speed.py``.
 SPLIT_COMPILE_NUMEL = 1 << 15
 
 
 def split_compiled(x: Tensor) -> bool:
-    """Whether a compiled transition on ``x`` runs as two graphs (see :data:`SPLIT_COMPILE_NUMEL`)."""
-    return x.numel() >= SPLIT_COMPILE_NUMEL
+    """Whether a compiled transition on ``x`` runs as two graphs (CPU tensors of at least
+    :data:`SPLIT_COMPILE_NUMEL` elements)."""
+    return x.is_cpu and x.numel() >= SPLIT_COMPILE_NUMEL
 
 
 def compiled_transition(fn: Callable) -> _CompiledTransition:

@@ -77,7 +77,7 @@ def _ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
     acceptance = ok.to(x.dtype)
     if proxy:
         acceptance = torch.where(ok, ula_acceptance_proxy(x, g, x_new, g_new, noise, step_size), acceptance)
-    return x_out, g_out, ok, acceptance, nfe
+    return x_out, g_out, ok, acceptance, ~ok, nfe  # ~ok in the graph: one launch less per step on a GPU
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,9 @@ class ULA(MCMCKernel):
             noise = randn_like(x, generator)
             x_new, g_new, nfe = _ula_move(energy, x, state.grad, state.t, noise, step_size)
             x_out, g_out, ok = _ula_update(x, state.grad, x_new, g_new)
+        divergent = None
         if out is not None:
-            x_out, g_out, ok, acceptance, nfe = out
+            x_out, g_out, ok, acceptance, divergent, nfe = out
         elif ok is None and not proxy:  # every chain moved: no per-chain tensors to make
             return state.replace(x=x_out, energy=None, grad=g_out), StepInfo.every_chain_accepted(x, nfe), None
         else:
@@ -149,7 +150,9 @@ class ULA(MCMCKernel):
             if proxy:  # report the proxy as the acceptance while adapting
                 acceptance = torch.where(ok, ula_acceptance_proxy(x, state.grad, x_new, g_new, noise, step_size), acceptance)
         stat = acceptance.mean() if proxy else None
-        info = StepInfo(acceptance=acceptance, accepted=ok, divergent=~ok, energy_error=None, nfe=nfe)
+        if divergent is None:
+            divergent = ~ok
+        info = StepInfo(acceptance=acceptance, accepted=ok, divergent=divergent, energy_error=None, nfe=nfe)
         return state.replace(x=x_out, energy=None, grad=g_out), info, stat
 
     def step(

@@ -186,3 +186,13 @@ def test_compiled_two_graph_transitions_run_the_eager_algorithm(name, monkeypatc
     move = {"ULA": _ula_move, "MALA": _mala_move, "HMC": leapfrog}[name]
     assert base._COMPILED_TRANSITIONS[move].compiled is not None  # the split path ran, compiled
     assert res.info["nfe"] == 1 + n * (sp.N_LEAPFROG if name == "HMC" else 1)
+
+
+def test_two_graph_split_is_for_large_cpu_batches_only():
+    """On a GPU one graph was faster (the split step took 1.3-2.3x as long on an H200), so the
+    split applies to CPU tensors from ``SPLIT_COMPILE_NUMEL`` elements on, and nowhere else."""
+    from samplers.base import SPLIT_COMPILE_NUMEL, split_compiled
+
+    assert split_compiled(torch.empty(SPLIT_COMPILE_NUMEL // 2, 2))
+    assert not split_compiled(torch.empty(SPLIT_COMPILE_NUMEL // 2 - 1, 2))
+    assert not split_compiled(torch.empty(SPLIT_COMPILE_NUMEL // 2, 2, device="meta"))
