@@ -960,7 +960,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Chain-steps per second of ULA, MALA and HMC against minimal hand-written torch loops on\n"
             "the 8-Gaussian ring (benchmarks.sampler_speed). Writes benchmarks/results/sampler_speed.json\n"
-            "and benchmarks/results/sampler_speed.md (unless --no-write) and prints the table.\n"
+            "and benchmarks/results/sampler_speed.md (sampler_speed_cuda.* with --device cuda; unless\n"
+            "--no-write) and prints the table.\n"
             "A full run takes several minutes; --quick about two on a 2-core CPU."
         ),
         epilog="example:\n  ebmcompose bench speed --quick --no-compile",

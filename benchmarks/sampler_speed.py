@@ -12,7 +12,9 @@ Usage::
     python -m benchmarks.sampler_speed              # full run, writes benchmarks/results/
     python -m benchmarks.sampler_speed --quick      # short run
     python -m benchmarks.sampler_speed --threads 2 --sizes 100000
-    python -m benchmarks.sampler_speed --device cuda
+    python -m benchmarks.sampler_speed --device cuda --threads 1 --sizes 100,1000,10000,100000,1000000
+                                                    # writes sampler_speed_cuda.{json,md}; on a GPU
+                                                    # also GPU kernels per step (torch.profiler)
 
 Targets: eager within 10 % of the hand loop at N >= 1e4; < 20 us/step overhead at N = 100;
 compiled MALA >= 10 M chain-steps/s at N = 1e5 (the issue's 2-core CPU: all CPUs).
@@ -250,8 +252,17 @@ def timed(fn, device, cpu=False):
     return (wall, proc) if cpu else wall
 
 
-def n_steps_for(n, name, quick):
-    base = {100: 500, 1000: 1000, 10_000: 300, 100_000: 60}[n]
+#: Fewest steps per timed run on a GPU, where a step takes ~0.1-0.3 ms at every N up to 1e6: a
+#: run of 20-60 steps would be dominated by ``sample``'s one-off work (validation, the initial
+#: evaluation, the final checks and summaries), not by the steps being compared.
+MIN_DEVICE_STEPS = 200
+
+
+def n_steps_for(n, name, quick, device="cpu"):
+    """Steps per timed run: long enough to dwarf the timer and one-off work, short enough for many pairs."""
+    base = {100: 500, 1000: 1000, 10_000: 300, 100_000: 60}.get(n) or max(20, round(6e6 / n))
+    if torch.device(device).type != "cpu":
+        base = max(base, MIN_DEVICE_STEPS)
     if name == "HMC":
         base = max(base // N_LEAPFROG, 10)
     return max(base // (4 if quick else 1), 10)
@@ -319,12 +330,50 @@ def ops_per_step(name, device, n=SMALL_N):
     return tuple((counts[20][i] - counts[10][i]) / 10 for i in range(2))
 
 
+def _gpu_kernels(prof):
+    """Kernels the GPU ran under ``prof`` (``torch.profiler``), memory copies and fills excluded."""
+    from torch.autograd import DeviceType
+
+    return sum(
+        e.count for e in prof.key_averages()
+        if e.device_type == DeviceType.CUDA and not e.key.startswith(("Memcpy", "Memset", "[memory]"))
+    )
+
+
+def launches_per_step(name, device, n, compiled, fn=ring_energy_and_grad):
+    """``(library, baseline)`` GPU kernels per step on ``device`` (eager or compiled).
+
+    On a GPU, small and medium batches are bound by launches, not by arithmetic: each kernel
+    costs the host a few microseconds to queue whatever it computes. Counted with
+    ``torch.profiler`` over runs of 20 and 10 steps and differenced (one-off work cancels), after a
+    warm-up that compiles. Deterministic for a given torch build, unlike a timing.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    energy, means, var, x0 = _problem(device, n, fn)
+    hand_fn = (HAND_COMPILED if compiled else HAND)[name]
+    counts = {}
+    for steps in (10, 20):
+        k = kernel(name, steps, compiled)
+        k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))
+        hand_fn(x0, steps, STEP[name], torch.Generator(device=device).manual_seed(1), means, var, fn)
+        sync(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as lib:
+            k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))
+            sync(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as hand:
+            hand_fn(x0, steps, STEP[name], torch.Generator(device=device).manual_seed(1), means, var, fn)
+            sync(device)
+        counts[steps] = (_gpu_kernels(lib), _gpu_kernels(hand))
+    return tuple((counts[20][i] - counts[10][i]) / 10 for i in range(2))
+
+
 def measure(name, n, compiled, layout, args):
     """One row: the library kernel and its hand loop on ``N = n`` chains, interleaved, median of repeats."""
     device = torch.device(args.device)
     fn = LAYOUTS[layout]
     energy, means, var, x0 = _problem(device, n, fn)
-    steps = n_steps_for(n, name, args.quick)
+    steps = n_steps_for(n, name, args.quick, device)
     repeats = _repeats(args, n)
     k = kernel(name, steps, compiled)
     hand_fn = (HAND_COMPILED if compiled else HAND)[name]
@@ -371,23 +420,30 @@ def measure(name, n, compiled, layout, args):
     )
     if n == SMALL_N and not compiled:
         row["lib_ops_per_step"], row["hand_ops_per_step"] = ops_per_step(name, device, n)
+    if n == SMALL_N and device.type == "cuda":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row["lib_kernels_per_step"], row["hand_kernels_per_step"] = launches_per_step(name, device, n, compiled, fn)
     print(
         f"{name:4s} N={n:>6d} {'compiled' if compiled else 'eager   '} {row['threads']} thr {layout:14s} "
         f"lib {row['lib_chain_steps_per_s']:.3e}/s hand {row['hand_chain_steps_per_s']:.3e}/s "
         f"time ratio {row['ratio_lib_over_hand_time']:.3f} ± {row['ratio_se']:.3f} (cpu {row['ratio_lib_over_hand_cpu']:.3f}) "
         f"overhead {row['overhead_us_per_step']:.1f} ± {row['overhead_se_us_per_step']:.1f} us/step "
         f"(cpu {row['overhead_cpu_us_per_step']:.1f})"
-        + (f" ops/step {row['lib_ops_per_step']:.0f} vs {row['hand_ops_per_step']:.0f}" if "lib_ops_per_step" in row else ""),
+        + (f" ops/step {row['lib_ops_per_step']:.0f} vs {row['hand_ops_per_step']:.0f}" if "lib_ops_per_step" in row else "")
+        + (f" kernels/step {row['lib_kernels_per_step']:.1f} vs {row['hand_kernels_per_step']:.1f}"
+           if "lib_kernels_per_step" in row else ""),
         flush=True,
     )
     return row
 
 
-def calibration(reps=20_000):
+def calibration(device=None, reps=20_000):
     """How fast this machine is right now at what N = 100 rows are made of (medians of 5).
 
     ``torch_op_us``: one small eager op (``a + a`` on 100 floats, dispatch-bound);
-    ``python_ns``: one iteration of a plain Python ``for`` loop with an add. Shared and throttled
+    ``python_ns``: one iteration of a plain Python ``for`` loop with an add; on a GPU also
+    ``device_op_us``, one small op there (launch-bound). Shared and throttled
     machines vary several-fold in both from one hour to the next; the overhead columns scale with
     them, the ratio columns much less.
     """
@@ -402,7 +458,18 @@ def calibration(reps=20_000):
         for i in range(reps * 10):
             acc += i
         py.append((time.perf_counter() - t0) / (reps * 10) * 1e9)
-    return dict(torch_op_us=statistics.median(op), python_ns=statistics.median(py))
+    out = dict(torch_op_us=statistics.median(op), python_ns=statistics.median(py))
+    if device is not None and device.type == "cuda":
+        out["device_op_us"] = _device_op_us(device, reps)
+    return out
+
+
+def _device_op_us(device, reps):
+    """Wall time per small op on ``device`` queued back to back (launch-bound), median of 5."""
+    a, ts = torch.randn(100, device=device), []
+    for _ in range(5):
+        ts.append(timed(lambda: [a + a for _ in range(reps)], device) / reps * 1e6)
+    return statistics.median(ts)
 
 
 def set_threads(n):
@@ -419,7 +486,7 @@ def set_threads(n):
 def bench(args):
     sizes = args.sizes or ([100, 1000, 10_000] if args.quick else [100, 1000, 10_000, 100_000])
     rows = []
-    before = calibration()
+    before = calibration(torch.device(args.device))
     breakdown = {}
     for threads in args.threads:
         set_threads(threads)
@@ -431,7 +498,7 @@ def bench(args):
             # the broadcast-layout energy, compiled: library and hand loop alike
             rows.append(measure("MALA", max(sizes), True, "broadcast", args))
         breakdown[threads] = evaluate_breakdown(torch.device(args.device), torch.float32)
-    return rows, breakdown, dict(calibration_before=before, calibration_after=calibration())
+    return rows, breakdown, dict(calibration_before=before, calibration_after=calibration(torch.device(args.device)))
 
 
 def evaluate_breakdown(device, dtype, n=100, reps=3000):
@@ -473,6 +540,12 @@ def _verdict(v):
     return "met" if v else ("not met" if v is not None else "not measured")
 
 
+def output_stem(device):
+    """``sampler_speed`` for the CPU, ``sampler_speed_<type>`` for other devices (one file each)."""
+    kind = torch.device(device).type
+    return "sampler_speed" if kind == "cpu" else f"sampler_speed_{kind}"
+
+
 def write(rows, breakdown, cal, args):
     meta = dict(
         device=args.device, torch=torch.__version__, threads=list(args.threads),
@@ -480,9 +553,12 @@ def write(rows, breakdown, cal, args):
         repeats=_repeats(args), repeats_small_n=_repeats(args, SMALL_N), n_leapfrog=N_LEAPFROG, step_size=STEP,
         target="8-Gaussian ring, radius 4, std 0.3, closed-form energy and gradient",
     )
+    if torch.device(args.device).type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     targets = {str(t): targets_for(rows, t) for t in args.threads}
+    out, stem = Path(args.out) if args.out else RESULTS, output_stem(args.device)
     write_json(
-        RESULTS / "sampler_speed.json",
+        out / f"{stem}.json",
         dict(
             meta=meta, rows=rows, targets=targets,
             calibration=cal,
@@ -492,7 +568,9 @@ def write(rows, breakdown, cal, args):
     lines = [
         "# Sampler speed: library kernels vs minimal hand-written torch loops",
         "",
-        f"Target: {meta['target']}. Device `{meta['device']}`, torch {meta['torch']}, {meta['cpu_count']} CPUs; "
+        f"Target: {meta['target']}. Device `{meta['device']}`"
+        + (f" ({meta['gpu']})" if "gpu" in meta else "")
+        + f", torch {meta['torch']}, {meta['cpu_count']} CPUs; "
         f"median of {meta['repeats']} interleaved repeats ({meta['repeats_small_n']} shorter ones at N = {SMALL_N}, "
         "where the overhead is a few per cent of a step and the machine's jitter is not; a ± is the standard error "
         f"of that median ratio or overhead); HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
@@ -503,9 +581,9 @@ def write(rows, breakdown, cal, args):
         "columns are this process's CPU-time medians (with one thread they measure the work done and are robust "
         "when other jobs share the machine).",
         "",
-        "Compiled library rows at N >= 16,384 (x with at least 2^15 elements) run each transition as two graphs, "
-        "the move and the Metropolis correction (`samplers.base.split_compiled`); their baseline stays one graph "
-        "per step, as a user would write it.",
+        "On the CPU, compiled library rows at N >= 16,384 (x with at least 2^15 elements) run each transition as "
+        "two graphs, the move and the Metropolis correction (`samplers.base.split_compiled`); on a GPU it stays "
+        "one graph. The baseline is always one graph per step, as a user would write it.",
         "",
         "Energy layout: the rows use the per-coordinate form (`ring_energy_and_grad`); the `broadcast` row runs "
         "the same energy written with a `(B, K, 2)` broadcast, `logsumexp` and `softmax` "
@@ -515,7 +593,12 @@ def write(rows, breakdown, cal, args):
         "Machine speed during the run (before / after): a small eager torch op took "
         f"{cal['calibration_before']['torch_op_us']:.2f} / {cal['calibration_after']['torch_op_us']:.2f} us and a Python loop "
         f"iteration {cal['calibration_before']['python_ns']:.0f} / {cal['calibration_after']['python_ns']:.0f} ns. The us overhead columns scale with these "
-        "(a shared machine varies several-fold between hours), the ratios much less.",
+        "(a shared machine varies several-fold between hours), the ratios much less."
+        + (
+            f" On the GPU a small op queued back to back took {cal['calibration_before']['device_op_us']:.2f} / "
+            f"{cal['calibration_after']['device_op_us']:.2f} us (launch-bound)."
+            if "device_op_us" in cal["calibration_before"] else ""
+        ),
     ]
     for threads in args.threads:
         mine = [r for r in rows if r["threads"] == threads]
@@ -539,11 +622,20 @@ def write(rows, breakdown, cal, args):
             lines += ["", f"Tensor ops per eager step at N = {SMALL_N} (aten ops counted by a dispatch mode; "
                       "deterministic, so this is the part of the overhead that does not depend on the machine):", ""]
             lines += [f"- {r['sampler']}: library {r['lib_ops_per_step']:.0f}, hand loop {r['hand_ops_per_step']:.0f}" for r in ops]
+        kern = [r for r in mine if "lib_kernels_per_step" in r]
+        if kern:
+            lines += ["", f"GPU kernels per step at N = {SMALL_N} (counted by `torch.profiler`; small batches on a GPU "
+                      "are bound by launches):", ""]
+            lines += [
+                f"- {r['sampler']} {'compiled' if r['compiled'] else 'eager'}: library {r['lib_kernels_per_step']:.1f}, "
+                f"baseline {r['hand_kernels_per_step']:.1f}" for r in kern
+            ]
         lines += ["", "Per-call cost at N = 100 (us):", ""]
         lines += [f"- {k}: {v:.1f}" for k, v in breakdown[threads].items()]
-        lines += ["", "Targets:", ""]
+        lines += ["", "Targets:" if torch.device(args.device).type == "cpu" else
+                  "Targets (the issue sets them for a 2-core CPU; shown here for reference only):", ""]
         lines += [f"- {k}: {_verdict(v)}" for k, v in targets[str(threads)].items()]
-    write_text(RESULTS / "sampler_speed.md", "\n".join(lines) + "\n")
+    write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -570,6 +662,11 @@ def main(argv=None):
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
     ap.add_argument("--no-layouts", dest="layouts", action="store_false", help="skip the broadcast-layout row")
     ap.add_argument("--no-write", dest="write", action="store_false")
+    ap.add_argument(
+        "--out", default=None,
+        help="folder for the JSON and markdown (default benchmarks/results/; the file is "
+        "sampler_speed.* on the CPU, sampler_speed_cuda.* on a GPU)",
+    )
     args = ap.parse_args(argv)
     before = torch.get_num_threads()
     try:

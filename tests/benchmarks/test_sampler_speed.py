@@ -196,3 +196,36 @@ def test_two_graph_split_is_for_large_cpu_batches_only():
     assert split_compiled(torch.empty(SPLIT_COMPILE_NUMEL // 2, 2))
     assert not split_compiled(torch.empty(SPLIT_COMPILE_NUMEL // 2 - 1, 2))
     assert not split_compiled(torch.empty(SPLIT_COMPILE_NUMEL // 2, 2, device="meta"))
+
+
+def test_output_files_per_device_and_out_folder(tmp_path):
+    """CPU results go to sampler_speed.*, GPU results to sampler_speed_cuda.* (one never overwrites
+    the other); ``--out`` picks the folder."""
+    assert sp.output_stem("cpu") == "sampler_speed" and sp.output_stem("cuda:1") == "sampler_speed_cuda"
+    sp.main(["--quick", "--repeats", "1", "--sizes", "100", "--threads", "1", "--no-compile", "--out", str(tmp_path)])
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["sampler_speed.json", "sampler_speed.md"]
+    data = json.loads((tmp_path / "sampler_speed.json").read_text())
+    assert "gpu" not in data["meta"] and "device_op_us" not in data["calibration"]["calibration_before"]
+    assert all("lib_kernels_per_step" not in r for r in data["rows"])  # GPU kernel counts: GPU only
+
+
+def test_device_runs_time_enough_steps_to_dwarf_one_off_work():
+    for n in (100, 1000, 10_000, 100_000, 1_000_000):
+        assert sp.n_steps_for(n, "MALA", False, "cuda") >= sp.MIN_DEVICE_STEPS
+        assert sp.n_steps_for(n, "HMC", False, "cuda") >= sp.MIN_DEVICE_STEPS // sp.N_LEAPFROG
+    assert sp.n_steps_for(100_000, "MALA", False) == 60  # the CPU keeps its counts
+    assert sp.n_steps_for(1_000_000, "MALA", False) == 20  # any N has a count
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ULA", "MALA", "HMC"])
+def test_compiled_library_launches_no_more_gpu_kernels_than_the_hand_loop(name):
+    """On a GPU small steps cost their launches: compiled, the library must not launch more kernels
+    per step than its one-graph hand loop (eager MALA and HMC neither; eager ULA checks finiteness
+    per chain, which the hand loop skips)."""
+    dev = torch.device("cuda")
+    lib, hand = sp.launches_per_step(name, dev, 100, True)
+    assert 0 < lib <= hand, (name, lib, hand)
+    if name != "ULA":
+        lib, hand = sp.launches_per_step(name, dev, 100, False)
+        assert 0 < lib <= hand, (name, lib, hand)
