@@ -64,8 +64,10 @@ def test_eight_mode_mixture_weights_and_spread():
     std = 0.3
     gm = toy.GaussianMixture(means, stds=torch.full((8,), std), weights=weights)
     n = 2000
-    # narrow modes: DDPM needs fine steps near t = 0
-    res = ReverseDiffusion(SCHEDULE, 200, eta=1.0).sample(
+    # narrow modes: DDPM needs fine steps near t = 0. At 200 steps the within-mode spread is
+    # ~5.5 % low (0.170 vs 0.18 at N = 20000), -2.6 SE here, inside the tolerance only by margin;
+    # at 400 the discretisation bias is ~1 SE, so the test checks the sampler, not its luck
+    res = ReverseDiffusion(SCHEDULE, 400, eta=1.0).sample(
         gm.diffused(SCHEDULE), shape=(n, 2), generator=torch.Generator().manual_seed(5)
     )
     x = res.samples
