@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -552,6 +553,7 @@ def write(rows, breakdown, cal, args):
         cpu_count=os.cpu_count(), platform=platform.platform(), quick=args.quick,
         repeats=_repeats(args), repeats_small_n=_repeats(args, SMALL_N), n_leapfrog=N_LEAPFROG, step_size=STEP,
         target="8-Gaussian ring, radius 4, std 0.3, closed-form energy and gradient",
+        malloc=_malloc_mode(), glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
     )
     if torch.device(args.device).type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
@@ -584,6 +586,12 @@ def write(rows, breakdown, cal, args):
         "On the CPU, compiled library rows at N >= 16,384 (x with at least 2^15 elements) run each transition as "
         "two graphs, the move and the Metropolis correction (`samplers.base.split_compiled`); on a GPU it stays "
         "one graph. The baseline is always one graph per step, as a user would write it.",
+        "",
+        "Allocator: "
+        + ("steady (`GLIBC_TUNABLES` keep freed memory in the heap: no page faults from the allocator's "
+           "mmap/trim churn, which otherwise made N = 1e5 pairs range from 0.46 to 1.29)"
+           if meta["malloc"] == "steady" else "the system's defaults (`--malloc system`)")
+        + ".",
         "",
         "Energy layout: the rows use the per-coordinate form (`ring_energy_and_grad`); the `broadcast` row runs "
         "the same energy written with a `(B, K, 2)` broadcast, `logsumexp` and `softmax` "
@@ -649,7 +657,32 @@ def _thread_counts(text):
     return list(dict.fromkeys(c or os.cpu_count() or 1 for c in counts))
 
 
+#: glibc settings for ``--malloc steady``: serve every allocation below 256 MiB from the heap
+#: (not a fresh ``mmap``) and keep up to 1 GiB of freed heap instead of returning it to the OS.
+#: With glibc's defaults the ``(N, K)`` temporaries of an N = 1e5 step are mapped and unmapped,
+#: or trimmed, depending on the heap's history: every new page then faults (hundreds per step),
+#: and single library/hand-loop pairs at N = 1e5 ranged from 0.46 to 1.29 within one process.
+#: Both loops run under the same allocator, so this removes noise, not overhead.
+STEADY_MALLOC = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
+
+
+def _malloc_mode():
+    """``"steady"`` when this process runs under :data:`STEADY_MALLOC`, else ``"system"``."""
+    return "steady" if STEADY_MALLOC in os.environ.get("GLIBC_TUNABLES", "") else "system"
+
+
+def _rerun_with_steady_malloc(argv):
+    """Run this benchmark again in a child process with :data:`STEADY_MALLOC` (glibc reads its
+    tunables at start-up only); returns the child's exit code."""
+    tunables = ":".join(v for v in (os.environ.get("GLIBC_TUNABLES"), STEADY_MALLOC) if v)
+    env = dict(os.environ, GLIBC_TUNABLES=tunables)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(v for v in (root, env.get("PYTHONPATH")) if v)
+    return subprocess.call([sys.executable, "-m", "benchmarks.sampler_speed", *argv], env=env)
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="short run (N up to 1e4, fewer steps)")
@@ -667,7 +700,14 @@ def main(argv=None):
         help="folder for the JSON and markdown (default benchmarks/results/; the file is "
         "sampler_speed.* on the CPU, sampler_speed_cuda.* on a GPU)",
     )
+    ap.add_argument(
+        "--malloc", choices=["steady", "system"], default="steady",
+        help="steady (default, Linux/glibc): rerun under GLIBC_TUNABLES that keep freed memory in the "
+        "heap, so N = 1e5 rows measure the loops and not the allocator's page faults; system: as started",
+    )
     args = ap.parse_args(argv)
+    if args.malloc == "steady" and _malloc_mode() != "steady" and platform.libc_ver()[0] == "glibc":
+        return _rerun_with_steady_malloc(argv)
     before = torch.get_num_threads()
     try:
         rows, breakdown, cal = bench(args)

@@ -110,7 +110,7 @@ def test_targets_are_judged_per_thread_count():
 def test_tiny_run_writes_json_and_markdown(tmp_path, monkeypatch):
     monkeypatch.setattr(sp, "RESULTS", tmp_path)
     before = torch.get_num_threads()
-    sp.main(["--quick", "--repeats", "1", "--sizes", "100", "--threads", "1", "--no-compile"])
+    sp.main(["--quick", "--repeats", "1", "--sizes", "100", "--threads", "1", "--no-compile", "--malloc", "system"])
     assert torch.get_num_threads() == before  # restored
     data = json.loads((tmp_path / "sampler_speed.json").read_text())
     assert data["meta"]["threads"] == [1]
@@ -202,7 +202,8 @@ def test_output_files_per_device_and_out_folder(tmp_path):
     """CPU results go to sampler_speed.*, GPU results to sampler_speed_cuda.* (one never overwrites
     the other); ``--out`` picks the folder."""
     assert sp.output_stem("cpu") == "sampler_speed" and sp.output_stem("cuda:1") == "sampler_speed_cuda"
-    sp.main(["--quick", "--repeats", "1", "--sizes", "100", "--threads", "1", "--no-compile", "--out", str(tmp_path)])
+    sp.main(["--quick", "--repeats", "1", "--sizes", "100", "--threads", "1", "--no-compile", "--malloc", "system",
+             "--out", str(tmp_path)])
     assert sorted(f.name for f in tmp_path.iterdir()) == ["sampler_speed.json", "sampler_speed.md"]
     data = json.loads((tmp_path / "sampler_speed.json").read_text())
     assert "gpu" not in data["meta"] and "device_op_us" not in data["calibration"]["calibration_before"]
@@ -229,3 +230,24 @@ def test_compiled_library_launches_no_more_gpu_kernels_than_the_hand_loop(name):
     if name != "ULA":
         lib, hand = sp.launches_per_step(name, dev, 100, False)
         assert 0 < lib <= hand, (name, lib, hand)
+
+
+def test_steady_malloc_reruns_the_benchmark_under_glibc_tunables(monkeypatch):
+    """``--malloc steady`` (the default) reruns in a child process whose glibc keeps freed memory in
+    the heap, keeping other tunables; inside that child (or with ``--malloc system``) it runs as is."""
+    import platform
+
+    calls = []
+    monkeypatch.setattr(sp.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 7)
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+    assert sp.main(["--quick", "--sizes", "100"]) == 7  # the child's exit code
+    (cmd, env), = calls
+    assert cmd[1:] == ["-m", "benchmarks.sampler_speed", "--quick", "--sizes", "100"]
+    assert env["GLIBC_TUNABLES"] == "glibc.pthread.rseq=0:" + sp.STEADY_MALLOC
+    monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])
+    assert sp._malloc_mode() == "steady"
+    monkeypatch.setattr(sp, "bench", lambda args: calls.append("ran") or ([], {}, {}))
+    assert sp.main(["--no-write"]) == 0 and calls[-1] == "ran"  # already steady: no second child
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert sp.main(["--no-write", "--malloc", "system"]) == 0 and calls[-1] == "ran" and len(calls) == 3
