@@ -312,23 +312,36 @@ def _problem(device, n, fn=None, dtype=torch.float32):
     return energy, means, var, x0
 
 
+def _per_step(name, device, n, compiled, fn, count):
+    """``(library, hand loop)`` of ``count(run)`` per step: ``count`` is applied to a library run and
+    to a hand-loop run of 20 steps and of 10, and the difference is divided by 10, so one-off work
+    (the initial evaluation, validation, the final summary, compilation) cancels."""
+    energy, means, var, x0 = _problem(device, n, fn)
+    hand_fn = (HAND_COMPILED if compiled else HAND)[name]
+    counts = {}
+    for steps in (10, 20):
+        k = kernel(name, steps, compiled)
+        counts[steps] = (
+            count(lambda: k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))),
+            count(lambda: hand_fn(x0, steps, STEP[name], torch.Generator(device=device).manual_seed(1), means, var, fn)),
+        )
+    return tuple((counts[20][i] - counts[10][i]) / 10 for i in range(2))
+
+
+def _count_ops(run):
+    """Aten ops dispatched by ``run()``."""
+    with _OpCounter() as ops:
+        run()
+    return ops.count
+
+
 def ops_per_step(name, device, n=SMALL_N):
     """``(library, hand loop)`` aten ops per eager step at ``N = n``: deterministic, unlike a timing.
 
-    Counted over runs of 20 and 10 steps and differenced, so one-off work (the initial
-    evaluation, validation, the final summary) cancels. At small N each op costs a roughly
-    fixed few microseconds, so this is the machine-independent part of the overhead.
+    At small N each op costs a roughly fixed few microseconds, so this is the machine-independent
+    part of the overhead.
     """
-    energy, means, var, x0 = _problem(device, n)
-    counts = {}
-    for steps in (10, 20):
-        k = kernel(name, steps, False)
-        with _OpCounter() as lib:
-            k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))
-        with _OpCounter() as hand:
-            HAND[name](x0, steps, STEP[name], torch.Generator(device=device).manual_seed(1), means, var)
-        counts[steps] = (lib.count, hand.count)
-    return tuple((counts[20][i] - counts[10][i]) / 10 for i in range(2))
+    return _per_step(name, device, n, False, ring_energy_and_grad, _count_ops)
 
 
 def _gpu_kernels(prof):
@@ -341,32 +354,26 @@ def _gpu_kernels(prof):
     )
 
 
+def _count_gpu_kernels(run, device):
+    """GPU kernels launched by ``run()``, after one warm-up call (which compiles)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        sync(device)
+    return _gpu_kernels(prof)
+
+
 def launches_per_step(name, device, n, compiled, fn=ring_energy_and_grad):
     """``(library, baseline)`` GPU kernels per step on ``device`` (eager or compiled).
 
     On a GPU, small and medium batches are bound by launches, not by arithmetic: each kernel
     costs the host a few microseconds to queue whatever it computes. Counted with
-    ``torch.profiler`` over runs of 20 and 10 steps and differenced (one-off work cancels), after a
-    warm-up that compiles. Deterministic for a given torch build, unlike a timing.
+    ``torch.profiler``; deterministic for a given torch build, unlike a timing.
     """
-    from torch.profiler import ProfilerActivity, profile
-
-    energy, means, var, x0 = _problem(device, n, fn)
-    hand_fn = (HAND_COMPILED if compiled else HAND)[name]
-    counts = {}
-    for steps in (10, 20):
-        k = kernel(name, steps, compiled)
-        k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))
-        hand_fn(x0, steps, STEP[name], torch.Generator(device=device).manual_seed(1), means, var, fn)
-        sync(device)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as lib:
-            k.sample(energy, x0, generator=torch.Generator(device=device).manual_seed(1))
-            sync(device)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as hand:
-            hand_fn(x0, steps, STEP[name], torch.Generator(device=device).manual_seed(1), means, var, fn)
-            sync(device)
-        counts[steps] = (_gpu_kernels(lib), _gpu_kernels(hand))
-    return tuple((counts[20][i] - counts[10][i]) / 10 for i in range(2))
+    return _per_step(name, device, n, compiled, fn, lambda run: _count_gpu_kernels(run, device))
 
 
 def measure(name, n, compiled, layout, args):
