@@ -138,7 +138,6 @@ class ULA(MCMCKernel):
             noise = randn_like(x, generator)
             x_new, g_new, nfe = _ula_move(energy, x, state.grad, state.t, noise, step_size)
             x_out, g_out, ok = _ula_update(x, state.grad, x_new, g_new)
-        divergent = None
         if out is not None:
             x_out, g_out, ok, acceptance, divergent, nfe = out
         elif ok is None and not proxy:  # every chain moved: no per-chain tensors to make
@@ -149,9 +148,8 @@ class ULA(MCMCKernel):
             acceptance = ok.to(x.dtype)
             if proxy:  # report the proxy as the acceptance while adapting
                 acceptance = torch.where(ok, ula_acceptance_proxy(x, state.grad, x_new, g_new, noise, step_size), acceptance)
-        stat = acceptance.mean() if proxy else None
-        if divergent is None:
             divergent = ~ok
+        stat = acceptance.mean() if proxy else None
         info = StepInfo(acceptance=acceptance, accepted=ok, divergent=divergent, energy_error=None, nfe=nfe)
         return state.replace(x=x_out, energy=None, grad=g_out), info, stat
 
