@@ -21,6 +21,7 @@ from .energy import (
     negation,
 )
 from .diffusion_energy import DiffusionEnergy
+from .errors import InputError
 from .epsilon import ConditionedEpsilon, EpsilonModel
 from .network import Conditioned, NetworkModel
 from .parse import ParseError, parse
@@ -36,6 +37,7 @@ __all__ = [
     "EnergyFunction",
     "EpsilonModel",
     "Evaluation",
+    "InputError",
     "LeafGroup",
     "Mixture",
     "NetworkModel",

@@ -39,6 +39,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError
+
 __all__ = [
     "Energy",
     "EnergyFunction",
@@ -62,8 +64,20 @@ GRAD = 2
 BOTH = ENERGY | GRAD
 
 
-class ScoreOnlyError(TypeError):
+class ScoreOnlyError(InputError, TypeError):
     """Raised when an energy value is requested from a score-only model."""
+
+    @classmethod
+    def for_energy(cls, energy: "Energy", needed_by: Optional[str] = None) -> "ScoreOnlyError":
+        """The error for ``energy`` (naming its score-only leaves and the fix); ``needed_by`` names who asked."""
+        only = [leaf.label for leaf in energy.leaves() if not leaf.has_energy]
+        who = f"{needed_by} needs energy values, but " if needed_by else ""
+        return cls(
+            f"{who}{', '.join(only) or energy.label} provides scores only, so energy values are not "
+            "available: use a score-based sampler (ULA, AnnealedLangevin, ReverseDiffusion, "
+            "PredictorCorrector with a ULA corrector) or an energy-parameterised model; "
+            "Metropolis corrections (MALA, HMC) and mixtures (a | b) need energies"
+        )
 
 
 @dataclass(frozen=True)
@@ -330,6 +344,15 @@ class Energy(nn.Module):
         return self.energy(x, t)
 
     # ----------------------------------------------------------------- validation
+    def check_input(self, x: Tensor, t: TimeLike = None) -> Optional[Tensor]:
+        """Validate ``x`` ``(B, *event)`` and ``t`` for this energy; return ``t`` as ``(B,)`` (or ``None``).
+
+        Raises :class:`~ebmcompose.InputError` (or ``TypeError``) naming the problem and the fix:
+        wrong type, shape or device, NaN/inf in ``x``, a missing or out-of-range ``t``.
+        Samplers call it once on their start points and then evaluate with ``validate=False``.
+        """
+        return self._validate(x, t)
+
     def _validate(self, x: Tensor, t: TimeLike) -> Optional[Tensor]:
         if not isinstance(x, Tensor):
             raise TypeError(
@@ -337,41 +360,41 @@ class Energy(nn.Module):
                 "convert with torch.as_tensor(x, dtype=torch.float32)"
             )
         if x.dim() < 1:
-            raise ValueError("x must have a batch dimension: shape (B, *event), got a scalar")
+            raise InputError("x must have a batch dimension: shape (B, *event), got a scalar")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; use x.float()")
         for leaf in self.leaves():
             shape = leaf.event_shape
             if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-                raise ValueError(
+                raise InputError(
                     f"{leaf._label()} expects points of shape (B, {', '.join(map(str, shape))}), "
                     f"got x of shape {tuple(x.shape)}"
                 )
             dev = _module_device(leaf)
             if dev is not None and dev != x.device:
-                raise ValueError(
+                raise InputError(
                     f"x is on {x.device} but {leaf._label()} lives on {dev}; move one of them, "
                     f"e.g. energy.to({str(x.device)!r}) or x.to({str(dev)!r})"
                 )
         if not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1).nonzero().flatten()
-            raise ValueError(
+            raise InputError(
                 f"x contains NaN or inf in {bad.numel()} of {x.shape[0]} samples "
                 f"(first at index {int(bad[0])}); check the sampler's step size or the input data"
             )
         if t is None:
             if any(leaf.time_dependent for leaf in self.leaves()):
                 names = ", ".join(l._label() for l in self.leaves() if l.time_dependent)
-                raise ValueError(
+                raise InputError(
                     f"this energy depends on diffusion time ({names}); pass t in [0, 1] "
                     "(0 = data, 1 = noise), e.g. energy.energy(x, t=0.0)"
                 )
             return None
         if isinstance(t, Tensor) and t.device != x.device and t.numel() > 1:
-            raise ValueError(f"t is on {t.device} but x is on {x.device}; use t.to(x.device)")
+            raise InputError(f"t is on {t.device} but x is on {x.device}; use t.to(x.device)")
         tt = _normalise_t(t, x)
         if not bool(torch.isfinite(tt).all()) or bool((tt < 0).any()) or bool((tt > 1).any()):
-            raise ValueError("t must be finite and in [0, 1] (0 = data, 1 = noise)")
+            raise InputError("t must be finite and in [0, 1] (0 = data, 1 = noise)")
         return tt
 
     # ----------------------------------------------------------------- algebra
@@ -422,9 +445,14 @@ class Energy(nn.Module):
         return NotImplemented
 
     # ----------------------------------------------------------------- printing
-    def _label(self) -> str:
+    @property
+    def label(self) -> str:
+        """The name printed in formulas and error messages (``name`` if set, else the class name)."""
         name = getattr(self, "name", None)
         return name if name else type(self).__name__
+
+    def _label(self) -> str:
+        return self.label
 
     def _formula(self) -> str:
         return self._label()
@@ -439,13 +467,7 @@ class Energy(nn.Module):
         return self._formula()
 
     def _score_only_message(self) -> str:
-        only = [l._label() for l in self.leaves() if not l.has_energy]
-        return (
-            f"{', '.join(only) or self._label()} provides scores only, so energy values are not "
-            "available: use a score-based sampler (ULA, AnnealedLangevin, ReverseDiffusion, "
-            "PredictorCorrector with a ULA corrector) or an energy-parameterised model; "
-            "Metropolis corrections (MALA, HMC) and mixtures (a | b) need energies"
-        )
+        return str(ScoreOnlyError.for_energy(self))
 
     # nn.Module defines __hash__/__eq__ by identity, which is what the cache relies on.
 
@@ -471,7 +493,7 @@ def _normalise_t(t: TimeLike, x: Tensor) -> Optional[Tensor]:
         if t.shape[0] == 1:
             return t.expand(b)
         if t.shape[0] != b:
-            raise ValueError(f"t has {t.shape[0]} entries but x has batch size {b}; pass a scalar or (B,)")
+            raise InputError(f"t has {t.shape[0]} entries but x has batch size {b}; pass a scalar or (B,)")
         return t
     return torch.full((b,), float(t), device=x.device, dtype=x.dtype)
 
