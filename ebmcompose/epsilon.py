@@ -17,7 +17,7 @@ All leaves of one model that appear in an expression are evaluated in **one** fo
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -70,7 +70,7 @@ class EpsilonModel(NetworkModel):
 
     def _outputs(self, x, t, cond, need, create_graph):
         if need & ENERGY:
-            raise ScoreOnlyError(self._score_only_message())
+            raise ScoreOnlyError.for_energy(self)
         with torch.enable_grad() if create_graph else torch.no_grad():
             eps = self._eps(x, t, cond)
         return None, eps / self._sigma(t, x)
@@ -89,7 +89,7 @@ class EpsilonModel(NetworkModel):
         per_sample : bool
             Whether ``cond`` holds one condition per sample.
         """
-        tt = self._validate(x, t)
+        tt = self.check_input(x, t)
         if cond is NO_CONDITION and self.null_condition is not None:
             cond = self.null_condition
         cs = None if cond is NO_CONDITION else expand_condition(cond, x.shape[0], x.device, per_sample)
