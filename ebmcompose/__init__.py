@@ -12,7 +12,7 @@ from .nodes import Mixture, Sum
 from .operators import conjunction, mixture, negation
 from .diffusion_energy import DiffusionEnergy
 from .errors import InputError, InputTypeError
-from .epsilon import ConditionedEpsilon, EpsilonModel
+from .epsilon import EpsilonModel
 from .network import Conditioned, NetworkModel
 from .parse import ParseError, parse
 from .schedule import VPSchedule
@@ -21,7 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Conditioned",
-    "ConditionedEpsilon",
     "DiffusionEnergy",
     "Energy",
     "EnergyFunction",

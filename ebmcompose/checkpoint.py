@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError
+from .errors import InputError, InputTypeError
 from .io import atomic_write
 
 __all__ = [
@@ -113,9 +113,9 @@ def _check_json(obj: Any, where: str) -> None:
     try:
         text = json.dumps(obj, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{where} must be JSON-serialisable (str, int, float, bool, None, lists, dicts): {exc}") from None
+        raise InputTypeError(f"{where} must be JSON-serialisable (str, int, float, bool, None, lists, dicts): {exc}") from None
     if json.loads(text) != obj:
-        raise TypeError(
+        raise InputTypeError(
             f"{where} changes in a JSON round trip (tuples become lists, non-string keys become "
             "strings); use lists and string keys so the loaded config equals the saved one"
         )
@@ -150,7 +150,7 @@ def save(path: PathLike, module: Union[nn.Module, Mapping[str, Tensor]], config:
     from safetensors.torch import save as st_save
 
     if not isinstance(config, Mapping) or not isinstance(config.get("kind"), str) or not config["kind"]:
-        raise TypeError(
+        raise InputTypeError(
             "config must be a dict with a non-empty string 'kind' (what to build) and the "
             "constructor arguments, e.g. {'kind': 'toy.ResMLP/epsilon', 'net': {...}}"
         )
@@ -160,7 +160,7 @@ def save(path: PathLike, module: Union[nn.Module, Mapping[str, Tensor]], config:
     tensors: Dict[str, Tensor] = {}
     for key, value in sorted(state.items()):  # sorted: the same bytes whatever the input order
         if not isinstance(value, Tensor):
-            raise TypeError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor; only tensors are saved")
+            raise InputTypeError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor; only tensors are saved")
         # clone: safetensors refuses shared storage (tied weights) and non-contiguous tensors
         tensors[key] = value.detach().to("cpu").contiguous().clone()
     meta = json.dumps({"format_version": FORMAT_VERSION, "config": config}, allow_nan=False)

@@ -407,7 +407,7 @@ class Energy(nn.Module):
             raise InputError("t must be finite and in [0, 1] (0 = data, 1 = noise)")
         return tt
 
-    # TODO(merge, issue 11): remove once samplers and epsilon.py call check_input.
+    # TODO(merge, issue 11): remove once samplers call check_input.
     def _validate(self, x: Tensor, t: TimeLike) -> Optional[Tensor]:
         """Deprecated alias of :meth:`check_input`."""
         return self.check_input(x, t)

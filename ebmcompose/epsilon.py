@@ -23,16 +23,13 @@ import torch
 from torch import Tensor
 
 from .energy import ENERGY, ScoreOnlyError
-from .network import NO_CONDITION, Conditioned, NetworkModel, expand_condition
+from .errors import InputError
+from .network import NO_CONDITION, NetworkModel, expand_condition
 from .schedule import VPSchedule
 
-__all__ = ["EpsilonModel", "ConditionedEpsilon"]
+__all__ = ["EpsilonModel"]
 
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
-
-#: Conditional leaves of an EpsilonModel (kept as a name; the class is shared with DiffusionEnergy).
-ConditionedEpsilon = Conditioned
-
 
 class EpsilonModel(NetworkModel):
     """Wrap an ε-network as a score-only energy, ``grad(x, t) = ε(x, t) / σ_t``.
@@ -65,7 +62,7 @@ class EpsilonModel(NetworkModel):
     def __init__(self, net: Callable, schedule: VPSchedule, *, prediction: str = "epsilon", **kwargs):
         super().__init__(net, schedule, **kwargs)
         if prediction not in _PREDICTIONS:
-            raise ValueError(f"prediction must be one of {_PREDICTIONS}, got {prediction!r}")
+            raise InputError(f"prediction must be one of {_PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
 
     def _outputs(self, x, t, cond, need, create_graph):
@@ -101,7 +98,7 @@ class EpsilonModel(NetworkModel):
         if out.dim() == x.dim() and x.dim() >= 2 and out.shape[1] == 2 * x.shape[1] and out.shape[2:] == x.shape[2:]:
             out = out[:, : x.shape[1]]  # learned-variance models: ε is the first half
         if out.shape != x.shape:
-            raise ValueError(
+            raise InputError(
                 f"{self.name} returned shape {tuple(out.shape)} for input {tuple(x.shape)}; an ε-network "
                 "must return a prediction shaped like its input"
             )
