@@ -295,7 +295,7 @@ class Energy(nn.Module):
                 return Evaluation(*self._run(x, t, need, False))
         return Evaluation(*self._run(x, t, need, create_graph))
 
-    def _run(self, x: Tensor, t: Optional[Tensor], need: int, create_graph: bool):
+    def _run(self, x: Tensor, t: Optional[Tensor], need: int, create_graph: bool = False):
         """Plan, evaluate each leaf (group) once, combine; ``t`` is ``None`` or ``(B,)`` on ``x``'s device."""
         if self._is_leaf and self.leaf_group() is None:
             e, g = _evaluate_leaf(self, need, x, t, create_graph)  # the plan would be this leaf alone
@@ -349,9 +349,7 @@ class Energy(nn.Module):
         return self.energy(x, t)
 
     # TODO(merge, issue 11): remove once samplers call evaluate(..., validate=False) / check_input.
-    def _evaluate_prepared(self, x: Tensor, t: Optional[Tensor], need: int, create_graph: bool = False):
-        """Deprecated alias of the core of :meth:`evaluate`: ``(energy, grad, nfe)`` for ``need`` bits."""
-        return self._run(x, t, need, create_graph)
+    _evaluate_prepared = _run
 
     # ----------------------------------------------------------------- validation
     def check_input(self, x: Tensor, t: TimeLike = None) -> Optional[Tensor]:
