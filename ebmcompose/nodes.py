@@ -45,7 +45,14 @@ class Node(Energy):
             memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
         for b in self.buffers():
             memo[id(b)] = b.detach()
-        clone = copy.deepcopy(self, memo)
+        try:
+            clone = copy.deepcopy(self, memo)
+        except (TypeError, RuntimeError, copy.Error) as exc:
+            raise InputError(
+                f"cannot copy the expression {self!r} to convert it: a leaf holds an object that "
+                f"cannot be copied ({exc}); convert the leaves in place (leaf.to(...)) and build "
+                "the expression from them"
+            ) from exc
         getattr(nn.Module, method)(clone, *args, **kwargs)
         return clone
 

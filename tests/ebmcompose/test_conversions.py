@@ -159,3 +159,20 @@ def test_to_cuda_copies():
     assert all(p.is_cuda for p in copy.parameters()) and all(not p.is_cuda for p in expr.parameters())
     x = torch.randn(4, 2)
     torch.testing.assert_close(copy.energy(x.cuda()).cpu(), expr.energy(x))
+
+
+def test_uncopyable_leaf_gives_a_clear_error_and_changes_nothing():
+    import threading
+
+    class Locked:
+        def __init__(self):
+            self.lock = threading.Lock()  # deepcopy cannot copy a lock
+
+        def __call__(self, x):
+            return (x**2).sum(-1)
+
+    a = ec.EnergyFunction(Quadratic(1.0, [0.0, 0.0]), name="a")
+    expr = a + ec.EnergyFunction(Locked(), name="locked")
+    with pytest.raises(ec.InputError, match=r"cannot copy the expression a \+ locked.*convert the leaves in place"):
+        expr.double()
+    assert all(p.dtype == torch.float32 for p in expr.parameters())
