@@ -6,23 +6,13 @@ temperature, ``a - b`` NOT, ``a | b`` mixture/OR). Samplers live in the sibling 
 ``samplers`` and toy densities with exact answers in ``toy``.
 """
 
-from .energy import (
-    Energy,
-    EnergyFunction,
-    Evaluation,
-    LeafGroup,
-    Mixture,
-    ScoreFunction,
-    ScoreOnlyError,
-    Sum,
-    as_energy,
-    conjunction,
-    mixture,
-    negation,
-)
+from .energy import Energy, Evaluation, LeafGroup, ScoreOnlyError
+from .leaves import EnergyFunction, ScoreFunction, as_energy
+from .nodes import Mixture, Sum
+from .operators import conjunction, mixture, negation
 from .diffusion_energy import DiffusionEnergy
-from .errors import InputError
-from .epsilon import ConditionedEpsilon, EpsilonModel
+from .errors import InputError, InputTypeError
+from .epsilon import EpsilonModel
 from .network import Conditioned, NetworkModel
 from .parse import ParseError, parse
 from .schedule import VPSchedule
@@ -31,13 +21,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Conditioned",
-    "ConditionedEpsilon",
     "DiffusionEnergy",
     "Energy",
     "EnergyFunction",
     "EpsilonModel",
     "Evaluation",
     "InputError",
+    "InputTypeError",
     "LeafGroup",
     "Mixture",
     "NetworkModel",
@@ -54,5 +44,4 @@ __all__ = [
 ]
 
 # Submodules reached as ec.metrics / ec.plot (plot imports matplotlib only when called).
-from . import consistency, metrics, plot  # noqa: E402
-from . import checkpoint  # noqa: E402  (ec.checkpoint.save / load_state: safetensors + JSON)
+from . import checks, checkpoint, consistency, metrics, plot  # noqa: E402

@@ -1,25 +1,24 @@
-"""Checkpoints: a ``.safetensors`` file of tensors plus a ``.json`` config that rebuilds the model.
+"""Checkpoints: one ``.safetensors`` file holding the tensors and the JSON config that rebuilds the model.
 
 Never a pickle: ``torch.load`` of a pickle runs arbitrary code, so weights are stored with
 `safetensors <https://github.com/huggingface/safetensors>`_ and everything else as JSON.
 
-A checkpoint called ``name`` in folder ``d`` is the pair::
+A checkpoint called ``name`` in folder ``d`` is the file ``d/name.safetensors``: the module's
+state_dict (contiguous copies, any dtype) plus one metadata entry::
 
-    d/name.safetensors   the module's state_dict (contiguous copies, any dtype)
-    d/name.json          {"format": "ebmcompose.checkpoint", "format_version": 1,
-                          "kind": ..., "config": {...}, "tensors": {key: {"shape", "dtype"}},
-                          "sha256": <hash of the .safetensors bytes>}
+    "ebmcompose.checkpoint": '{"format_version": 2, "config": {...}}'   (a JSON string)
 
-``config`` is the caller's dict: it must hold a string ``"kind"`` (what to build) and whatever
-the builder of that kind needs (constructor keyword arguments, schedule, ...).
+One entry, not several, because safetensors writes its metadata map in arbitrary order and a
+regenerated checkpoint must be byte-identical. ``config`` is the caller's dict: it holds a
+string ``"kind"`` (what to build) and whatever the builder of that kind needs.
 
-Both files are written with :func:`ebmcompose.io.atomic_write` (temporary file + rename): a
-crash or Ctrl-C mid-save leaves the previous checkpoint (or nothing), never a half-written
-file. The ``.safetensors`` file is committed first and the ``.json`` last; the JSON records the
-SHA-256 of the tensors it belongs to, so a stale or swapped pair is detected at load time.
+Writing is atomic (:func:`ebmcompose.io.atomic_write`: a temporary file in the same folder,
+then ``os.replace``): a crash or Ctrl-C mid-save leaves the previous checkpoint (or nothing).
 
-Errors are :class:`CheckpointError` (:class:`CheckpointNotFoundError` for a missing file) with
-messages that name the file, what is wrong, and how to fix or regenerate it.
+Format version 1 (``d/name.safetensors`` plus ``d/name.json`` with the config and the SHA-256
+of the tensor file) is still read: :func:`load_state` takes either. Errors are
+:class:`CheckpointError` (:class:`CheckpointNotFoundError` for a missing file) with messages
+that name the file, what is wrong, and how to fix or regenerate it.
 """
 
 from __future__ import annotations
@@ -33,13 +32,16 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError, InputTypeError
 from .io import atomic_write
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "METADATA_KEY",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "checkpoint_path",
     "checkpoint_paths",
     "save",
     "load_state",
@@ -49,17 +51,19 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-#: Value of the ``"format"`` field of every checkpoint JSON.
+#: Name of the format (the ``"format"`` field of version-1 JSON configs).
 FORMAT = "ebmcompose.checkpoint"
-#: Version written by :func:`save`; :func:`load_state` reads versions up to this one.
-FORMAT_VERSION = 1
-#: Stem used when :func:`save` is given a directory.
+#: Version written by :func:`save` (2: one file); :func:`load_state` reads versions 1 to this one.
+FORMAT_VERSION = 2
+#: The safetensors metadata key that holds the JSON of a version-2 checkpoint.
+METADATA_KEY = FORMAT
+#: Stem used when a directory is given.
 DEFAULT_NAME = "model"
 #: How many mismatches an error message lists.
 _MAX_LISTED = 5
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""
 
 
@@ -67,25 +71,36 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint file does not exist."""
 
 
-def checkpoint_paths(path: PathLike) -> Tuple[Path, Path]:
-    """The ``(.safetensors, .json)`` pair a checkpoint path refers to.
+def _stem(path: PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        return p / DEFAULT_NAME
+    if p.suffix in (".safetensors", ".json"):
+        return p.with_suffix("")
+    return p
+
+
+def checkpoint_path(path: PathLike) -> Path:
+    """The ``.safetensors`` file a checkpoint path refers to.
 
     Parameters
     ----------
     path : str or PathLike
-        A stem (``d/name``), either file of the pair (``d/name.safetensors``, ``d/name.json``),
-        or an existing directory (then the stem is ``d/model``).
+        A stem (``d/name``), the file (``d/name.safetensors``; ``d/name.json`` of a version-1
+        pair also works), or an existing directory (then the stem is ``d/model``).
 
     Returns
     -------
-    (Path, Path)
-        ``d/name.safetensors`` and ``d/name.json``.
+    Path
+        ``d/name.safetensors``.
     """
-    p = Path(path)
-    if p.is_dir():
-        p = p / DEFAULT_NAME
-    elif p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
+    p = _stem(path)
+    return p.with_name(p.name + ".safetensors")
+
+
+def checkpoint_paths(path: PathLike) -> Tuple[Path, Path]:
+    """The ``(.safetensors, .json)`` pair of a version-1 checkpoint (see :func:`checkpoint_path`)."""
+    p = _stem(path)
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
@@ -98,33 +113,33 @@ def _check_json(obj: Any, where: str) -> None:
     try:
         text = json.dumps(obj, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{where} must be JSON-serialisable (str, int, float, bool, None, lists, dicts): {exc}") from None
+        raise InputTypeError(f"{where} must be JSON-serialisable (str, int, float, bool, None, lists, dicts): {exc}") from None
     if json.loads(text) != obj:
-        raise TypeError(
+        raise InputTypeError(
             f"{where} changes in a JSON round trip (tuples become lists, non-string keys become "
             "strings); use lists and string keys so the loaded config equals the saved one"
         )
 
 
-def save(path: PathLike, module: Union[nn.Module, Mapping[str, Tensor]], config: Mapping[str, Any]) -> Tuple[Path, Path]:
-    """Save ``module``'s state_dict and ``config`` atomically as ``.safetensors`` + ``.json``.
+def save(path: PathLike, module: Union[nn.Module, Mapping[str, Tensor]], config: Mapping[str, Any]) -> Path:
+    """Save ``module``'s state_dict and ``config`` atomically as one ``.safetensors`` file.
 
     Parameters
     ----------
     path : str or PathLike
-        Stem, either file name of the pair, or a directory (see :func:`checkpoint_paths`).
-        Parent directories are created.
+        Stem, file name, or a directory (see :func:`checkpoint_path`). Parent directories are
+        created.
     module : nn.Module or mapping of str to Tensor
         The model (its ``state_dict()`` is saved: parameters and persistent buffers) or a state
         dict. Tensors are copied to contiguous CPU tensors; their dtype is kept.
     config : mapping
         JSON-serialisable description that rebuilds the model; must contain a non-empty string
-        ``"kind"``. Stored verbatim under ``"config"``.
+        ``"kind"``. Stored verbatim in the file's metadata.
 
     Returns
     -------
-    (Path, Path)
-        The ``.safetensors`` and ``.json`` paths written.
+    Path
+        The ``.safetensors`` file written (the same bytes for the same tensors and config).
 
     Raises
     ------
@@ -135,7 +150,7 @@ def save(path: PathLike, module: Union[nn.Module, Mapping[str, Tensor]], config:
     from safetensors.torch import save as st_save
 
     if not isinstance(config, Mapping) or not isinstance(config.get("kind"), str) or not config["kind"]:
-        raise TypeError(
+        raise InputTypeError(
             "config must be a dict with a non-empty string 'kind' (what to build) and the "
             "constructor arguments, e.g. {'kind': 'toy.ResMLP/epsilon', 'net': {...}}"
         )
@@ -145,45 +160,57 @@ def save(path: PathLike, module: Union[nn.Module, Mapping[str, Tensor]], config:
     tensors: Dict[str, Tensor] = {}
     for key, value in sorted(state.items()):  # sorted: the same bytes whatever the input order
         if not isinstance(value, Tensor):
-            raise TypeError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor; only tensors are saved")
+            raise InputTypeError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor; only tensors are saved")
         # clone: safetensors refuses shared storage (tied weights) and non-contiguous tensors
         tensors[key] = value.detach().to("cpu").contiguous().clone()
-    # one key only: safetensors writes its metadata map in arbitrary order, and a checkpoint
-    # must be byte-identical when regenerated (the JSON holds the full description)
-    meta = {"format": f"{FORMAT} v{FORMAT_VERSION}"}
-    blob = st_save(tensors, metadata=meta)
-    header = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "kind": config["kind"],
-        "config": config,
-        "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v.dtype)} for k, v in tensors.items()},
-        "sha256": hashlib.sha256(blob).hexdigest(),
-    }
-    text = json.dumps(header, indent=2, allow_nan=False) + "\n"
-    st_path, json_path = checkpoint_paths(path)
-    # Nested: both payloads are written to temporary files first; the tensors are renamed into
-    # place, then the JSON (which names their hash). If committing the JSON fails, fresh tensors
-    # are removed again; over an existing checkpoint the old JSON's hash no longer matches, so
-    # load_state reports the pair as mismatched instead of loading it.
-    existed = st_path.exists()
-    tensors_committed = False
-    try:
-        with atomic_write(json_path, "w") as fj:
-            fj.write(text)
-            with atomic_write(st_path, "wb") as fs:
-                fs.write(blob)
-            tensors_committed = True
-    except BaseException:
-        if tensors_committed and not existed:
-            st_path.unlink(missing_ok=True)
-        raise
-    return st_path, json_path
+    meta = json.dumps({"format_version": FORMAT_VERSION, "config": config}, allow_nan=False)
+    blob = st_save(tensors, metadata={METADATA_KEY: meta})
+    target = checkpoint_path(path)
+    with atomic_write(target, "wb") as f:
+        f.write(blob)
+    return target
 
 
 def _missing(path: Path, hint: Optional[str]) -> CheckpointNotFoundError:
     how = hint or "save one with ebmcompose.checkpoint.save(path, module, config)"
     return CheckpointNotFoundError(f"checkpoint file not found: {path}; {how}")
+
+
+def _read_tensors(st_path: Path) -> Tuple[Dict[str, Tensor], Dict[str, str], bytes]:
+    """``(state, metadata, file bytes)`` of a safetensors file, or a :class:`CheckpointError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    blob = st_path.read_bytes()
+    try:
+        state = st_load(blob)
+        n = int.from_bytes(blob[:8], "little")  # safetensors: u64 header size, then the JSON header
+        metadata = json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
+        raise CheckpointError(
+            f"corrupt checkpoint tensors {st_path} ({len(blob)} bytes): not a readable safetensors "
+            f"file ({exc}); it is truncated or overwritten: regenerate the checkpoint"
+        ) from None
+    return dict(state), metadata, blob
+
+
+def _check_kind(config: Mapping[str, Any], kind, where: Path) -> None:
+    if kind is None:
+        return
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    if config["kind"] not in kinds:
+        raise CheckpointError(
+            f"unknown checkpoint kind {config['kind']!r} in {where}; expected one of "
+            f"{', '.join(map(repr, kinds))}"
+        )
+
+
+def _check_version(version: Any, where: Path) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or not (1 <= version <= FORMAT_VERSION):
+        raise CheckpointError(
+            f"unsupported checkpoint format version {version!r} in {where}; this ebmcompose "
+            f"reads versions 1 to {FORMAT_VERSION}: upgrade ebmcompose or regenerate the checkpoint"
+        )
 
 
 def load_state(
@@ -192,12 +219,12 @@ def load_state(
     kind: Union[None, str, Sequence[str]] = None,
     missing_hint: Optional[str] = None,
 ) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """Read a checkpoint written by :func:`save` (safetensors + JSON; no pickle).
+    """Read a checkpoint written by :func:`save` (or a version-1 ``.safetensors`` + ``.json`` pair).
 
     Parameters
     ----------
     path : str or PathLike
-        Stem, either file of the pair, or a directory (see :func:`checkpoint_paths`).
+        Stem, file name, or a directory (see :func:`checkpoint_path`).
     kind : str or sequence of str, optional
         The kinds the caller can build; another kind raises :class:`CheckpointError`.
     missing_hint : str, optional
@@ -214,19 +241,48 @@ def load_state(
     Raises
     ------
     CheckpointNotFoundError
-        If either file of the pair is missing.
+        If the file is missing (or the ``.json`` of a version-1 pair).
     CheckpointError
-        If the JSON is invalid or not an ebmcompose checkpoint, its format version is newer
-        than this code reads, its kind is not one of ``kind``, the ``.safetensors`` file is
-        truncated or not a safetensors file, or the tensors do not belong to the JSON.
+        If the file is truncated or not a safetensors file, a safetensors file without an
+        ebmcompose config, its config is corrupt or of a newer format version, or its kind
+        is not one of ``kind``.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
     st_path, json_path = checkpoint_paths(path)
-    for p in (json_path, st_path):
-        if not p.is_file():
-            raise _missing(p, missing_hint)
+    if not st_path.is_file():
+        raise _missing(st_path, missing_hint)
+    state, metadata, blob = _read_tensors(st_path)
+    if METADATA_KEY not in metadata:
+        if json_path.is_file() or metadata.get("format", "").startswith(FORMAT):
+            return _load_v1(st_path, json_path, state, blob, kind, missing_hint)
+        raise CheckpointError(
+            f"{st_path} is a safetensors file but not an ebmcompose checkpoint (its metadata has no "
+            f"{METADATA_KEY!r} entry with the model's config); save checkpoints with "
+            "ebmcompose.checkpoint.save(path, module, config), or load plain weights with "
+            "safetensors.torch.load_file"
+        )
+    try:
+        header = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"corrupt checkpoint config in {st_path}: the {METADATA_KEY!r} metadata is not valid JSON "
+            f"({exc}); regenerate the checkpoint"
+        ) from None
+    if not isinstance(header, dict):
+        header = {}
+    _check_version(header.get("format_version"), st_path)
+    config = header.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("kind"), str):
+        raise CheckpointError(
+            f"corrupt checkpoint config in {st_path}: no 'config' with a string 'kind'; regenerate the checkpoint"
+        )
+    _check_kind(config, kind, st_path)
+    return state, config
+
+
+def _load_v1(st_path: Path, json_path: Path, state, blob: bytes, kind, missing_hint):
+    """Format version 1: the config, tensor table and SHA-256 of the tensors in ``json_path``."""
+    if not json_path.is_file():
+        raise _missing(json_path, missing_hint)
     try:
         header = json.loads(json_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -240,10 +296,11 @@ def load_state(
             f"\"format\": \"{FORMAT}\"); regenerate the checkpoint with ebmcompose.checkpoint.save"
         )
     version = header.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or not (1 <= version <= FORMAT_VERSION):
+    _check_version(version, json_path)
+    if version != 1:
         raise CheckpointError(
-            f"unsupported checkpoint format version {version!r} in {json_path}; this ebmcompose "
-            f"reads versions 1 to {FORMAT_VERSION}: upgrade ebmcompose or regenerate the checkpoint"
+            f"{json_path} says format version {version}, but from version 2 on a checkpoint is one "
+            ".safetensors file (the config is in its metadata): regenerate the checkpoint"
         )
     config = header.get("config")
     tensor_table = header.get("tensors")
@@ -252,23 +309,8 @@ def load_state(
             f"corrupt checkpoint config {json_path}: missing 'config' (with a string 'kind') or "
             "'tensors'; regenerate the checkpoint"
         )
-    if kind is not None:
-        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
-        if config["kind"] not in kinds:
-            raise CheckpointError(
-                f"unknown checkpoint kind {config['kind']!r} in {json_path}; expected one of "
-                f"{', '.join(map(repr, kinds))}"
-            )
-    blob = st_path.read_bytes()
-    try:
-        state = st_load(blob)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
-        raise CheckpointError(
-            f"corrupt checkpoint tensors {st_path} ({len(blob)} bytes): not a readable safetensors "
-            f"file ({exc}); it is truncated or overwritten: regenerate the checkpoint"
-        ) from None
-    digest = hashlib.sha256(blob).hexdigest()
-    if header.get("sha256") not in (None, digest):
+    _check_kind(config, kind, json_path)
+    if header.get("sha256") not in (None, hashlib.sha256(blob).hexdigest()):
         raise CheckpointError(
             f"checkpoint pair mismatch: {st_path} is not the tensor file {json_path} was saved with "
             "(SHA-256 differs); one of the two was replaced or modified: save or regenerate them together"
@@ -285,7 +327,7 @@ def load_state(
         raise CheckpointError(
             f"checkpoint pair mismatch between {json_path} and {st_path}: " + "; ".join(problems)
         )
-    return dict(state), config
+    return state, config
 
 
 def _diff_tables(

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .energy import Energy, TimeLike
+from .errors import InputError
 
 __all__ = ["curl_2d", "jacobian_asymmetry"]
 
@@ -46,7 +47,7 @@ def curl_2d(energy: Energy, x: Tensor, t: TimeLike = None, h: float = 1e-3) -> T
         ``(B,)`` curl at each point.
     """
     if x.dim() != 2 or x.shape[1] != 2:
-        raise ValueError(f"curl_2d needs 2-D points of shape (B, 2), got {tuple(x.shape)}")
+        raise InputError(f"curl_2d needs 2-D points of shape (B, 2), got {tuple(x.shape)}")
     ex = torch.zeros_like(x)
     ex[:, 0] = 1
     ey = torch.zeros_like(x)

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from .energy import ENERGY, GRAD
+from .errors import InputError
 from .network import NetworkModel
 from .schedule import VPSchedule
 
@@ -60,7 +61,7 @@ class DiffusionEnergy(NetworkModel):
     def __init__(self, net: Callable, schedule: VPSchedule, *, form: str = "denoiser", **kwargs):
         super().__init__(net, schedule, **kwargs)
         if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+            raise InputError(f"form must be one of {FORMS}, got {form!r}")
         self.form = form
 
     def _energy_of(self, x, t, cond):
@@ -69,13 +70,13 @@ class DiffusionEnergy(NetworkModel):
             if out.dim() == 2 and out.shape[1] == 1:
                 out = out[:, 0]
             if out.shape != x.shape[:1]:
-                raise ValueError(
+                raise InputError(
                     f"{self.name} (form='scalar') returned shape {tuple(out.shape)}; expected one energy "
                     f"per sample, ({x.shape[0]},) or ({x.shape[0]}, 1)"
                 )
             return out
         if out.shape != x.shape:
-            raise ValueError(
+            raise InputError(
                 f"{self.name} (form='denoiser') returned shape {tuple(out.shape)} for input "
                 f"{tuple(x.shape)}; the denoiser f(x, t) must be shaped like x (or use form='scalar')"
             )

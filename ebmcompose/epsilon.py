@@ -17,22 +17,19 @@ All leaves of one model that appear in an expression are evaluated in **one** fo
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from .energy import ENERGY, ScoreOnlyError
-from .network import NO_CONDITION, Conditioned, NetworkModel, expand_condition
+from .errors import InputError
+from .network import NO_CONDITION, NetworkModel, expand_condition
 from .schedule import VPSchedule
 
-__all__ = ["EpsilonModel", "ConditionedEpsilon"]
+__all__ = ["EpsilonModel"]
 
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
-
-#: Conditional leaves of an EpsilonModel (kept as a name; the class is shared with DiffusionEnergy).
-ConditionedEpsilon = Conditioned
-
 
 class EpsilonModel(NetworkModel):
     """Wrap an ε-network as a score-only energy, ``grad(x, t) = ε(x, t) / σ_t``.
@@ -65,12 +62,12 @@ class EpsilonModel(NetworkModel):
     def __init__(self, net: Callable, schedule: VPSchedule, *, prediction: str = "epsilon", **kwargs):
         super().__init__(net, schedule, **kwargs)
         if prediction not in _PREDICTIONS:
-            raise ValueError(f"prediction must be one of {_PREDICTIONS}, got {prediction!r}")
+            raise InputError(f"prediction must be one of {_PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
 
     def _outputs(self, x, t, cond, need, create_graph):
         if need & ENERGY:
-            raise ScoreOnlyError(self._score_only_message())
+            raise ScoreOnlyError.for_energy(self)
         with torch.enable_grad() if create_graph else torch.no_grad():
             eps = self._eps(x, t, cond)
         return None, eps / self._sigma(t, x)
@@ -89,7 +86,7 @@ class EpsilonModel(NetworkModel):
         per_sample : bool
             Whether ``cond`` holds one condition per sample.
         """
-        tt = self._validate(x, t)
+        tt = self.check_input(x, t)
         if cond is NO_CONDITION and self.null_condition is not None:
             cond = self.null_condition
         cs = None if cond is NO_CONDITION else expand_condition(cond, x.shape[0], x.device, per_sample)
@@ -101,7 +98,7 @@ class EpsilonModel(NetworkModel):
         if out.dim() == x.dim() and x.dim() >= 2 and out.shape[1] == 2 * x.shape[1] and out.shape[2:] == x.shape[2:]:
             out = out[:, : x.shape[1]]  # learned-variance models: ε is the first half
         if out.shape != x.shape:
-            raise ValueError(
+            raise InputError(
                 f"{self.name} returned shape {tuple(out.shape)} for input {tuple(x.shape)}; an ε-network "
                 "must return a prediction shaped like its input"
             )

@@ -5,8 +5,12 @@ problem and the fix; the CLI reports these as one paragraph and exit status 2, a
 other exception through as a bug with its traceback.
 """
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "InputTypeError"]
 
 
 class InputError(ValueError):
     """An argument, a file or a configuration the user gave is invalid; the message says how to fix it."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument has the wrong type (also a ``TypeError``, as Python's own type checks raise)."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from .checks import check_positive_int
 from .energy import Energy, TimeLike
+from .errors import InputError, InputTypeError
 
 __all__ = ["Bounds", "parse_bounds", "GridDensity", "grid_density"]
 
@@ -48,12 +50,12 @@ def parse_bounds(bounds: Bounds) -> Tuple[Tuple[float, float], Tuple[float, floa
             (xl, xh), (yl, yh) = bounds
             out = ((float(xl), float(xh)), (float(yl), float(yh)))
     except (TypeError, ValueError) as exc:
-        raise ValueError(
+        raise InputError(
             f"bounds must be (lo, hi) for a square or ((x_lo, x_hi), (y_lo, y_hi)), got {bounds!r}"
         ) from exc
     for lo, hi in out:
         if not (lo < hi) or not all(map(torch.isfinite, torch.tensor([lo, hi]))):
-            raise ValueError(f"bounds need finite lo < hi in each axis, got {bounds!r}")
+            raise InputError(f"bounds need finite lo < hi in each axis, got {bounds!r}")
     return out
 
 
@@ -128,16 +130,15 @@ def grid_density(
     GridDensity
     """
     if not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise InputError(f"resolution must be an integer >= 2, got {resolution!r}")
+    check_positive_int(chunk_size, "chunk_size")
     if not isinstance(energy, Energy):
-        raise TypeError(
+        raise InputTypeError(
             f"grid_density needs an ebmcompose.Energy, got {type(energy).__name__}; wrap a "
             "function with ec.EnergyFunction(fn)"
         )
     if energy.event_shape is not None and tuple(energy.event_shape) != (2,):
-        raise ValueError(f"grid densities are 2-D only; this energy has event shape {energy.event_shape}")
+        raise InputError(f"grid densities are 2-D only; this energy has event shape {energy.event_shape}")
     (xl, xh), (yl, yh) = parse_bounds(bounds)
     if device is None:
         p = next(iter(list(energy.parameters()) + list(energy.buffers())), None)
@@ -158,11 +159,11 @@ def grid_density(
     logp = -e
     finite = torch.isfinite(logp)
     if not bool(finite.any()):
-        raise ValueError("the energy is infinite (or NaN) everywhere on the grid; check the bounds")
+        raise InputError("the energy is infinite (or NaN) everywhere on the grid; check the bounds")
     if bool(torch.isnan(logp).any()):
-        raise ValueError("the energy is NaN somewhere on the grid")
+        raise InputError("the energy is NaN somewhere on the grid")
     if bool(torch.isposinf(logp).any()):
-        raise ValueError(
+        raise InputError(
             "the energy is -inf somewhere on the grid (infinite density): the density cannot be "
             "normalised; use +inf for zero density"
         )

@@ -19,7 +19,9 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .checks import check_positive_int
 from .energy import ENERGY, GRAD, Energy, LeafGroup
+from .errors import InputError, InputTypeError
 from .schedule import VPSchedule
 
 __all__ = ["NetworkModel", "Conditioned", "NO_CONDITION"]
@@ -53,7 +55,7 @@ def as_condition(c: Any) -> Tensor:
     if isinstance(c, int) and not isinstance(c, bool):
         return torch.tensor(c, dtype=torch.long)
     if not isinstance(c, Tensor):
-        raise TypeError(f"a condition must be a tensor or an int label, got {type(c).__name__}")
+        raise InputTypeError(f"a condition must be a tensor or an int label, got {type(c).__name__}")
     return c
 
 
@@ -62,7 +64,7 @@ def expand_condition(c: Any, b: int, device, per_sample: bool = False) -> Tensor
     c = as_condition(c).to(device)
     if per_sample:
         if c.dim() == 0 or c.shape[0] != b:
-            raise ValueError(
+            raise InputError(
                 f"a per-sample condition needs shape (B={b}, ...), got {tuple(c.shape)}; pass "
                 "per_sample=False to share one condition across the batch"
             )
@@ -119,9 +121,9 @@ class NetworkModel(Energy, LeafGroup):
         super().__init__()
         kind = type(self).__name__
         if not callable(net):
-            raise TypeError(f"{kind} needs a callable network net(x, t[, cond]), got {type(net).__name__}")
+            raise InputTypeError(f"{kind} needs a callable network net(x, t[, cond]), got {type(net).__name__}")
         if not isinstance(schedule, VPSchedule):
-            raise TypeError(
+            raise InputTypeError(
                 f"schedule must be an ec.VPSchedule, got {type(schedule).__name__}; for a diffusers "
                 "scheduler use ec.VPSchedule.from_diffusers(scheduler)"
             )
@@ -129,11 +131,11 @@ class NetworkModel(Energy, LeafGroup):
         if timestep is None:
             timestep = "discrete" if (diffusers_net or schedule.is_discrete) else "continuous"
         if timestep not in _TIMESTEPS:
-            raise ValueError(f"timestep must be one of {_TIMESTEPS}, got {timestep!r}")
-        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"max_batch must be a positive integer or None, got {max_batch!r}")
+            raise InputError(f"timestep must be one of {_TIMESTEPS}, got {timestep!r}")
+        if max_batch is not None:
+            check_positive_int(max_batch, "max_batch")
         if not sigma_floor > 0:
-            raise ValueError(f"sigma_floor must be > 0, got {sigma_floor}")
+            raise InputError(f"sigma_floor must be > 0, got {sigma_floor}")
         self.net = net
         self.schedule = schedule
         self.timestep = timestep
@@ -189,7 +191,7 @@ class NetworkModel(Energy, LeafGroup):
     def evaluate_leaves(self, leaves, needs, x, t, create_graph):
         """One forward for all ``leaves`` (chunked by ``max_batch``); ``[(energy, grad)]`` and NFE."""
         if t is None:
-            raise ValueError(f"{self.name} is a diffusion model: pass t in (0, 1] (0 = data, 1 = noise)")
+            raise InputError(f"{self.name} is a diffusion model: pass t in (0, 1] (0 = data, 1 = noise)")
         need = 0
         for n in needs:
             need |= n
@@ -270,7 +272,7 @@ class Conditioned(Energy):
     def __init__(self, model: NetworkModel, cond: Any, name: Optional[str] = None, per_sample: bool = False):
         super().__init__()
         if not isinstance(model, NetworkModel):
-            raise TypeError("a conditional leaf needs an EpsilonModel or DiffusionEnergy; use model.condition(c)")
+            raise InputTypeError("a conditional leaf needs an EpsilonModel or DiffusionEnergy; use model.condition(c)")
         self.model = model
         self.cond = as_condition(cond)
         self.per_sample = bool(per_sample)

@@ -22,6 +22,7 @@ import re
 from typing import List, Mapping, Tuple
 
 from .energy import Energy
+from .errors import InputError, InputTypeError
 
 __all__ = ["parse", "ParseError"]
 
@@ -33,7 +34,7 @@ _TOKEN = re.compile(
 _KEYWORDS = {"AND", "OR", "NOT"}
 
 
-class ParseError(ValueError):
+class ParseError(InputError):
     """A malformed expression; ``position`` is the 0-based character offset of the problem."""
 
     def __init__(self, message: str, text: str, position: int):
@@ -197,8 +198,8 @@ def parse(text: str, names: Mapping[str, Energy]) -> Energy:
         Bad syntax or an unknown name; the message shows the position with a caret.
     """
     if not isinstance(text, str):
-        raise TypeError(f"parse() needs an expression string, got {type(text).__name__}")
+        raise InputTypeError(f"parse() needs an expression string, got {type(text).__name__}")
     for k, v in names.items():
         if not isinstance(v, Energy):
-            raise TypeError(f"names[{k!r}] must be an ebmcompose.Energy, got {type(v).__name__}")
+            raise InputTypeError(f"names[{k!r}] must be an ebmcompose.Energy, got {type(v).__name__}")
     return _Parser(text, names).parse()

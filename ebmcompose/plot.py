@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .energy import Energy, TimeLike
+from .errors import InputError, InputTypeError
 from .grid import Bounds, grid_density, parse_bounds
 from .io import atomic_write
 
@@ -50,7 +51,7 @@ def _points(x, name: str = "x"):
     if not isinstance(x, Tensor):
         x = torch.as_tensor(x)
     if x.dim() != 2 or x.shape[1] != 2:
-        raise ValueError(
+        raise InputError(
             f"{name} must be 2-D points of shape (N, 2), got shape {tuple(x.shape)}; project "
             f"higher-dimensional samples first, e.g. {name}[:, :2]"
         )
@@ -117,7 +118,7 @@ def density(
     Figure
     """
     if style not in ("image", "contour"):
-        raise ValueError(f"style must be 'image' or 'contour', got {style!r}")
+        raise InputError(f"style must be 'image' or 'contour', got {style!r}")
     grid = grid_density(energy, bounds, resolution=resolution, t=t)
     dx, dy = grid.cell_size
     dens = (grid.probs / (dx * dy)).cpu()
@@ -240,11 +241,11 @@ def compare(
         One axes per panel (``len(results) + 1`` with a reference).
     """
     if not isinstance(results, Mapping) or len(results) == 0:
-        raise ValueError("results must be a non-empty mapping {sampler name: (N, 2) samples}")
+        raise InputError("results must be a non-empty mapping {sampler name: (N, 2) samples}")
     n_panels = len(results) + (reference is not None)
     ncols = min(n_panels, 4) if ncols is None else int(ncols)
     if ncols < 1:
-        raise ValueError(f"ncols must be positive, got {ncols}")
+        raise InputError(f"ncols must be positive, got {ncols}")
     nrows = math.ceil(n_panels / ncols)
     from matplotlib.figure import Figure
 
@@ -257,7 +258,7 @@ def compare(
         ax = next(panels)
         if isinstance(reference, Energy):
             if bounds is None:
-                raise ValueError("an energy reference needs bounds=(lo, hi) to draw its density")
+                raise InputError("an energy reference needs bounds=(lo, hi) to draw its density")
             density(reference, bounds, resolution=resolution, t=t, ax=ax, title=reference_title)
         else:
             samples(reference, ax=ax, bounds=bounds, title=reference_title, **samples_kwargs)
@@ -271,7 +272,7 @@ def _as_mapping(info) -> Mapping[str, Any]:
         return info
     if dataclasses.is_dataclass(info) and not isinstance(info, type):
         return {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
-    raise TypeError(
+    raise InputTypeError(
         f"traces needs a mapping {{name: per-step values}} (e.g. a SampleResult's .info), got "
         f"{type(info).__name__}"
     )
@@ -314,7 +315,7 @@ def traces(
     else:
         chosen = [k for k in keys if k in info]
     if not chosen:
-        raise ValueError(
+        raise InputError(
             f"none of the keys {list(keys) if keys is not None else '(any array)'} are in info; "
             f"available: {sorted(map(str, info))}. Pass keys=[...]"
         )
@@ -332,7 +333,7 @@ def traces(
             ax.fill_between(steps, lo.numpy(), hi.numpy(), alpha=0.3, lw=0)
             ax.plot(steps, v.mean(1).numpy(), lw=1)
         else:
-            raise ValueError(
+            raise InputError(
                 f"info[{key!r}] has shape {tuple(v.shape)}; traces need (steps,) or (steps, chains)"
             )
         ax.set_ylabel(str(key))

@@ -18,6 +18,9 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from .checks import check_positive_int
+from .errors import InputError, InputTypeError
+
 __all__ = ["VPSchedule"]
 
 TLike = Union[float, Tensor]
@@ -59,7 +62,7 @@ class VPSchedule:
         discrete_alphas_cumprod: Optional[Tensor] = None,
     ):
         if not (0.0 < alpha_bar_min < 1.0):
-            raise ValueError(f"alpha_bar_min must be in (0, 1), got {alpha_bar_min}")
+            raise InputError(f"alpha_bar_min must be in (0, 1), got {alpha_bar_min}")
         self._log_alpha_bar = log_alpha_bar
         self.name = name
         self.alpha_bar_min = float(alpha_bar_min)
@@ -72,7 +75,7 @@ class VPSchedule:
         ``alpha_bar(t) = cos²(π/2 · (t+s)/(1+s)) / cos²(π/2 · s/(1+s))``.
         """
         if s < 0:
-            raise ValueError(f"cosine offset s must be >= 0, got {s}")
+            raise InputError(f"cosine offset s must be >= 0, got {s}")
         c0 = math.cos(0.5 * math.pi * s / (1 + s))
 
         def log_ab(t: Tensor) -> Tensor:
@@ -91,7 +94,7 @@ class VPSchedule:
         ``beta_min=0.1, beta_max=20`` matches DDPM's 1000-step linear schedule.
         """
         if not (0 <= beta_min <= beta_max) or beta_max <= 0:
-            raise ValueError(
+            raise InputError(
                 f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min}, beta_max={beta_max}"
             )
 
@@ -124,21 +127,21 @@ class VPSchedule:
             try:
                 ac = torch.as_tensor(ac)
             except Exception as exc:  # pragma: no cover - defensive
-                raise TypeError(
+                raise InputTypeError(
                     "from_diffusers needs a diffusers scheduler (with .alphas_cumprod) or a 1-D "
                     f"alphas_cumprod tensor, got {type(scheduler).__name__}"
                 ) from exc
         if ac.dim() != 1:
-            raise ValueError(
+            raise InputError(
                 f"alphas_cumprod must be 1-D (one entry per training step), got shape {tuple(ac.shape)}"
             )
         ac = ac.detach().to("cpu", torch.float64)
         if ac.numel() < 2:
-            raise ValueError("alphas_cumprod must have at least 2 entries")
+            raise InputError("alphas_cumprod must have at least 2 entries")
         if not bool(torch.isfinite(ac).all()):
-            raise ValueError("alphas_cumprod contains NaN or inf; check the scheduler's betas")
+            raise InputError("alphas_cumprod contains NaN or inf; check the scheduler's betas")
         if bool(((ac <= 0) | (ac > 1)).any()) or bool((ac[1:] > ac[:-1] + 1e-12).any()):
-            raise ValueError("alphas_cumprod must be in (0, 1] and non-increasing")
+            raise InputError("alphas_cumprod must be in (0, 1] and non-increasing")
         if alpha_bar_min is None:
             alpha_bar_min = min(ALPHA_BAR_MIN, float(ac.min()))
         n = ac.numel()
@@ -232,10 +235,9 @@ class VPSchedule:
         Tensor
             ``(n + 1,)``, strictly decreasing.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"number of steps n must be a positive integer, got {n!r}")
+        check_positive_int(n, "number of steps n")
         if not (0.0 <= t_min < t_max <= 1.0):
-            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+            raise InputError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
         dtype = dtype or torch.get_default_dtype()
         ts = torch.linspace(t_max, t_min, n + 1, dtype=torch.float64)
         if self.alphas_cumprod is not None:
@@ -243,7 +245,7 @@ class VPSchedule:
             # grid points k / N available in [t_min, t_max]: n steps need n + 1 distinct ones
             k_hi, k_lo = round(t_max * big_n), round(t_min * big_n)
             if n > k_hi - k_lo:
-                raise ValueError(
+                raise InputError(
                     f"at most {k_hi - k_lo} steps between t_min={t_min} and t_max={t_max} on this "
                     f"discrete schedule (N={big_n} training steps), got n={n}"
                 )

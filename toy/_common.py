@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from ebmcompose import Energy
+from ebmcompose import Energy, InputError
+from ebmcompose.checks import as_batch_t
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -97,25 +97,6 @@ def infer_device(*values) -> torch.device:
     return torch.device("cpu")
 
 
-def check_n(n, what: str = "n") -> int:
-    """A positive integer number of samples."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{what} must be a positive integer number of samples, got {n!r}")
-    n = int(n)
-    if n <= 0:
-        raise ValueError(f"{what} must be a positive integer number of samples, got {n}")
-    return n
-
-
-def check_generator(generator) -> Optional[torch.Generator]:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
-            f"got {type(generator).__name__}"
-        )
-    return generator
-
-
 def rng_device(generator: Optional[torch.Generator], fallback: torch.device) -> torch.device:
     """Where random numbers are drawn: the generator's device, else ``fallback``."""
     return generator.device if generator is not None else fallback
@@ -144,25 +125,8 @@ def check_schedule(schedule) -> None:
 def batch_t(t: Optional[Tensor], x: Tensor, label: str) -> Tensor:
     """``t`` as a ``(B,)`` tensor for a time-dependent leaf, or a clear error when missing."""
     if t is None:
-        raise ValueError(
+        raise InputError(
             f"{label} is a diffused (time-dependent) density p_t and needs t in [0, 1] "
             "(0 = data, 1 = noise), e.g. energy.energy(x, t=0.5)"
         )
-    if not isinstance(t, Tensor):
-        t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
-    t = t.to(device=x.device, dtype=x.dtype).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(x.shape[0])
-    return t
-
-
-def scalar_t(t, label: str) -> float:
-    """A scalar time in [0, 1] for ``.at(t)``."""
-    if isinstance(t, Tensor):
-        if t.numel() != 1:
-            raise ValueError(f"{label}.at(t) needs a scalar t, got a tensor of shape {tuple(t.shape)}")
-        t = t.item()
-    t = float(t)
-    if not (0.0 <= t <= 1.0):
-        raise ValueError(f"t must be in [0, 1] (0 = data, 1 = noise), got {t}")
-    return t
+    return as_batch_t(t, x)

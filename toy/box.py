@@ -21,17 +21,16 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ebmcompose.checks import as_scalar_t, check_generator, check_positive_int
+
 from ._common import (
     ClosedForm,
     DiffusedClosedForm,
     as_float64,
     batch_t,
-    check_generator,
-    check_n,
     infer_device,
     infer_dtype,
     rng_device,
-    scalar_t,
     vp_coefficients,
 )
 
@@ -184,7 +183,7 @@ class SmoothBox(ClosedForm):
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """Exact samples ``(n, D)``: uniform in the box plus ``N(0, s² I)`` noise (drawn in
         float64 on the generator's device, returned in the box's dtype and device)."""
-        n = check_n(n)
+        n = check_positive_int(n, "n")
         generator = check_generator(generator)
         dev = self._lo.device
         gdev = rng_device(generator, dev)
@@ -232,7 +231,7 @@ class DiffusedSmoothBox(DiffusedClosedForm):
 
     def at(self, t) -> SmoothBox:
         """The marginal ``p_t`` at a fixed scalar ``t`` as a :class:`SmoothBox`."""
-        t = scalar_t(t, self._label())
+        t = as_scalar_t(t, f"{self.label}.at(t)")
         b = self.base
         lo, hi, s = b._lo.double(), b._hi.double(), b._smoothing.double()
         ab, one_minus, sqrt_ab = vp_coefficients(self.schedule, t, lo.new_zeros(()))

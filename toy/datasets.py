@@ -19,7 +19,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._common import check_generator, check_n
+from ebmcompose.checks import check_generator, check_positive_int
+
 from .gaussian import ring
 
 __all__ = ["sample", "names"]
@@ -118,7 +119,7 @@ def sample(name: str, n: int, generator: Optional[torch.Generator] = None) -> Te
         fn = _SETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown dataset {name!r}; valid names are {', '.join(names())}") from None
-    n = check_n(n)
+    n = check_positive_int(n, "n")
     generator = check_generator(generator)
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"datasets are drawn on the CPU; pass a CPU generator, got one on {generator.device}")

@@ -17,18 +17,17 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ebmcompose.checks import as_scalar_t, check_generator, check_positive_int
+
 from ._common import (
     LOG_2PI,
     ClosedForm,
     DiffusedClosedForm,
     as_float64,
     batch_t,
-    check_generator,
-    check_n,
     infer_device,
     infer_dtype,
     rng_device,
-    scalar_t,
     vp_coefficients,
 )
 
@@ -253,7 +252,7 @@ class GaussianMixture(ClosedForm):
         same samples whatever the mixture's device); without a generator, torch's global RNG is
         used (pass one for reproducibility).
         """
-        n = check_n(n)
+        n = check_positive_int(n, "n")
         generator = check_generator(generator)
         dev = self._means.device
         gdev = rng_device(generator, dev)
@@ -334,7 +333,7 @@ class DiffusedGaussianMixture(DiffusedClosedForm):
     def at(self, t) -> GaussianMixture:
         """The marginal ``p_t`` at a fixed scalar ``t`` as a :class:`GaussianMixture` (for exact
         sampling and moments of ``p_t``), in the base mixture's dtype and device."""
-        t = scalar_t(t, self._label())
+        t = as_scalar_t(t, f"{self.label}.at(t)")
         b = self.base
         lam = b._eigvals.double()
         vecs = b._eigvecs.double()
@@ -426,7 +425,7 @@ def ring(
     dtype : torch.dtype, optional
         Parameter dtype (default: torch's default dtype).
     """
-    n = check_n(n, "n (number of ring components)")
+    n = check_positive_int(n, "n (number of ring components)")
     dtype = infer_dtype(dtype=dtype)
     ang = 2.0 * math.pi * torch.arange(n, dtype=torch.float64) / n
     means = float(radius) * torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)
@@ -468,7 +467,7 @@ def bar(
     dtype : torch.dtype, optional
         Parameter dtype (default: torch's default dtype).
     """
-    n = check_n(n, "n (number of bar components)")
+    n = check_positive_int(n, "n (number of bar components)")
     if n < 2:
         raise ValueError(f"a bar needs n >= 2 components, got {n}")
     if not (length > 0 and width > 0):

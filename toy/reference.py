@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from ebmcompose import Energy, ScoreOnlyError
+from ebmcompose.checks import check_generator, check_positive_int
 from ebmcompose.grid import Bounds, grid_density, parse_bounds
 
-from ._common import check_generator, check_n, rng_device
+from ._common import rng_device
 
 __all__ = ["reference_sample"]
 
@@ -70,7 +71,7 @@ def reference_sample(
             f"reference_sample needs an ebmcompose.Energy, got {type(energy).__name__}; wrap a "
             "function with ebmcompose.EnergyFunction(fn)"
         )
-    n = check_n(n)
+    n = check_positive_int(n, "n")
     generator = check_generator(generator)
     if not energy.has_energy:
         raise ScoreOnlyError(

@@ -423,20 +423,20 @@ def train(
 
 # ---------------------------------------------------------------------------- checkpoints
 def save_trained(path, trained: TrainedModel, metrics: Optional[Mapping[str, Any]] = None):
-    """Save the EMA net and its config as ``<path>.safetensors`` + ``<path>.json`` (atomic).
+    """Save the EMA net and its config as one file ``<path>.safetensors`` (atomic).
 
     Parameters
     ----------
     path : str or PathLike
-        Checkpoint stem (see :func:`ebmcompose.checkpoint.checkpoint_paths`).
+        Checkpoint stem (see :func:`ebmcompose.checkpoint.checkpoint_path`).
     trained : TrainedModel
     metrics : mapping, optional
         Extra JSON-serialisable results stored under ``config["metrics"]`` (e.g. score errors).
 
     Returns
     -------
-    (Path, Path)
-        The files written.
+    Path
+        The file written.
     """
     config = dict(trained.config)
     if metrics is not None:
@@ -450,7 +450,7 @@ def load_trained(path, *, missing_hint: Optional[str] = None):
     Parameters
     ----------
     path : str or PathLike
-        Checkpoint stem or either file of the pair.
+        Checkpoint stem or file (a version-1 ``.safetensors`` + ``.json`` pair also loads).
     missing_hint : str, optional
         How to regenerate a missing checkpoint (for the error message).
 
@@ -476,9 +476,9 @@ def load_trained(path, *, missing_hint: Optional[str] = None):
         schedule = schedule_from_config(config["schedule"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ckpt.CheckpointError(
-            f"checkpoint config {ckpt.checkpoint_paths(path)[1]} cannot rebuild the model: {exc}; regenerate it"
+            f"checkpoint config of {ckpt.checkpoint_path(path)} cannot rebuild the model: {exc}; regenerate it"
         ) from None
-    ckpt.load_into(net, state, source=ckpt.checkpoint_paths(path)[0])
+    ckpt.load_into(net, state, source=ckpt.checkpoint_path(path))
     net.eval()
     net.requires_grad_(False)
     return build_model(kind, net, schedule, name=config.get("name")), net, config

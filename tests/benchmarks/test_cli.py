@@ -316,7 +316,7 @@ def test_train_quick_writes_a_loadable_checkpoint_that_sample_uses(tmp_path, cap
     rc, out, err = run(["train", "--tasks", "product", "--parameterisations", "epsilon", "--iters", "3",
                         "--no-progress", "--out", ckpt], capsys)
     assert rc == 0, err
-    assert sorted(p.name for p in ckpt.iterdir()) == ["product_eps.json", "product_eps.safetensors"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["product_eps.safetensors"]
     model, net, config = load_trained(ckpt / "product_eps")
     assert config["concepts"] == ["ring", "bar"] and config["train"]["n_iters"] == 3
     assert "score_relative_error" in config["metrics"]
@@ -336,7 +336,7 @@ def test_train_default_out_is_a_new_folder_and_keeps_other_files(tmp_path, capsy
     rc, out, err = run(["train", "--tasks", "negation", "--parameterisations", "energy", "--iters", "2", "--no-progress"], capsys)
     assert rc == 0, err
     (made,) = [p for p in tmp_path.iterdir() if p.name.startswith("checkpoints-")]
-    assert sorted(p.name for p in made.iterdir()) == ["negation_energy.json", "negation_energy.safetensors"]
+    assert sorted(p.name for p in made.iterdir()) == ["negation_energy.safetensors"]
     assert {p.name: p.stat().st_mtime_ns for p in pretrained.CHECKPOINT_DIR.iterdir()} == shipped
     # training into an existing folder swaps in its files and leaves the others alone
     (made / "notes.txt").write_text("keep")

@@ -682,3 +682,32 @@ def test_score_fn_returning_wrong_shape():
     s = ec.ScoreFunction(lambda x: x.sum(-1), name="sbad")
     with pytest.raises(ValueError, match=r"sbad returned a gradient/score of shape \(4,\); expected the shape of x, \(4, 2\)"):
         s.grad(points(4, 2))
+
+
+# ----------------------------------------------------------------------------------- one path
+def test_every_public_call_goes_through_evaluate(monkeypatch):
+    calls = []
+    real = ec.Energy.evaluate
+
+    def recording(self, x, t=None, **kw):
+        calls.append(kw)
+        return real(self, x, t, **kw)
+
+    monkeypatch.setattr(ec.Energy, "evaluate", recording)
+    e = quad("a") + quad("b", mu=1.0)
+    x = points(4, 2)
+    e.energy(x), e.grad(x), e.score(x), e.energy_and_grad(x), e(x)
+    assert [(c["energy"], c["grad"]) for c in calls] == [
+        (True, False), (False, True), (False, True), (True, True), (True, False)
+    ]
+
+
+def test_energy_keeps_the_graph_only_under_grad_mode():
+    mod = MLPEnergy().to(DT)
+    e = ec.EnergyFunction(mod) + quad("q")
+    x = points(3, 2)
+    assert e.energy(x).requires_grad
+    with torch.no_grad():
+        assert not e.energy(x).requires_grad
+    assert not e.evaluate(x, grad=False).energy.requires_grad  # detached unless create_graph
+    assert e.evaluate(x, grad=False, create_graph=True).energy.requires_grad

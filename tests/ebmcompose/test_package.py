@@ -60,3 +60,25 @@ def test_public_names_of_the_design_contract_exist():
     for name in ("GaussianMixture", "gmm_product", "reference_sample"):
         assert callable(getattr(toy, name)), name
     assert set(ec.__all__) <= set(dir(ec))
+
+
+def test_names_stay_importable_from_where_they_were():
+    """The split of energy.py and metrics.py keeps every public name at its old address."""
+    import ebmcompose.energy as old
+    from ebmcompose import leaves, metrics, nodes, operators
+    from ebmcompose.metrics import exact2d, two_sample
+
+    for name, home in (
+        ("EnergyFunction", leaves), ("ScoreFunction", leaves), ("as_energy", leaves),
+        ("Sum", nodes), ("Mixture", nodes),
+        ("conjunction", operators), ("negation", operators), ("mixture", operators),
+    ):
+        assert getattr(old, name) is getattr(home, name) is getattr(ec, name), name
+    for name in ("Energy", "Evaluation", "LeafGroup", "ScoreOnlyError", "ENERGY", "GRAD", "TimeLike"):
+        assert hasattr(old, name), name
+    for name in ("mmd", "energy_distance", "sliced_wasserstein", "median_distance"):
+        assert getattr(metrics, name) is getattr(two_sample, name), name
+    for name in ("histogram_tv", "histogram_tv_baseline", "cell_probabilities", "HistogramTV", "TVBaseline",
+                 "mode_weight_error", "ModeWeightError", "mean_log_likelihood"):
+        assert getattr(metrics, name) is getattr(exact2d, name), name
+    assert set(metrics.__all__) <= set(dir(metrics))

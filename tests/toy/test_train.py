@@ -151,7 +151,8 @@ def test_schedule_config_roundtrip():
 def test_save_load_bit_exact(tmp_path, kind):
     data = {"a": _gaussian((0.0, 1.0)), "b": _gaussian((0.0, -1.0))}
     tr = train(kind, data, n_iters=20, seed=3, name="ab", **SMALL)
-    st, js = save_trained(tmp_path / "ab", tr, metrics={"note": "test"})
+    st = save_trained(tmp_path / "ab", tr, metrics={"note": "test"})
+    assert st == tmp_path / "ab.safetensors" and [p.name for p in tmp_path.iterdir()] == ["ab.safetensors"]
     model, net, config = load_trained(tmp_path / "ab")
     assert type(model) is type(tr.model) and config["concepts"] == ["a", "b"]
     assert config["metrics"] == {"note": "test"} and config["train"]["n_iters"] == 20
@@ -165,20 +166,32 @@ def test_save_load_bit_exact(tmp_path, kind):
     assert st.stat().st_size < 800_000
 
 
+def _edit_config(path, edit):
+    """Rewrite the config stored in a one-file checkpoint (as a hand-edited file would be)."""
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(json.loads(blob[8 : 8 + n])["__metadata__"][ckpt.METADATA_KEY])
+    edit(header["config"])
+    path.write_bytes(st_save(st_load(blob), metadata={ckpt.METADATA_KEY: json.dumps(header)}))
+
+
 def test_checkpoint_errors(tmp_path):
     tr = train("epsilon", {"a": _gaussian()}, n_iters=2, **SMALL)
-    st, js = save_trained(tmp_path / "m", tr)
+    st = save_trained(tmp_path / "m", tr)
     # config says another width than the tensors hold
-    header = json.loads(js.read_text())
-    header["config"]["net"]["hidden"] = 64
-    js.write_text(json.dumps(header))
+    _edit_config(st, lambda c: c["net"].update(hidden=64))
     with pytest.raises(ckpt.CheckpointError, match=r"does not match the model built from its config: time_mlp\.0\.weight: model expects shape \(64, 32\) float32, checkpoint has shape \(32, 32\)"):
         load_trained(tmp_path / "m")
     # unknown kind
-    header["config"]["net"]["hidden"] = 32
-    header["config"]["kind"] = "toy.Other"
-    js.write_text(json.dumps(header))
+    _edit_config(st, lambda c: (c["net"].update(hidden=32), c.update(kind="toy.Other")))
     with pytest.raises(ckpt.CheckpointError, match="unknown checkpoint kind 'toy.Other'"):
+        load_trained(tmp_path / "m")
+    # a config that cannot build the net
+    _edit_config(st, lambda c: (c.update(kind="toy.ResMLP/epsilon"), c["net"].update(hidden="wide")))
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint config of .*m\.safetensors cannot rebuild the model"):
         load_trained(tmp_path / "m")
     # truncated tensors
     save_trained(tmp_path / "m", tr)
@@ -189,7 +202,7 @@ def test_checkpoint_errors(tmp_path):
 
 def test_missing_shipped_checkpoint_says_how_to_regenerate(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
-    with pytest.raises(ckpt.CheckpointNotFoundError, match=r"product_energy\.json.*python -m benchmarks\.train_toy --out toy/checkpoints --tasks product"):
+    with pytest.raises(ckpt.CheckpointNotFoundError, match=r"product_energy\.safetensors.*python -m benchmarks\.train_toy --out toy/checkpoints --tasks product"):
         pretrained.load("product", "energy")
     with pytest.raises(ValueError, match="unknown task"):
         pretrained.checkpoint_path("nope")
@@ -198,6 +211,42 @@ def test_missing_shipped_checkpoint_says_how_to_regenerate(tmp_path, monkeypatch
 
 
 # ---------------------------------------------------------------------------- shipped checkpoints
+# SHA-256 over (key, dtype, shape, bytes) of every tensor, sorted by key, of the version-1 files
+# (.safetensors + .json) the shipped one-file checkpoints were converted from.
+V1_WEIGHTS_SHA256 = {
+    "mixture_energy": "c814d745b364ba6619bed18db7b866a9d06722f68c5b574829631dd55fd3c244",
+    "mixture_eps": "656a353fb30ce3fd4cf213d3e54585e306309ffc057dcb54db09d4898d60644e",
+    "negation_energy": "251a7b332f17ad041147594f59af6ce613c93fbb019c7a196c1059ac775e95e0",
+    "negation_eps": "bfcb529a2ac3af16d7e133b301d292353ea61add2052c250cff3294d14917d11",
+    "product_energy": "7f0ea627973ed894a4a9d437282a60c4cef05b0843a2687115074a165b0e524c",
+    "product_eps": "8f45793de0a0767ba6830987d2b6aab63990d4af7b7d0e5634e9c591cbb35790",
+}
+
+
+def _weights_sha256(state):
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("param", ["epsilon", "energy"])
+@pytest.mark.parametrize("task_name", ["product", "mixture", "negation"])
+def test_shipped_checkpoints_are_one_file_with_the_version_1_weights(task_name, param):
+    stem = pretrained.checkpoint_path(task_name, param)
+    assert not stem.with_name(stem.name + ".json").exists()  # one file, config inside
+    state, config = ckpt.load_state(stem)
+    assert _weights_sha256(state) == V1_WEIGHTS_SHA256[stem.name]
+    _, net, _ = load_trained(stem)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]) and v.dtype == state[k].dtype
+    assert config["kind"] == f"toy.ResMLP/{param}" and config["concepts"] == list(toy.tasks.get(task_name).components)
+
+
 @pytest.mark.parametrize("param", ["epsilon", "energy"])
 @pytest.mark.parametrize("task_name", ["product", "mixture", "negation"])
 def test_shipped_checkpoints_match_exact_component_scores(task_name, param):
@@ -230,9 +279,8 @@ def test_pretrained_load_reads_another_folder_and_names_the_fix_when_missing(tmp
     from ebmcompose.checkpoint import CheckpointNotFoundError
     from toy import pretrained
 
-    for ext in (".safetensors", ".json"):
-        src = pretrained.checkpoint_path("mixture", "energy")
-        shutil.copy(str(src) + ext, tmp_path / ("mixture_energy" + ext))
+    src = pretrained.checkpoint_path("mixture", "energy")
+    shutil.copy(str(src) + ".safetensors", tmp_path / "mixture_energy.safetensors")
     model, info = pretrained.load("mixture", "energy", checkpoint_dir=tmp_path)
     shipped, _ = pretrained.load("mixture", "energy")
     x = torch.randn(5, 2)
