@@ -161,7 +161,11 @@ def detect(images: Tensor, threshold: float = 0.3, min_area: float = 0.3,
     # coverage under the component's colour, over the grown region
     inside = grw > 0
     comp = grw[inside] - 1  # (Q,) component of each region pixel
-    a = alpha[inside].gather(1, colour[comp][:, None]).squeeze(1)  # (Q,)
+    # a faded or desaturated object is still whole: coverage relative to the component's peak
+    core = lab > 0
+    core_alpha = alpha[core].gather(1, colour[lab[core] - 1][:, None]).squeeze(1)
+    peak = torch.full((m,), 0.5).scatter_reduce_(0, lab[core] - 1, core_alpha, "amax")  # >= 0.5
+    a = (alpha[inside].gather(1, colour[comp][:, None]).squeeze(1) / peak[comp]).clamp(max=1.0)  # (Q,)
     pix = torch.arange(n * h * w)[inside]
     row = (pix // w) % h
     col = pix % w
@@ -187,7 +191,7 @@ def detect(images: Tensor, threshold: float = 0.3, min_area: float = 0.3,
         cols = (origin[:, 1, None] + grid)[:, None, :]  # (k, 1, win)
         img = image[idx][:, None, None]
         own = alpha_img[img, rows, cols].gather(-1, colour[idx][:, None, None, None].expand(k, win, win, 1))[..., 0]
-        observed = own * (grown[img, rows, cols] == idx[:, None, None] + 1)  # (k, win, win)
+        observed = (own / peak[idx, None, None]).clamp(max=1.0) * (grown[img, rows, cols] == idx[:, None, None] + 1)  # (k, win, win)
         rep = lambda t: t.repeat_interleave(len(SHAPES), dim=0)  # noqa: E731
         tmpl = coverage(kinds.repeat(k), rep(cx[idx]), rep(cy[idx]), rep(radius[idx]), h, 4, rep(origin), win)
         best = None
