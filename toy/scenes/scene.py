@@ -57,25 +57,24 @@ MAX_OBJECTS = 5
 SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2.0
 TRIANGLE_CIRCUMRADIUS = math.sqrt(4.0 * math.pi / (3.0 * math.sqrt(3.0)))
 
-# Extent of each shape around its centroid, per unit radius: (left/right, top, bottom).
-_EXTENTS = {
-    "circle": (1.0, 1.0, 1.0),
-    "square": (SQUARE_HALF_SIDE, SQUARE_HALF_SIDE, SQUARE_HALF_SIDE),
-    "triangle": (TRIANGLE_CIRCUMRADIUS * math.sqrt(3.0) / 2.0, TRIANGLE_CIRCUMRADIUS, TRIANGLE_CIRCUMRADIUS / 2.0),
-}
-# Radius of the smallest centred disc holding the shape, per unit radius (for non-overlap).
-_BOUNDING = {"circle": 1.0, "square": SQUARE_HALF_SIDE * math.sqrt(2.0), "triangle": TRIANGLE_CIRCUMRADIUS}
+
+
+def support(shape: str, size: str, angle: float) -> float:
+    """How far the shape reaches from its centroid along the direction at ``angle`` radians
+    (``(cos, sin)`` in (x, y), y pointing down), as a fraction of the side: its support function."""
+    r = SIZES[size]
+    c, s = math.cos(angle), math.sin(angle)
+    if shape == "circle":
+        return r
+    if shape == "square":
+        return SQUARE_HALF_SIDE * r * (abs(c) + abs(s))
+    big_r = TRIANGLE_CIRCUMRADIUS * r  # apex up: (0, -R), base corners (±R√3/2, R/2)
+    return big_r * max(-s, math.sqrt(3.0) / 2.0 * c + 0.5 * s, -math.sqrt(3.0) / 2.0 * c + 0.5 * s)
 
 
 def extents(shape: str, size: str) -> Tuple[float, float, float]:
     """Half-width, extent above and extent below the centroid (fractions of the side)."""
-    r = SIZES[size]
-    return tuple(e * r for e in _EXTENTS[shape])
-
-
-def bounding_radius(shape: str, size: str) -> float:
-    """Radius of the smallest disc about the centroid that holds the shape (fraction of the side)."""
-    return _BOUNDING[shape] * SIZES[size]
+    return support(shape, size, 0.0), support(shape, size, -math.pi / 2), support(shape, size, math.pi / 2)
 
 
 def _choice(value, valid: Sequence[str], what: str) -> str:
