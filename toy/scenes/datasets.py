@@ -98,6 +98,8 @@ class _SceneSet:
         cond : Tensor (n, condition_dim) float32
         scene_list : list of Scene (length n)
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"n must be a positive integer number of images, got {n!r}")
         scene_list = self._scenes(n, generator)
         cond = self._conditions(scene_list, generator)
         images = render(scene_list, self.resolution, supersample=self.supersample, device=device)

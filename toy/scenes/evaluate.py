@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -188,7 +188,7 @@ def detect(images: Tensor, threshold: float = 0.3, min_area: float = 0.3,
         rows = (origin[:, 0, None] + grid)[:, :, None]  # (k, win, 1)
         cols = (origin[:, 1, None] + grid)[:, None, :]  # (k, 1, win)
         img = image[idx][:, None, None]
-        observed = cov_img[img, rows, cols] * (grown[img, rows, cols] == idx[:, None, None] + 1)  # (k, win, win)  # (k, win, win)
+        observed = cov_img[img, rows, cols] * (grown[img, rows, cols] == idx[:, None, None] + 1)  # (k, win, win)
         rep = lambda t: t.repeat_interleave(len(SHAPES), dim=0)  # noqa: E731
         tmpl = coverage(kinds.repeat(k), rep(cx[idx]), rep(cy[idx]), rep(radius[idx]), h, supersample,
                         rep(origin), win)[:, None]  # (3k, 1, win, win)
@@ -222,7 +222,8 @@ def _detections(images) -> Detections:
 
 def _check_radius(radius) -> float:
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not 0 < radius <= 1:
-        raise InputError(f"radius must be a number in (0, 1] (fraction of the image side; 0.1 in the article), got {radius!r}")
+        raise InputError(
+            f"radius must be a number in (0, 1] (fraction of the image side; 0.1 in the article), got {radius!r}")
     return float(radius)
 
 

@@ -135,6 +135,9 @@ def random_scenes(
             raise InputError(f"{name} must be a positive integer, got {v!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InputError("generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None")
+    if generator is not None and generator.device.type != "cpu":
+        raise InputError("scenes are drawn on the CPU: pass a CPU torch.Generator (render(..., device=...) "
+                         f"puts the images on {generator.device})")
     g = generator
     k_max = hi
     count = lo + torch.randint(hi - lo + 1, (n,), generator=g)
@@ -170,7 +173,8 @@ def random_scenes(
     out = []
     for i, k in enumerate(count.tolist()):
         out.append(Scene(tuple(
-            SceneObject(pos_l[i][j][0], pos_l[i][j][1], SHAPES[shape_l[i][j]], names_c[color_l[i][j]], names_z[size_l[i][j]])
+            SceneObject(pos_l[i][j][0], pos_l[i][j][1], SHAPES[shape_l[i][j]], names_c[color_l[i][j]],
+                        names_z[size_l[i][j]])
             for j in range(k)
         )))
     return out

@@ -36,7 +36,10 @@ _SQRT3_2 = math.sqrt(3.0) / 2.0
 
 
 def _sdf(shape: Tensor, dx: Tensor, dy: Tensor, r: Tensor) -> Tensor:
-    """Signed distance (negative inside) of one shape kind per leading index; dx (M, 1, S), dy (M, S, 1), r (M, 1, 1)."""
+    """Signed distance (negative inside) to the shape of each leading index: (M, S, S).
+
+    ``dx`` (M, 1, S) and ``dy`` (M, S, 1) are offsets from the centroid, ``r`` (M, 1, 1) the radius.
+    """
     out = torch.empty(dx.shape[0], dy.shape[1], dx.shape[2], dtype=dx.dtype, device=dx.device)
     for kind in range(len(SHAPES)):
         sel = torch.nonzero(shape == kind).squeeze(1)
@@ -100,7 +103,8 @@ def window_side(radius: float, resolution: int, pad: int = 1) -> int:
 
 
 def window_origin(x: Tensor, y: Tensor, resolution: int, window: int) -> Tensor:
-    """Top-left pixel (row, column) of windows of side ``window`` centred on ``(x, y)``, kept in the image; (M, 2) long."""
+    """Top-left pixel (row, column), (M, 2) long, of windows of side ``window`` about ``(x, y)`` (M,),
+    kept inside the image."""
     centre = torch.stack([y, x], dim=-1) * resolution
     return (torch.floor(centre) - window // 2).long().clamp(0, resolution - window)
 
