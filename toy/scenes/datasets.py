@@ -72,7 +72,7 @@ class _SceneSet:
 
     condition_dim: int = 0
 
-    def __init__(self, resolution: int = 32, n_objects=(1, MAX_OBJECTS), supersample: int = 4):
+    def __init__(self, resolution: int = 32, n_objects=(1, MAX_OBJECTS), supersample: Optional[int] = None):
         self.resolution = check_resolution(resolution)
         self.n_objects = check_n_objects(n_objects)
         self.supersample = supersample
@@ -125,7 +125,7 @@ class AttributeScenes(_SceneSet):
 
     condition_dim = len(ATTRIBUTES)
 
-    def __init__(self, resolution: int = 32, supersample: int = 4):
+    def __init__(self, resolution: int = 32, supersample: Optional[int] = None):
         super().__init__(resolution, n_objects=1, supersample=supersample)
 
     def __repr__(self) -> str:
