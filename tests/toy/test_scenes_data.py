@@ -230,11 +230,20 @@ def test_random_scenes_bad_generator():
         scenes.random_scenes(4, 0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA generator")
+def test_random_scenes_cuda_generator_and_device_rendering():
+    with pytest.raises(InputError, match="CPU torch.Generator"):
+        scenes.random_scenes(4, torch.Generator(device="cuda"))
+    sl = scenes.random_scenes(64, gen())
+    assert torch.allclose(scenes.render(sl, 32, device="cuda").cpu(), scenes.render(sl, 32), atol=1e-5)
+
+
 # ---------------------------------------------------------------- datasets and conditions
 
 
 def test_condition_vectors():
     assert torch.equal(scenes.at(0.25, 0.75), torch.tensor([0.25, 0.75, 1.0]))
+    assert torch.equal(scenes.at(*torch.tensor([0.25, 0.75])), torch.tensor([0.25, 0.75, 1.0]))
     red = scenes.attribute("red")
     assert red.shape == (11,) and red.sum() == 1 and red[scenes.ATTRIBUTES.index("red")] == 1
     j = scenes.joint_at([(0.8, 0.1), (0.2, 0.9)])
@@ -253,6 +262,8 @@ def test_condition_vectors():
     (lambda: scenes.joint_at([(0.1, 0.2, 0.3)]), "pair of numbers"),
     (lambda: scenes.PositionScenes(resolution=48.5), "resolution"),
     (lambda: scenes.PositionScenes(n_objects=(2, 9)), "n_objects"),
+    (lambda: scenes.PositionScenes().sample(0, gen()), "positive integer"),
+    (lambda: scenes.AttributeScenes().sample(2.5, gen()), "positive integer"),
 ])
 def test_condition_errors(call, match):
     with pytest.raises(InputError, match=match):

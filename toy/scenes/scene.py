@@ -84,7 +84,9 @@ def _choice(value, valid: Sequence[str], what: str) -> str:
 
 
 def check_unit(value, what: str) -> float:
-    """A real number in [0, 1] (a coordinate)."""
+    """A real number in [0, 1] (a coordinate); a one-element tensor counts as its number."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise InputError(f"{what} must be a number in [0, 1] (fraction of the image side), got {value!r}")
     value = float(value)
