@@ -61,12 +61,6 @@ def joint_at(positions) -> Tensor:
     return out.reshape(-1)
 
 
-def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError("generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None")
-    return generator
-
-
 class _SceneSet:
     """Shared configuration: resolution, objects per scene, anti-aliasing."""
 
@@ -83,7 +77,7 @@ class _SceneSet:
         return torch.zeros(self.condition_dim, dtype=torch.float32)
 
     def _scenes(self, n: int, generator) -> List[Scene]:
-        return random_scenes(n, _check_generator(generator), n_objects=self.n_objects)
+        return random_scenes(n, generator, n_objects=self.n_objects)  # checks the generator
 
     def _conditions(self, scene_list: List[Scene], generator) -> Tensor:
         raise NotImplementedError

@@ -75,7 +75,7 @@ def _check_images(images) -> Tensor:
         raise InputError(f"images must be a Tensor (N, 3, H, W) of RGB values in [0, 1], got {got}")
     if images.shape[-1] != images.shape[-2] or images.shape[-1] < 16:
         raise InputError(f"images must be square with a side of at least 16 pixels, got {tuple(images.shape[-2:])}")
-    return images.detach().to(device="cpu", dtype=torch.float32)
+    return images.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
