@@ -175,7 +175,7 @@ def _coverages(scene, res):
 
 def test_objects_inside_and_apart():
     """Checked on the rendered shapes themselves: no coverage at the border, none shared (dilated)."""
-    sl = scenes.random_scenes(400, gen(1))
+    sl = scenes.random_scenes(250, gen(1))
     counts = torch.tensor([len(s) for s in sl])
     assert counts.min() == 1 and counts.max() == 5
     for s in sl:

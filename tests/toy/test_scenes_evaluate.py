@@ -77,16 +77,14 @@ def test_detector_agrees_with_renderer(truth, res):
             sorted(math.pi * o.radius**2 for o in s.objects), rel=0.05)
 
 
-@pytest.mark.parametrize("res", RES)
-def test_transposed_images_fail(truth, res):
+def test_transposed_images_fail(truth):
     """The agreement measure can fail: a detector that swapped x and y would be caught."""
-    images = scenes.render(truth, res).transpose(-1, -2)
-    got = agreement(truth, scenes.detect(images))
+    images = scenes.render(truth[:100], 32).transpose(-1, -2)
+    got = agreement(truth[:100], scenes.detect(images))
     assert got["position"] < 0.2
 
 
-@pytest.mark.parametrize("res", RES)
-@pytest.mark.parametrize("degrade", ["noise", "blur", "both"])
+@pytest.mark.parametrize("res, degrade", [(32, "noise"), (32, "blur"), (32, "both"), (64, "both")])
 def test_detector_robust(truth, res, degrade):
     """Gaussian pixel noise (σ = 0.05) and a slight blur (σ = 0.5 pixel at 32, scaled)."""
     images = scenes.render(truth[:200], res)
