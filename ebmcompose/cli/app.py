@@ -23,7 +23,8 @@ COMMANDS = (
     sample.add_parser,
     train.add_parser,
     bench.add_parser,
-    # More commands register here: one line each, e.g. `scenes.add_parser,` (ebmcompose/cli/scenes.py).
+    # A new command adds its module to the `from . import ...` line above and one line here,
+    # e.g. `scenes.add_parser,` for ebmcompose/cli/scenes.py (`ebmcompose scenes train|sample`).
 )
 
 
