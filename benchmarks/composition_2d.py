@@ -35,8 +35,11 @@ Usage::
 
 Writes ``composition_2d.json``, ``composition_2d.md`` and ``composition_2d_<task>.png`` to
 ``--out`` (default ``benchmarks/results``; ``--quick`` defaults to the git-ignored
-``outputs/composition_2d_quick`` so that it never overwrites the committed results). Every file
-is written atomically.
+``outputs/composition_2d_quick`` and may not write into ``benchmarks/results``). The files move
+into ``--out`` only after the whole study succeeded; other files there are kept. Targets,
+acceptance summaries and the TV floor come from :mod:`ebmcompose.cli.experiments`; the tasks and
+mode-weight errors from :mod:`benchmarks.composition_tasks`; findings, markdown and plots from
+:mod:`benchmarks.composition_report`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -57,7 +59,13 @@ import torch
 import ebmcompose as ec
 import samplers
 import toy
+from ebmcompose.cli import experiments as ex
+from ebmcompose.cli.errors import OutputError
+from ebmcompose.cli.outputs import staged_output
 from ebmcompose.io import write_json, write_text
+
+from .composition_report import SAMPLER_LABELS, SAMPLERS, findings, fmt_se, format_markdown, plot_task
+from .composition_tasks import TASKS, get_task, mode_error_fn, tilted_task
 
 __all__ = [
     "SAMPLERS",
@@ -68,30 +76,18 @@ __all__ = [
     "tilted_task",
     "sampler_configs",
     "get_task",
+    "mode_error_fn",
     "run_study",
     "format_markdown",
     "main",
 ]
 
-#: Sampler keys, in table order.
-SAMPLERS: Tuple[str, ...] = ("ddpm", "ddim", "annealed", "pc_ula", "pc_mala", "pc_hmc")
-#: Display names of :data:`SAMPLERS`.
-SAMPLER_LABELS: Dict[str, str] = {
-    "ddpm": "reverse diffusion (DDPM)",
-    "ddim": "DDIM",
-    "annealed": "annealed Langevin (ULA)",
-    "pc_ula": "PC + ULA",
-    "pc_mala": "PC + MALA",
-    "pc_hmc": "PC + HMC",
-}
 #: Samplers whose Metropolis correction needs energy values.
 NEEDS_ENERGY = frozenset({"pc_mala", "pc_hmc"})
-#: Task names: the three of :mod:`toy.tasks` and the harder one of this module.
-TASKS: Tuple[str, ...] = ("product", "mixture", "negation", "tilted")
 #: First time of every ladder (``t_max`` of every sampler).
 T_START = 0.99
-#: Histogram cells per axis of the TV metric (as in the demo: 32 keeps the floor low at n = 2000).
-TV_RESOLUTION = 32
+#: Histogram cells per axis of the TV metric (the demo's and ``ebmcompose sample``'s).
+TV_RESOLUTION = ex.TV_RESOLUTION
 #: Fixed RBF bandwidths of the MMD, so that MMD² values are comparable across rows.
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: Annealed Langevin: initial step ``ALD_STEP · sigma(t)²`` and ULA steps per level (chosen by a
@@ -176,121 +172,14 @@ class StudyConfig:
 QUICK = StudyConfig(n=500, seeds=2, budgets=(60,), learned_budgets=(30,), quick=True)
 
 
-# --------------------------------------------------------------------------- the harder task
-def _diagonal_bar(length=10.0, width=0.4, n=11, name="diag", dtype=None) -> toy.GaussianMixture:
-    """:func:`toy.bar` rotated by 45°: flat along ``y = x`` over ``length``, std ``width`` across."""
-    h = length / (n - 1)
-    u = torch.tensor([1.0, 1.0], dtype=torch.float64) / math.sqrt(2.0)
-    v = torch.tensor([-1.0, 1.0], dtype=torch.float64) / math.sqrt(2.0)
-    along = torch.linspace(-0.5 * length, 0.5 * length, n, dtype=torch.float64)
-    means = along[:, None] * u
-    rot = torch.stack([u, v], dim=1)
-    cov = rot @ torch.diag(torch.tensor([h**2, width**2], dtype=torch.float64)) @ rot.T
-    dtype = dtype or torch.get_default_dtype()
-    return toy.GaussianMixture(means.to(dtype), covs=cov.expand(n, 2, 2).to(dtype), name=name)
-
-
-def _compose_tilted(c):
-    return c["ring"] + c["diag"] + c["tilt"]
-
-
-def tilted_task(dtype: Optional[torch.dtype] = None) -> "toy.tasks.Task":
-    """The harder task: ring AND diagonal bar AND a broad Gaussian tilt (three components).
-
-    ``ring``: :func:`toy.ring` ``(8, radius=4, std=0.3)``; ``diag``: 11 Gaussians along
-    ``y = x`` on ``[−5, 5]`` (flat along the bar, std 0.4 across); ``tilt``: ``N((1, 1), 3² I)``.
-    The bar keeps the two ring modes at ``±(2.83, 2.83)`` and the tilt weights them about
-    78 : 22, so a sampler must get the relative mode weights right, not only the modes. The
-    exact target is the 88-component mixture ``gmm_product(gmm_product(ring, diag), tilt)``.
-    """
-    ring = toy.ring(8, radius=4.0, std=0.3, name="ring", dtype=dtype)
-    diag = _diagonal_bar(dtype=dtype)
-    tilt = toy.GaussianMixture(torch.tensor([[1.0, 1.0]], dtype=dtype or torch.get_default_dtype()),
-                               stds=3.0, name="tilt")
-    comps = MappingProxyType({"ring": ring, "diag": diag, "tilt": tilt})
-    exact = toy.gmm_product(toy.gmm_product(ring, diag), tilt, name="ring&diag&tilt")
-    return toy.tasks.Task(
-        name="tilted", components=comps, composed=_compose_tilted(comps), exact=exact,
-        bounds=toy.tasks.BOUNDS, compose=_compose_tilted,
-        description="8-Gaussian ring AND diagonal bar AND Gaussian tilt (modes 78:22)",
-    )
-
-
-def get_task(name: str) -> "toy.tasks.Task":
-    """A task of :data:`TASKS` (fresh object)."""
-    return tilted_task() if name == "tilted" else toy.tasks.get(name)
-
-
-# --------------------------------------------------------------------------- mode / region weights
-def _ring_modes(task) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Ring means ``(8, 2)`` and the exact target mass of each ring mode ``(8,)``.
-
-    The exact target is ``gmm_product(ring, ...)`` whose component ``k`` belongs to ring mode
-    ``k // (K / 8)`` (ring-major order of :func:`toy.gmm_product`).
-    """
-    ring = task.components["ring"]
-    k_ring = ring.n_components
-    w = task.exact.weights.double()
-    per = w.numel() // k_ring
-    return ring.means.double(), w.reshape(k_ring, per).sum(1)
-
-
-def mode_error_fn(task) -> Tuple[Callable[[torch.Tensor], float], str]:
-    """``(fn, description)``: ``fn(samples) -> float`` total-variation error of mode weights.
-
-    product / tilted: the 8 ring modes (nearest ring mean), exact weights from the product
-    mixture; mixture: left vs right bar (nearest bar centre), exact 1/2 : 1/2; negation: the
-    mass inside the hole ``[−2, 2]²`` vs outside, exact from a 480² grid of the target.
-    """
-    if task.name in ("product", "tilted"):
-        means, weights = _ring_modes(task)
-        return (lambda x: float(ec.metrics.mode_weight_error(x.double(), means, weights).tv),
-                "8 ring modes (nearest mean)")
-    if task.name == "mixture":
-        means = torch.tensor([[-2.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
-        return (lambda x: float(ec.metrics.mode_weight_error(x.double(), means).tv),
-                "left vs right bar (nearest centre), exact 1/2 : 1/2")
-    if task.name == "negation":
-        grid = ec.grid.grid_density(task.composed, task.bounds, resolution=480)
-        c = grid.centers
-        inside = (c.abs() <= 2.0).all(-1)
-        p_in = float(grid.probs.reshape(-1)[inside].sum())
-
-        def fn(x):
-            f_in = float((x.double().abs() <= 2.0).all(-1).double().mean())
-            return abs(f_in - p_in)  # TV of the two-region partition {hole, rest}
-
-        return fn, f"mass in the hole [-2, 2]^2 (exact {p_in:.3f}) vs outside"
-    raise ValueError(task.name)
-
-
 # --------------------------------------------------------------------------- models
-def _score_only(leaves: Dict[str, ec.Energy]) -> Dict[str, ec.Energy]:
-    """The same leaves as score-only models (the "ε" parameterisation of an exact model)."""
-    out = {}
-    for k, e in leaves.items():
-        out[k] = ec.ScoreFunction(lambda x, t, e=e: e.score(x, t), name=k, time_dependent=True)
-    return out
-
-
 def build_energy(task, model: str, param: str, schedule: ec.VPSchedule, device) -> ec.Energy:
-    """The composed time-dependent energy that the diffusion samplers follow.
+    """The composed time-dependent energy the diffusion samplers follow (:func:`ex.task_energy`).
 
     Raises ``ec.ScoreOnlyError`` when the composition needs energies a score-only model lacks
-    (the mixture's ``|``), and ``FileNotFoundError`` style errors from the checkpoint loader.
+    (the mixture's ``|``).
     """
-    if model == "exact":
-        leaves = task.diffused_components(schedule)
-        if param == "epsilon":
-            leaves = _score_only(leaves)
-    else:
-        leaves = toy.pretrained.components(task.name, param)
-    return task.compose(leaves).to(device)
-
-
-def learned_schedule(task_name: str) -> ec.VPSchedule:
-    """The noise schedule the shipped checkpoints of ``task_name`` were trained with."""
-    return toy.pretrained.load(task_name, "epsilon")[1]["schedule"]
+    return ex.task_energy(task, model, param, schedule, device)
 
 
 def expression_cost(energy: ec.Energy, device, dtype) -> int:
@@ -346,12 +235,6 @@ def sampler_configs(
     return out
 
 
-def _acceptance(info) -> Optional[float]:
-    acc = torch.as_tensor(info["acceptance"]).double().cpu()
-    acc = acc[~acc.isnan()]
-    return float(acc.mean()) if acc.numel() else None
-
-
 # --------------------------------------------------------------------------- the study
 @dataclass
 class _Reference:
@@ -367,12 +250,8 @@ class _Reference:
     ground_truth: str
 
 
-def _generator(seed: int, device="cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def _reference(task, cfg: StudyConfig) -> _Reference:
-    exact = [task.sample_exact(cfg.n, generator=_generator(20_000 + s)).double() for s in range(cfg.seeds)]
+    exact = [task.sample_exact(cfg.n, generator=ex.generator(20_000 + s)).double() for s in range(cfg.seeds)]
     if task.exact is not None:
         gm = task.exact.double() if hasattr(task.exact, "double") else task.exact
         log_prob = gm.log_prob
@@ -385,9 +264,7 @@ def _reference(task, cfg: StudyConfig) -> _Reference:
             return -composed.energy(x.to(next(iter(composed.buffers())).dtype)).double() - log_z
 
         truth = "grid reference (toy.reference_sample, 512^2) and grid-normalised density"
-    floor = ec.metrics.histogram_tv_baseline(
-        task.composed, task.bounds, cfg.n, resolution=TV_RESOLUTION, n_repeats=16, generator=_generator(30_000)
-    )
+    floor = ex.tv_floor(task.composed, task.bounds, cfg.n, 30_000, n_repeats=16)
     fn, desc = mode_error_fn(task)
     return _Reference(task, exact, log_prob, fn, desc, float(floor.mean), float(floor.std), truth)
 
@@ -397,7 +274,7 @@ def _metrics(x: torch.Tensor, ref: _Reference, seed: int) -> Dict[str, float]:
     x = x.detach().to("cpu", torch.float64)
     tv = ec.metrics.histogram_tv(x, task.composed, task.bounds, resolution=TV_RESOLUTION)
     mmd = ec.metrics.mmd(x, ref.exact[seed], bandwidths=MMD_BANDWIDTHS, max_samples=2000,
-                         generator=_generator(40_000 + seed))
+                         generator=ex.generator(40_000 + seed))
     with torch.no_grad():
         ll = float(ec.metrics.mean_log_likelihood(x, ref.log_prob))
     return dict(tv=float(tv.tv), outside=float(tv.outside), mmd=float(mmd), loglik=ll,
@@ -429,7 +306,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: Optional[Path] = None, log=
         Settings.
     out : Path, optional
         Output folder; files ``composition_2d.json``, ``composition_2d.md``,
-        ``composition_2d_<task>.png`` are written atomically (one by one).
+        ``composition_2d_<task>.png`` move into it when the study succeeded (other files kept).
     log : callable
         Progress messages.
 
@@ -441,18 +318,25 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: Optional[Path] = None, log=
         ``status`` is ``"n/a"`` (with ``reason``), a summary ``{"mean", "se", "values"}`` per
         metric.
     """
+    if out is None:
+        return _timed_run(cfg, log)
+    with staged_output(out, "composition") as staging:  # checks --out before the run
+        result = _timed_run(cfg, log)
+        names = write_outputs(result, staging, cfg)
+    log(f"[composition_2d] wrote {', '.join(str(Path(out) / n) for n in names)}")
+    return result
+
+
+def _timed_run(cfg: StudyConfig, log) -> dict:
     t_total = time.perf_counter()
     old_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
     try:
-        result = _run(cfg, device, log)
+        result = _run(cfg, torch.device(cfg.device), log)
     finally:
         torch.set_num_threads(old_threads)
     result["total_seconds"] = round(time.perf_counter() - t_total, 1)
-    if out is not None:
-        write_outputs(result, Path(out), cfg, log)
     return result
 
 
@@ -486,7 +370,7 @@ def _run(cfg: StudyConfig, device, log) -> dict:
                 continue
             schedule = base_schedule
             if model == "learned":
-                schedule = learned_schedule(tname)
+                schedule = ex.learned_schedule(tname)
                 task_info[tname]["learned_schedule"] = repr(schedule)
             for param in cfg.params:
                 try:
@@ -508,7 +392,7 @@ def _run(cfg: StudyConfig, device, log) -> dict:
                             continue
                         runs = []
                         for seed in range(cfg.seeds):
-                            g = _generator(10_000 + seed, device)  # common random numbers across rows
+                            g = ex.generator(10_000 + seed, device)  # common random numbers across rows
                             t0 = time.perf_counter()
                             res = cfgs[s].sample(energy, shape=(cfg.n, 2), generator=g, device=device)
                             x = res.samples.detach()
@@ -516,15 +400,16 @@ def _run(cfg: StudyConfig, device, log) -> dict:
                                 torch.cuda.synchronize(device)
                             secs = time.perf_counter() - t0
                             m = _metrics(x, ref, seed)
-                            acc = _acceptance(res.info) if s in NEEDS_ENERGY else None
-                            runs.append(dict(m, acceptance=acc, nfe=res.info["nfe"] / cost,
-                                             nfe_raw=int(res.info["nfe"]), seconds=secs))
+                            summary = ex.summarize(res.info)
+                            acc = summary.acceptance if s in NEEDS_ENERGY else None
+                            runs.append(dict(m, acceptance=acc, nfe=summary.nfe / cost,
+                                             nfe_raw=summary.nfe, seconds=secs))
                             if seed == 0:
                                 plot_samples[tname].setdefault((model, param), {})[s] = (x.cpu(), b)
                         row = _row(tname, model, param, s, b, status="ok", runs=runs)
                         rows.append(row)
                         log(f"[composition_2d]   {model:7s} {param:7s} B={b:<4d} {SAMPLER_LABELS[s]:<26s} "
-                            f"TV {row['tv']['mean']:.3f}±{_fmt_se(row['tv']['se'])}  "
+                            f"TV {row['tv']['mean']:.3f}±{fmt_se(row['tv']['se'])}  "
                             f"NFE {row['nfe']['mean']:.0f}  {row['seconds']['mean']:.2f}s")
     result = {
         "config": _config_dict(cfg),
@@ -546,7 +431,7 @@ def replace_exact(ref: _Reference, seed: int) -> _Reference:
     The "exact sampling" row compares one exact sample against another, which gives every
     metric's value for a perfect sampler (TV and MMD floors, the target's mean log-likelihood).
     """
-    other = ref.task.sample_exact(len(ref.exact[seed]), generator=_generator(50_000 + seed)).double()
+    other = ref.task.sample_exact(len(ref.exact[seed]), generator=ex.generator(50_000 + seed)).double()
     exact = list(ref.exact)
     exact[seed] = other
     return replace(ref, exact=exact)
@@ -562,351 +447,24 @@ def _row(task, model, param, sampler, budget, status, runs=None, reason=None) ->
     return row
 
 
-def _fmt_se(se: float) -> str:
-    return "–" if not math.isfinite(se) else f"{se:.3f}"
-
-
 def _config_dict(cfg: StudyConfig) -> dict:
     d = asdict(cfg)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-# --------------------------------------------------------------------------- findings
-def _get(rows, **kw) -> Optional[dict]:
-    for r in rows:
-        if r["status"] == "ok" and all(r[k] == v for k, v in kw.items()):
-            return r
-    return None
 
-
-def _compare(a: dict, b: dict, floor: Optional[Tuple[float, float]] = None, metric: str = "tv") -> Tuple[float, float, str]:
-    """``(diff, se, verdict)`` of ``a − b`` on ``metric`` (lower is better).
-
-    Verdict "better" / "worse" when the difference exceeds twice its standard error (the standard
-    errors of the two rows combined as if independent; with common random numbers across rows
-    this is conservative) and 0.01, else "tie". With ``floor = (mean, std)`` of the TV of exact
-    samples, two rows that are both within ``mean + 2 std`` are a tie: neither can be told apart
-    from exact sampling.
-    """
-    da, db = a[metric], b[metric]
-    diff = da["mean"] - db["mean"]
-    se = math.sqrt((da["se"] if math.isfinite(da["se"]) else 0.0) ** 2 + (db["se"] if math.isfinite(db["se"]) else 0.0) ** 2)
-    if floor is not None and max(da["mean"], db["mean"]) <= floor[0] + 2.0 * floor[1]:
-        return diff, se, "tie"
-    if diff < -2 * se and diff < -0.01:
-        verdict = "better"
-    elif diff > 2 * se and diff > 0.01:
-        verdict = "worse"
-    else:
-        verdict = "tie"
-    return diff, se, verdict
-
-
-def findings(rows: List[dict], tasks: Dict[str, dict]) -> List[dict]:
-    """Pairwise comparisons the issue asks about, on TV (lower is better; see :func:`_compare`).
-
-    ``tasks`` maps each task to its info (``tv_floor``, ``tv_floor_std``).
-
-    * ``mcmc_vs_reverse``: the best Metropolis-corrected PC (MALA or HMC; PC + ULA for ε rows)
-      vs reverse diffusion (DDPM) at the same task / model / parameterisation / budget;
-    * ``metropolis_vs_ula``: PC + MALA and PC + HMC vs PC + ULA (energy rows);
-    * ``learned_vs_exact``: the same sampler and budget on the learned vs the exact energy model.
-    """
-    out = []
-    groups = sorted({(r["task"], r["model"], r["param"], r["budget"]) for r in rows if r["status"] == "ok" and r["model"] != "exact sampling"})
-    def fl(task):
-        return tasks[task]["tv_floor"], tasks[task]["tv_floor_std"]
-
-    for task, model, param, b in groups:
-        kw = dict(task=task, model=model, param=param, budget=b)
-        ddpm = _get(rows, sampler="ddpm", **kw)
-        cands = [r for r in (_get(rows, sampler=s, **kw) for s in ("pc_mala", "pc_hmc", "pc_ula")) if r is not None]
-        if ddpm is not None and cands:
-            best = min(cands, key=lambda r: r["tv"]["mean"])
-            d, se, v = _compare(best, ddpm, fl(task))
-            out.append(dict(kind="mcmc_vs_reverse", **kw, a=best["sampler"], b="ddpm",
-                            a_tv=best["tv"]["mean"], b_tv=ddpm["tv"]["mean"], diff=d, se=se, verdict=v))
-        ula = _get(rows, sampler="pc_ula", **kw)
-        for s in ("pc_mala", "pc_hmc"):
-            r = _get(rows, sampler=s, **kw)
-            if r is not None and ula is not None:
-                d, se, v = _compare(r, ula, fl(task))
-                out.append(dict(kind="metropolis_vs_ula", **kw, a=s, b="pc_ula", a_tv=r["tv"]["mean"],
-                                b_tv=ula["tv"]["mean"], diff=d, se=se, verdict=v))
-    for r in rows:
-        if r["status"] != "ok" or r["model"] != "learned":
-            continue
-        e = _get(rows, task=r["task"], model="exact", param=r["param"], budget=r["budget"], sampler=r["sampler"])
-        if e is not None:
-            d, se, v = _compare(r, e, fl(r["task"]))
-            out.append(dict(kind="learned_vs_exact", task=r["task"], param=r["param"], budget=r["budget"],
-                            sampler=r["sampler"], learned_tv=r["tv"]["mean"], exact_tv=e["tv"]["mean"],
-                            diff=d, se=se, verdict=v))
-    return out
-
-
-# --------------------------------------------------------------------------- markdown
-def _pm(s: Optional[dict], fmt: str = "{:.3f}") -> str:
-    if s is None:
-        return "–"
-    m = fmt.format(s["mean"])
-    if not math.isfinite(s["se"]):
-        return m
-    return f"{m} ± {fmt.format(s['se'])}"
-
-
-def _summary_lines(result: dict) -> List[str]:
-    """The summary: three answers with counts (from :func:`findings`) and an overview table."""
-    fs = result["findings"]
-    tasks = result["tasks"]
-    rows = result["rows"]
-    lines = []
-
-    def count(kind):
-        fk = [f for f in fs if f["kind"] == kind]
-        return fk, {v: sum(f["verdict"] == v for f in fk) for v in ("better", "tie", "worse")}
-
-    def where(fk, verdict):
-        seen = []
-        for f in fk:
-            if f["verdict"] == verdict:
-                label = f"{f['task']} ({f.get('model', 'learned')}/{f['param']}, B={f['budget']})"
-                if label not in seen:
-                    seen.append(label)
-        return ", ".join(seen) or "nowhere"
-
-    mv, c = count("mcmc_vs_reverse")
-    if mv:
-        lines.append(
-            f"- **Does MCMC correction beat reverse diffusion at matched NFE?** The best PC sampler has a "
-            f"lower TV than DDPM by more than 2 standard errors (and not both at the exact-sampling floor) "
-            f"in {c['better']} of {len(mv)} "
-            f"task/model/parameterisation/budget groups: {where(mv, 'better')}. Ties: {where(mv, 'tie')}. "
-            f"Worse: {where(mv, 'worse')}."
-        )
-    mu, c = count("metropolis_vs_ula")
-    if mu:
-        lines.append(
-            f"- **Does energy-parameterised MALA/HMC beat ULA (as PC correctors, same NFE)?** Better in "
-            f"{c['better']}, tied in {c['tie']}, worse in {c['worse']} of {len(mu)} comparisons. Better: "
-            f"{where(mu, 'better')}. Worse: {where(mu, 'worse')}."
-        )
-    lv, c = count("learned_vs_exact")
-    if lv:
-        per = {}
-        for f in lv:
-            per.setdefault((f["task"], f["param"]), []).append(f["diff"])
-        parts = [f"{t}/{p}: {statistics.fmean(d):+.3f}" for (t, p), d in per.items()]
-        far = sorted({f"{r['task']}/{r['param']} {SAMPLER_LABELS[r['sampler']]} ({r['outside']['mean']:.0%})"
-                      for r in rows if r["status"] == "ok" and r["model"] == "learned"
-                      and r["outside"]["mean"] > 0.005})
-        lines.append(
-            f"- **Is the learned model's result limited by model error?** Same sampler, "
-            f"parameterisation and NFE, learned vs exact components: learned worse in {c['worse']}, tied in "
-            f"{c['tie']}, better in {c['better']} of {len(lv)} rows; mean ΔTV (learned − exact) per "
-            f"task/parameterisation: {'; '.join(parts)}. Learned rows with samples outside the task's "
-            f"bounds (the exact target has < 1e-6 there): {', '.join(far) or 'none'}."
-        )
-    # overview table: one line per group
-    groups = []
-    for r in rows:
-        if r["status"] == "ok" and r["model"] in ("exact", "learned"):
-            key = (r["task"], r["model"], r["param"], r["budget"])
-            if key not in groups:
-                groups.append(key)
-    if groups:
-        lines += ["", "TV (mean ± s.e. over seeds) at matched NFE; **bold**: best of the row, floor: exact "
-                  "sampling of the same size.", "",
-                  "| task | model | param. | NFE | floor | " + " | ".join(SAMPLER_LABELS[s] for s in SAMPLERS) + " |",
-                  "|---|---|---|---|---|" + "---|" * len(SAMPLERS)]
-        for task, model, param, b in groups:
-            cells = {}
-            for s in SAMPLERS:
-                r = _get(rows, task=task, model=model, param=param, budget=b, sampler=s)
-                cells[s] = r
-            ok = [r for r in cells.values() if r is not None]
-            best = min(ok, key=lambda r: r["tv"]["mean"])["sampler"] if ok else None
-            out = []
-            for s in SAMPLERS:
-                r = cells[s]
-                if r is None:
-                    out.append("n/a")
-                else:
-                    v = _pm(r["tv"])
-                    out.append(f"**{v}**" if s == best else v)
-            lines.append(f"| {task} | {model} | {param} | {b} | {tasks[task]['tv_floor']:.3f} | " + " | ".join(out) + " |")
-    return lines
-
-
-def _row_line(r: dict, floor: float) -> str:
-    label = SAMPLER_LABELS.get(r["sampler"], r["sampler"])
-    head = f"| {label} | {r['param']} | {r['budget'] or '–'} |"
-    if r["status"] != "ok":
-        return head + f" n/a | n/a | n/a | n/a | n/a | n/a | n/a | {r['reason']} |"
-    acc = _pm(r["acceptance"], "{:.2f}") if r["acceptance"] is not None else "–"
-    return (
-        head + f" {_pm(r['tv'])} | {_pm(r['mmd'], '{:.4f}')} | {_pm(r['loglik'], '{:.2f}')} | "
-        f"{_pm(r['mode_error'])} | {acc} | {r['nfe']['mean']:.0f} | {_pm(r['seconds'], '{:.2f}')} | "
-        + (f"{r['outside']['mean']:.0%} outside bounds" if r["outside"]["mean"] > 0.005 else "")
-        + " |"
-    )
-
-
-def format_markdown(result: dict) -> str:
-    """The markdown report: summary, one table per task and model, notes."""
-    cfg = result["config"]
-    lines = ["# Composition benchmark: samplers at matched NFE on the 2-D tasks", ""]
-    if cfg.get("quick"):
-        lines += ["**Quick smoke run (`--quick`): small n, few seeds; not the reference numbers.**", ""]
-    lines += [
-        f"n = {cfg['n']} samples per run, {cfg['seeds']} seeds (mean ± standard error over seeds), "
-        f"NFE budgets {cfg['budgets']} (exact models) and {cfg['learned_budgets']} (learned models), "
-        f"schedule {result['schedule']} (the checkpoints'), ladders from t = {result['t_start']}. "
-        f"Total wall time {result['total_seconds']:.0f} s.",
-        "",
-        "## Summary",
-        "",
-        *_summary_lines(result),
-        "",
-        "## Tables",
-        "",
-        "TV: histogram total variation against the exact density (32×32 cells); lower is better, "
-        "the floor is what an exact sample of the same size scores. MMD²: against an exact sample "
-        "(can be slightly negative). log-lik: mean log density of the samples under the exact target "
-        "(higher is better; the exact-sampling row is the target's value). mode err.: total variation of "
-        "mode/region weights. acc.: Metropolis acceptance (MALA/HMC only). NFE: expression evaluations "
-        "per chain (see notes). time: wall seconds per run.",
-        "",
-    ]
-    header = ("| sampler | param. | budget | TV | MMD² | log-lik | mode err. | acc. | NFE | time (s) | note |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|")
-    rows = result["rows"]
-    for tname, info in result["tasks"].items():
-        lines += [f"### {tname}: {info['description']}", "",
-                  f"Ground truth: {info['ground_truth']}. TV floor {info['tv_floor']:.3f} "
-                  f"(± {info['tv_floor_std']:.3f} across exact samples). Mode error: {info['mode_error']}.", ""]
-        ex = _get(rows, task=tname, model="exact sampling")
-        for model in ("exact", "learned"):
-            mrows = [r for r in rows if r["task"] == tname and r["model"] == model]
-            if not mrows:
-                continue
-            if all(r["status"] != "ok" for r in mrows) and model == "learned":
-                lines += [f"**learned model**: n/a ({mrows[0]['reason']}).", ""]
-                continue
-            title = "exact analytic energies" if model == "exact" else "learned (shipped checkpoints)"
-            lines += [f"**{title}**", "", header]
-            if ex is not None:
-                lines.append(_row_line(dict(ex, sampler="exact sampling", param="–", budget=0), info["tv_floor"]))
-            order = {s: i for i, s in enumerate(SAMPLERS)}
-            for r in sorted(mrows, key=lambda r: (r["budget"], r["param"] != "energy", order[r["sampler"]])):
-                lines.append(_row_line(r, info["tv_floor"]))
-            lines.append("")
-    lines += ["## Notes", "", NOTES.strip(), ""]
-    return "\n".join(lines)
-
-
-NOTES = """
-- **TV noise floor.** A finite exact sample has a positive histogram TV. The floor in each task's
-  heading is `ec.metrics.histogram_tv_baseline` (16 multinomial draws of n points from the exact
-  cell probabilities); the "exact sampling" row is an independent exact sample scored like a
-  sampler. A sampler within about a floor-std of the floor is as good as exact at this resolution;
-  differences below the floor's spread are not meaningful.
-- **NFE accounting.** NFE counts *evaluations of the whole composed expression*, per chain:
-  `info["nfe"]` divided by what one evaluation of the expression costs
-  (`Energy.evaluate(...).nfe`). For analytic energies the library counts one NFE per leaf (2 for
-  product/mixture/negation, 3 for tilted), for learned models one batched network forward evaluates
-  all leaves (1), so this normalisation makes the budgets comparable; the raw counts are in the JSON
-  (`nfe_raw`). An evaluation gives energy and gradient together for the Metropolis samplers and the
-  gradient only for the others. PC reuses the corrector's cached gradient for the next predictor
-  step; dual-averaging step-size adaptation is included in the count. Budgets are matched to within
-  a few evaluations (integer numbers of levels).
-- **Samplers.** DDPM (η = 1) and DDIM (η = 0) follow the summed *diffused* component scores
-  (Liu et al. 2022), which are not the scores of the diffused composition for product, negation
-  and tilted (Du et al. 2023); they are exact for the mixture. Annealed Langevin: ULA, three steps
-  per level, down to t = 0.01 (its samples are at t = 0.01, not denoised), step size starting at
-  0.5 σ_t² and adapted per level (settings from a small sweep on the exact product task). PC: one DDPM predictor step + `corrector_steps`
-  corrector transitions per level (HMC: 2 leapfrog steps), step sizes adapted per level towards the
-  kernel's target acceptance; exact models also correct at t = 0 (their diffused energies are
-  exact there), learned ones cannot (σ = 0). Same starting noise for every sampler of a seed
-  (common random numbers).
-- **Schedule.** Every row uses the cosine schedule the checkpoints were trained with, so learned
-  and exact rows differ by model error only. All ladders start at t = 0.99 instead of 1: the
-  cosine α̅ is clamped to 1e-8 at t = 1, and a first reverse step from there multiplies the
-  x0-prediction error by ~150, which throws non-normalised compositions and learned models out of
-  the support (`samplers.ReverseDiffusion` notes). Every sampler gets `t_max = 0.99`.
-- **ε vs energy.** For exact models, "epsilon" wraps each diffused component's score as a
-  score-only `ec.ScoreFunction`, so score-based samplers give the same numbers as the energy rows
-  (same score, same random numbers) and Metropolis correctors are n/a. For learned models the two
-  are different networks (`toy.pretrained`, ε-network vs energy network `E = ½‖g‖²`). The
-  mixture's OR (`|`) weights each component's score by its posterior, which needs energies: every
-  ε row of the mixture is n/a. Learned energies are unnormalised, so a learned mixture's weights
-  are only as equal as the concepts' normalising constants (see its mode error).
-- **Verdicts** in the summary compare TV means: "better"/"worse" needs a difference of more than
-  0.01 and more than twice the combined standard error of the two rows; two rows that are both
-  within 2 floor-stds of the TV floor are a tie (both indistinguishable from exact sampling).
-  All rows of a seed start from the same noise, so the rows' errors are correlated and the
-  combined standard error is conservative.
-- **log-likelihood** is a mean, so a few far-out samples dominate it; read it with the
-  "outside bounds" note.
-- **Wall time** is measured on a shared 2-core machine (other jobs ran concurrently), with one
-  torch thread per run: treat it as indicative only. NFE is the cost measure that matters.
-"""
-
-
-# --------------------------------------------------------------------------- plots & files
-def _plot_task(tname: str, info: dict, samples_by_row: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from ebmcompose import plot
-
-    task = get_task(tname)
-    row_keys = [k for k in samples_by_row if k[0] != "exact sampling"]
-    ncols = 1 + len(SAMPLERS)
-    nrows = max(len(row_keys), 1)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.2 * nrows), squeeze=False)
-    for i, key in enumerate(row_keys):
-        ax0 = axes[i, 0]
-        if i == 0:
-            plot.density(task.composed, task.bounds, ax=ax0, resolution=120)
-            ax0.set_title("exact density", fontsize=7)
-        else:
-            x, _ = samples_by_row[("exact sampling", "-")]["exact"]
-            plot.samples(x, ax=ax0, bounds=task.bounds)
-            ax0.set_title("exact samples", fontsize=7)
-        for j, s in enumerate(SAMPLERS, start=1):
-            ax = axes[i, j]
-            if s in samples_by_row[key]:
-                x, b = samples_by_row[key][s]
-                plot.samples(x, ax=ax, bounds=task.bounds)
-                ax.set_title(f"{key[0]}/{key[1]}: {SAMPLER_LABELS[s]}\nNFE {b}", fontsize=6)
-            else:
-                ax.set_axis_off()
-                ax.text(0.5, 0.5, f"{key[0]}/{key[1]}\n{SAMPLER_LABELS[s]}\nn/a", ha="center", va="center", fontsize=6)
-        for ax in axes[i]:
-            ax.tick_params(labelsize=5)
-    fig.suptitle(f"{tname}: {info['description']} (seed 0, largest budget per row)", fontsize=8)
-    fig.tight_layout()
-    plot.save(fig, path, dpi=110)
-    plt.close(fig)
-
-
-def write_outputs(result: dict, out: Path, cfg: StudyConfig, log=print) -> List[Path]:
-    """Write ``composition_2d.json``, ``.md`` and one PNG per task into ``out`` (each atomically)."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_outputs(result: dict, folder: Path, cfg: StudyConfig) -> List[str]:
+    """Write ``composition_2d.json``, ``.md`` and one PNG per task into ``folder``; returns the names."""
     plot_samples = result.pop("_plot_samples", {})
     written = []
     if cfg.plots:
         for tname, by_row in plot_samples.items():
             # keep only the largest budget per (model, param) row: it was stored last
-            p = out / f"{STEM}_{tname}.png"
-            _plot_task(tname, result["tasks"][tname], by_row, p)
-            written.append(p)
-    written.append(write_text(out / f"{STEM}.md", format_markdown(result)))
-    written.append(write_json(out / f"{STEM}.json", result))
-    log(f"[composition_2d] wrote {', '.join(str(p) for p in written)}")
+            p = folder / f"{STEM}_{tname}.png"
+            plot_task(get_task(tname), result["tasks"][tname], by_row, p)
+            written.append(p.name)
+    written.append(write_text(folder / f"{STEM}.md", format_markdown(result)).name)
+    written.append(write_json(folder / f"{STEM}.json", result).name)
     return written
 
 
@@ -921,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick 2)")
     ap.add_argument("--n", type=int, default=None, help="samples per run (default 2000; --quick 500)")
     ap.add_argument("--out", type=Path, default=None,
-                    help=f"output folder (default {RESULTS}; with --quick {QUICK_RESULTS})")
+                    help=f"output folder, other files in it are kept (default {RESULTS}; with --quick {QUICK_RESULTS})")
     ap.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="subset of tasks")
     ap.add_argument("--models", nargs="+", choices=("exact", "learned"), default=None)
     ap.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=None, help="subset of samplers")
@@ -949,7 +507,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     changes["plots"] = not args.no_plots
     cfg = replace(cfg, **changes)
     out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
-    result = run_study(cfg, out=out)
+    try:
+        if args.quick and out.expanduser().resolve() == RESULTS.resolve():
+            raise OutputError(f"--out {out}: a --quick run never replaces the committed results; choose another --out")
+        result = run_study(cfg, out=out)
+    except OutputError as exc:
+        print(f"{build_parser().prog}: error: {exc}", file=sys.stderr)
+        return 2
     print(f"[composition_2d] done in {result['total_seconds']:.0f} s")
     return 0
 

@@ -1,7 +1,8 @@
-"""End-to-end tests of the ``ebmcompose`` command line (benchmarks/cli.py).
+"""End-to-end tests of the ``ebmcompose`` command line (:mod:`ebmcompose.cli`).
 
-Most runs call ``benchmarks.cli.main([...])`` in-process (fast); two run the real console
-command in a subprocess to check exit codes and that stderr carries no traceback.
+Most runs call ``ebmcompose.cli.main([...])`` in-process (fast); a few run ``python -m
+ebmcompose`` in a subprocess to check exit codes and that stderr carries no traceback. Output
+safety, error classes and the package layout are tested in ``test_cli_outputs.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import types
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import cli
+from ebmcompose import cli
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_FILES = ("samples.pt", "samples.npy", "samples.png", "metrics.json", "metrics.md")
@@ -210,13 +210,15 @@ def test_failure_leaves_an_existing_output_unchanged(tmp_path, capsys):
     assert leftovers(tmp_path) == []
 
 
-def test_refuses_to_replace_a_folder_that_is_not_its_output(tmp_path, capsys):
+def test_writes_into_a_folder_of_other_files_and_keeps_them(tmp_path, capsys):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete")
     rc, _, err = run(["sample", "--task", "product", "--sampler", "ddpm", "--levels", "5", "--n", "16", "--out", precious], capsys)
-    assert rc == 2 and "does not look like" in err
-    assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
+    assert rc == 0, err
+    assert sorted(p.name for p in precious.iterdir()) == sorted(SAMPLE_FILES + ("thesis.tex",))
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+    assert leftovers(precious) == [] and leftovers(tmp_path) == []
 
 
 def test_ctrl_c_writes_nothing(tmp_path, capsys, monkeypatch):
@@ -233,9 +235,9 @@ def test_ctrl_c_writes_nothing(tmp_path, capsys, monkeypatch):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(cli.UserError, match="unknown task"):
+    with pytest.raises(cli.UsageError, match="unknown task"):
         cli.main(["--debug", "sample", "--task", "cube", "--out", str(tmp_path / "o")])
-    with pytest.raises(cli.UserError, match="diverged"):  # --debug after the subcommand works too
+    with pytest.raises(cli.UsageError, match="diverged"):  # --debug after the subcommand works too
         cli.main(["sample", "--task", "product", "--sampler", "ula", "--step-size", "100", "--steps", "10",
                   "--n", "16", "--out", str(tmp_path / "o"), "--debug"])
     assert not (tmp_path / "o").exists()
@@ -291,11 +293,12 @@ def test_demo_quick_writes_its_files(tmp_path, capsys):
 def test_demo_shows_the_bias_of_reverse_diffusion_and_its_correction():
     """At the demo's own settings on the product task, PC + MALA (exact and learned) comes close
     to the exact-sampling TV floor while plain reverse diffusion stays far above it."""
-    from benchmarks import demo
+    import toy
+    from ebmcompose.cli import demo
 
     cfg = demo.DemoConfig(tasks=("product",))
-    task = demo.toy.tasks.get("product")
-    rows = {r["sampler"]: r for r in demo._metrics(task, demo._run_samplers(task, cfg, demo.torch.device("cpu")), cfg)}
+    task = toy.tasks.get("product")
+    rows = {r["sampler"]: r for r in demo.metrics_rows(task, demo.run_samplers(task, cfg), cfg)}
     floor = rows["exact"]["tv_floor"]
     assert rows["reverse diffusion"]["tv"] > floor + 0.15
     assert rows["PC + MALA"]["tv"] < floor + 0.05
@@ -373,19 +376,30 @@ def test_bench_speed_passes_its_arguments(capsys, monkeypatch):
     assert rc == 2 and "thread counts" in err and not seen[1:]
 
 
-def test_bench_composition_runs_the_module_when_it_exists(capsys, monkeypatch):
+def test_bench_composition_runs_the_module_when_it_exists(tmp_path, capsys, monkeypatch):
     seen = []
+
+    def fake_main(argv=None):
+        seen.append(argv)
+        Path(argv[argv.index("--out") + 1], "composition_2d.md").write_text("# study")
+        return 0
+
     fake = types.ModuleType("benchmarks.composition_2d")
-    fake.main = lambda argv=None: seen.append(argv) or 0
+    fake.main = fake_main
     monkeypatch.setitem(sys.modules, "benchmarks.composition_2d", fake)
-    assert run(["bench", "composition", "--quick", "--", "--tasks", "product"], capsys)[0] == 0
-    assert seen == [["--quick", "--tasks", "product"]]
+    out = tmp_path / "c2d"
+    assert run(["bench", "composition", "--quick", "--out", out, "--", "--tasks", "product"], capsys)[0] == 0
+    assert seen[0][:3] == ["--quick", "--tasks", "product"] and seen[0][3] == "--out"
+    assert [p.name for p in out.iterdir()] == ["composition_2d.md"] and leftovers(tmp_path) == []
 
     def fails(argv=None):
+        Path(argv[argv.index("--out") + 1], "composition_2d.md").write_text("half")
         raise SystemExit(3)
 
     fake.main = fails
-    assert run(["bench", "composition"], capsys)[0] == 3
+    assert run(["bench", "composition", "--out", out], capsys)[0] == 3
+    assert (out / "composition_2d.md").read_text() == "# study"  # a failed run moves nothing in
+    assert leftovers(out) == [] and leftovers(tmp_path) == []
 
 
 def test_bench_composition_missing_is_a_clear_error(capsys, monkeypatch):
@@ -403,8 +417,8 @@ def test_bench_needs_a_benchmark_name(capsys):
 
 # ------------------------------------------------------------------------------------ console script
 def _console() -> list:
-    exe = shutil.which("ebmcompose")
-    return [exe] if exe else [sys.executable, "-m", "benchmarks.cli"]
+    """This checkout's command line (an installed ``ebmcompose`` script may belong to another one)."""
+    return [sys.executable, "-m", "ebmcompose"]
 
 
 def _env():

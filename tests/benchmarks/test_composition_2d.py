@@ -1,4 +1,4 @@
-"""Tests of the composition benchmark (benchmarks/composition_2d.py) in tiny configurations.
+"""Tests of the composition benchmark (benchmarks/composition_2d.py and its report and tasks) in tiny configurations.
 
 The study itself takes minutes; here it runs on one task with a few samplers in seconds, and the
 tests check the files it writes, the n/a bookkeeping, the NFE matching, the harder task's exact
@@ -16,6 +16,8 @@ import torch
 
 import ebmcompose as ec
 from benchmarks import composition_2d as c2d
+from benchmarks import composition_tasks
+from ebmcompose.cli import experiments
 
 
 def _row(result, **kw):
@@ -112,7 +114,7 @@ def test_sampler_budgets_are_matched(budget):
     configs = c2d.sampler_configs(schedule, budget, final_correction=True, t_max=0.99)
     for name, sampler in configs.items():
         res = sampler.sample(energy, shape=(16, 2), generator=torch.Generator().manual_seed(0))
-        nfe = res.info["nfe"] / cost
+        nfe = experiments.summarize(res.info).nfe / cost
         assert abs(nfe - budget) <= 0.05 * budget, (name, nfe)
 
 
@@ -128,7 +130,7 @@ def test_tilted_task_is_exact_with_unequal_modes():
     # the closed-form product equals the composed energy up to a constant
     diff = task.composed.energy(x) + task.exact.log_prob(x)
     assert float(diff.max() - diff.min()) < 1e-8
-    means, weights = c2d._ring_modes(task)
+    means, weights = composition_tasks.ring_modes(task)
     top = weights.sort(descending=True).values
     assert top[:2].sum() > 0.99 and 0.7 < float(top[0]) < 0.85
     fn, _ = c2d.mode_error_fn(task)

@@ -25,7 +25,12 @@ def test_core_never_imports_samplers_or_toy():
     offenders = []
     for path in root.rglob("*.py"):
         text = path.read_text()
+        # ebmcompose/cli is the top floor under the ebmcompose name: it imports samplers and toy
+        # inside functions only (tests/benchmarks/test_cli_safety.py checks that with the AST).
+        top_floor = (root / "cli") in path.parents
         for bad in ("import samplers", "from samplers", "import toy", "from toy", "import benchmarks", "from benchmarks"):
+            if top_floor and "benchmarks" not in bad:
+                continue
             if bad in text:
                 offenders.append(f"{path.name}: {bad}")
     assert offenders == [], offenders

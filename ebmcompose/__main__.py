@@ -1,0 +1,7 @@
+"""``python -m ebmcompose``: the ``ebmcompose`` command line."""
+
+import sys
+
+from ebmcompose.cli import main
+
+sys.exit(main())
