@@ -126,7 +126,7 @@ def load_learned(task_name: str, parameterisation: str, checkpoint_dir: Optional
     except CheckpointNotFoundError:
         raise UsageError(
             f"--model {parameterisation} needs the {parameterisation} checkpoint of task {task_name!r}, "
-            f"but {stem}.safetensors / {stem}.json are missing: {hint}."
+            f"but {stem}.safetensors is missing: {hint}."
         ) from None
     except CheckpointError as exc:
         raise UsageError(f"cannot load the {parameterisation} checkpoint of task {task_name!r}: {exc}") from None

@@ -124,7 +124,7 @@ def run(args) -> int:
                 errs = ", ".join(f"{n}: {e['t=0.1']:.3f} / {e['t=0.5']:.3f}" for n, e in errors.items())
                 print(f"{task_name:<10}{param:<9}{settings['n_iters']:>6}{elapsed:>8.1f}{trained.final_loss:>9.4f}  {errs}",
                       flush=True)
-    names = ", ".join(f"{s}.safetensors/.json" for s in stems)
+    names = ", ".join(f"{s}.safetensors" for s in stems)
     print(f"[train] wrote {out}/ ({names})" + (" — replacing shipped checkpoints" if shipped else ""))
     if not shipped:
         print(f"[train] use them with: ebmcompose sample --task {args.tasks[0]} --model "
