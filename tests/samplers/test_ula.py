@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ebmcompose as ec
-from samplers import ULA
+from samplers import ULA, ULAInfo
 
 from _kernel_targets import gaussian, isotropic, single_thread, z_scores  # noqa: F401
 
@@ -66,11 +66,12 @@ def test_step_matches_formula(generator):
     x = torch.randn(16, 3, generator=generator)
     state = k.init(energy, x)
     g_state = generator.get_state()
-    new, info = k.step(state, energy, 0.2, generator)
+    new, info = k.step(state, energy, generator)
     noise = torch.randn(x.shape, generator=torch.Generator().set_state(g_state))
     torch.testing.assert_close(new.x, x - 0.2 * x / 4.0 + math.sqrt(0.4) * noise)
     torch.testing.assert_close(new.grad, new.x / 4.0)
-    assert info.accepted.all() and info.energy_error is None
+    assert isinstance(info, ULAInfo) and info.accepted.all() and not info.divergent.any()
+    assert (info.acceptance == 1).all() and info.proxy_acceptance is None and info.nfe == 1
 
 
 @pytest.mark.slow
