@@ -29,7 +29,7 @@ import ebmcompose as ec
 
 __all__ = [
     "NonFiniteStateError", "State", "StepInfo", "MCMCKernel", "StepSize",
-    "per_chain", "sum_event", "randn_like", "uniform", "check_generator", "check_step_size",
+    "per_chain", "as_step_size", "sum_event", "randn_like", "uniform", "check_generator", "check_step_size",
     "check_positive_int", "require_energy", "evaluate", "init_state", "progress_bar",
 ]
 
@@ -92,6 +92,11 @@ class StepInfo:
 def per_chain(v: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-chain ``(B,)`` tensor to broadcast against ``like`` ``(B, *event)``."""
     return v.reshape(v.shape[:1] + (1,) * (like.dim() - 1))
+
+
+def as_step_size(step_size: StepSize, like: Tensor) -> Tensor:
+    """A step size as a tensor on ``like``'s device/dtype (tensors pass through unchanged)."""
+    return step_size if isinstance(step_size, Tensor) else torch.tensor(step_size, device=like.device, dtype=like.dtype)
 
 
 def sum_event(v: Tensor) -> Tensor:
@@ -222,16 +227,20 @@ class MCMCKernel:
         if not 0.0 < self.target_accept < 1.0:
             raise ec.InputError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
 
-    def _step_size(self, x: Tensor) -> StepSize:
-        """The configured step size (a 0-d tensor on ``x``'s device when compiling: no recompiles)."""
+    def _step_size(self, x: Tensor) -> Tensor:
+        """The configured step size as a 0-d tensor on ``x``'s device and dtype.
+
+        Every formula takes it as a tensor (fused ``addcmul`` updates; compiled graphs take it as
+        an input, so a new value does not recompile).
+        """
         h = self.step_size
         if h is None:
             raise ec.InputError(
                 f"{type(self).__name__}.step needs a step size: use kernel.with_step_size(h), or "
                 "sample(), which adapts a step_size of None"
             )
-        if self.compile and not isinstance(h, Tensor):
-            h = torch.tensor(float(h), device=x.device, dtype=x.dtype)
+        if not isinstance(h, Tensor) or h.device != x.device or h.dtype != x.dtype:
+            h = torch.as_tensor(h, device=x.device, dtype=x.dtype)
         return h
 
     def with_step_size(self, step_size: StepSize) -> "MCMCKernel":

@@ -26,7 +26,7 @@ from torch import Tensor
 import ebmcompose as ec
 
 from . import compile as _compile
-from .base import MCMCKernel, State, StepInfo, evaluate, per_chain, randn_like, require_energy, sum_event, uniform
+from .base import MCMCKernel, as_step_size, State, StepInfo, evaluate, per_chain, randn_like, require_energy, sum_event, uniform
 from .mala import metropolis_accept
 
 __all__ = ["HMC", "HMCState", "HMCInfo", "leapfrog", "kinetic_energy"]
@@ -68,8 +68,8 @@ def leapfrog(energy: ec.Energy, x: Tensor, momentum: Tensor, grad: Tensor, t: Op
         ``(B, *event)`` start position, momentum and ``∇E(x)``.
     t : Tensor or None
         Diffusion time (fixed).
-    step_size : float or 0-d Tensor
-        ``h``.
+    step_size : Tensor or float
+        ``h`` (0-d).
     n_leapfrog : int
         Number of steps ``L``.
     inv_mass : float or Tensor
@@ -84,15 +84,16 @@ def leapfrog(energy: ec.Energy, x: Tensor, momentum: Tensor, grad: Tensor, t: Op
     nfe : int
         ``L`` evaluations (the energy value only at the end).
     """
-    drift = step_size * inv_mass  # h M⁻¹, computed once
-    p = momentum - 0.5 * step_size * grad
+    step_size = as_step_size(step_size, x)
+    drift, half = step_size * inv_mass, 0.5 * step_size  # h M⁻¹ and h/2, computed once
+    p = torch.addcmul(momentum, grad, half, value=-1.0)
     nfe, e = 0, None
     for i in range(n_leapfrog):
-        x = x + drift * p
+        x = torch.addcmul(x, p, drift)
         last = i == n_leapfrog - 1
         e, grad, n = evaluate(energy, x, t, last)
         nfe += n
-        p = p - (0.5 * step_size if last else step_size) * grad
+        p = torch.addcmul(p, grad, half if last else step_size, value=-1.0)
     return x, p, e, grad, nfe
 
 
@@ -104,7 +105,8 @@ def hmc_transition(energy, x, e, g, t, p0, u, step_size, n_leapfrog: int, inv_ma
     divergent, ΔH, nfe)``.
     """
     x_new, p_new, e_new, g_new, nfe = leapfrog(energy, x, p0, g, t, step_size, n_leapfrog, inv_mass)
-    delta = e_new - e + 0.5 * sum_event((p_new.square() - p0.square()) * inv_mass)  # one reduction for both kinetic energies
+    dk = torch.mul(p_new, p_new).addcmul_(p0, p0, value=-1.0).mul_(inv_mass)  # one reduction for both kinetic energies
+    delta = torch.sub(e_new, e).add_(sum_event(dk), alpha=0.5)
     # a non-finite energy or gradient anywhere on the trajectory ends in delta: rejected, divergent
     acceptance, accepted, divergent, log_ratio = metropolis_accept(-delta, u)
     acc_x = per_chain(accepted, x)

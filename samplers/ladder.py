@@ -72,8 +72,10 @@ class LevelInfo:
         0-d mean acceptance of those transitions (``None`` without any).
     step_size : float, Tensor or None
         Their step size (``None`` without any).
-    acc_sum, divergent : Tensor or None
-        ``(B,)`` per-chain acceptance sum and divergence count of those transitions.
+    acc_sum : Tensor or None
+        ``(B,)`` per-chain acceptance sum of those transitions.
+    divergences : Tensor or None
+        0-d count of their divergent proposals.
     """
 
     t: float
@@ -82,7 +84,7 @@ class LevelInfo:
     acceptance: Optional[Tensor] = None
     step_size: Optional[object] = None
     acc_sum: Optional[Tensor] = None
-    divergent: Optional[Tensor] = None
+    divergences: Optional[Tensor] = None
 
 
 Move = Callable[[int, LadderState], Tuple[LadderState, LevelInfo]]
@@ -161,7 +163,8 @@ def level_info(t: float, nfe: int, rec: Optional[Recorder] = None, step_size=Non
     if rec is None or rec.n_steps == 0:
         return LevelInfo(t=t, nfe=nfe)
     return LevelInfo(t=t, nfe=nfe + rec.nfe, n_transitions=rec.n_steps, acceptance=rec.mean_acceptance(),
-                     step_size=step_size, acc_sum=rec.acc_sum, divergent=rec.divergent)
+                     step_size=step_size, acc_sum=rec.acc_sum,
+                     divergences=torch.stack(rec.divergences).sum())
 
 
 def run_ladder(sampler: str, n_levels: int, start: LadderState, move: Move, *, progress: bool = False,
@@ -209,7 +212,7 @@ def summarise(ts: Sequence[float], infos: Sequence[LevelInfo], n_steps: int, tra
             acceptance=torch.stack([i.acceptance for i in done]),
             step_size=torch.stack([torch.as_tensor(i.step_size, dtype=torch.float64).detach().cpu().reshape(()) for i in done]),
             acceptance_per_chain=sum(i.acc_sum for i in done) / sum(i.n_transitions for i in done),
-            divergences=int(sum(i.divergent.sum() for i in done)),
+            divergences=int(torch.stack([i.divergences for i in done]).sum()),
             corrector_steps=sum(i.n_transitions for i in done),
         )
     if corrected is not None:

@@ -22,7 +22,7 @@ from torch import Tensor
 import ebmcompose as ec
 
 from . import compile as _compile
-from .base import MCMCKernel, State, StepInfo, evaluate, per_chain, randn_like, require_energy, sum_event, uniform
+from .base import MCMCKernel, as_step_size, State, StepInfo, evaluate, per_chain, randn_like, require_energy, sum_event, uniform
 
 __all__ = ["MALA", "MALAInfo", "langevin_proposal", "mala_log_ratio", "metropolis_accept"]
 
@@ -37,12 +37,11 @@ class MALAInfo(StepInfo):
     energy_error: Tensor = None
 
 
-def langevin_proposal(x: Tensor, grad: Tensor, step_size, noise: Tensor) -> Tensor:
-    """``x - h ∇E(x) + sqrt(2h) ξ`` (Euler–Maruyama step of ``dx = -∇E dt + sqrt(2) dW``); shapes ``(B, *event)``.
-
-    ``step_size`` is a float or a 0-d tensor (the same expression serves both).
-    """
-    return x - step_size * grad + (2.0 * step_size) ** 0.5 * noise
+def langevin_proposal(x: Tensor, grad: Tensor, step_size: Tensor, noise: Tensor) -> Tensor:
+    """``x - h ∇E(x) + sqrt(2h) ξ`` (Euler–Maruyama step of ``dx = -∇E dt + sqrt(2) dW``); shapes
+    ``(B, *event)``, ``step_size`` a 0-d tensor (or a float)."""
+    step_size = as_step_size(step_size, x)
+    return torch.addcmul(x, grad, step_size, value=-1.0).addcmul_(noise, (2.0 * step_size).sqrt())
 
 
 def mala_log_ratio(x, energy, x_new, energy_new, grad_new, noise, step_size) -> Tensor:
@@ -51,8 +50,10 @@ def mala_log_ratio(x, energy, x_new, energy_new, grad_new, noise, step_size) -> 
     With ``d = x - x' + h ∇E(x')``, ``log q(x|x') - log q(x'|x) = ½ Σ (ξ² - d²/(2h))`` over the
     event dimensions (one reduction).
     """
-    d = x - x_new + step_size * grad_new
-    return energy - energy_new + 0.5 * sum_event(noise.square() - d.square() / (2.0 * step_size))
+    step_size = as_step_size(step_size, x)
+    d = torch.sub(x, x_new).addcmul_(grad_new, step_size)
+    q = torch.addcmul(noise.square(), d.square(), -0.5 / step_size)  # ξ² - d²/(2h)
+    return torch.sub(energy, energy_new).add_(sum_event(q), alpha=0.5)
 
 
 def metropolis_accept(log_ratio: Tensor, u: Tensor):

@@ -21,8 +21,8 @@ class Recorder:
         0-d mean acceptance of each step.
     acc_sum : Tensor or None
         ``(B,)`` sum of the per-chain acceptance.
-    divergent : Tensor or None
-        ``(B,)`` long, divergent proposals per chain.
+    divergences : list of Tensor
+        0-d count of divergent proposals of each step.
     energy_error : list of Tensor
         0-d mean ``|energy_error|`` of each step (kernels whose info has one).
     trace, energy_trace : list of Tensor
@@ -35,7 +35,7 @@ class Recorder:
         self.trace_every = trace_every
         self.acceptance: List[Tensor] = []
         self.acc_sum: Optional[Tensor] = None
-        self.divergent: Optional[Tensor] = None
+        self.divergences: List[Tensor] = []
         self.energy_error: List[Tensor] = []
         self.trace: List[Tensor] = []
         self.energy_trace: List[Tensor] = []
@@ -48,12 +48,8 @@ class Recorder:
         self.nfe += info.nfe
         acc = info.acceptance
         self.acceptance.append(acc.mean())
-        if self.acc_sum is None:
-            self.acc_sum = acc.clone()
-            self.divergent = info.divergent.long()
-        else:
-            self.acc_sum.add_(acc)
-            self.divergent.add_(info.divergent)
+        self.acc_sum = acc.clone() if self.acc_sum is None else self.acc_sum.add_(acc)
+        self.divergences.append(info.divergent.sum())
         err = getattr(info, "energy_error", None)
         if err is not None:
             self.energy_error.append(torch.linalg.vector_norm(err, ord=1) / err.numel())
@@ -61,6 +57,10 @@ class Recorder:
             self.trace.append(state.x.detach().clone())
             if state.energy is not None:
                 self.energy_trace.append(state.energy.detach().clone())
+
+    def total_divergences(self) -> int:
+        """Divergent proposals over the recorded steps (one device sync)."""
+        return int(torch.stack(self.divergences).sum()) if self.divergences else 0
 
     def mean_acceptance(self) -> Optional[Tensor]:
         """0-d mean acceptance over the recorded steps (``None`` before any)."""

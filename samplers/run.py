@@ -170,7 +170,7 @@ def sample_kernel(kernel: MCMCKernel, energy: ec.Energy, x0: Tensor, t, config: 
         n_warmup=config.n_warmup,
         acceptance=torch.stack(rec.acceptance) if rec.acceptance else None,
         acceptance_per_chain=rec.acc_sum / rec.n_steps if rec.n_steps else None,
-        divergences=int(rec.divergent.sum()) if rec.n_steps else None,
+        divergences=rec.total_divergences() if rec.n_steps else None,
         energy_error=torch.stack(rec.energy_error) if rec.energy_error else None,
         warmup_acceptance=warm.mean_acceptance(),
         trace=torch.stack(rec.trace) if rec.trace else None,

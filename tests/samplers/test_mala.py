@@ -259,7 +259,7 @@ def test_long_correlated_gaussian_and_ring(seed):
 
 @pytest.mark.parametrize("shape", [(64, 2), (16, 3, 4, 4)])
 def test_log_ratio_fused_float_path_equals_the_textbook_formula(shape):
-    """The Python-number path (fused in-place ops) and the tensor path both equal the written-out ratio."""
+    """A float and a 0-d tensor step size both give the written-out ratio (one formula)."""
     g = torch.Generator().manual_seed(3)
     x, grad, noise, grad_new = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(4))
     e, e_new = torch.randn(shape[0], generator=g, dtype=torch.float64), torch.randn(shape[0], generator=g, dtype=torch.float64)
