@@ -29,7 +29,7 @@ import ebmcompose as ec
 
 __all__ = [
     "NonFiniteStateError", "State", "StepInfo", "MCMCKernel", "StepSize",
-    "per_chain", "as_step_size", "sum_event", "randn_like", "uniform", "check_generator", "check_step_size",
+    "per_chain", "as_step_size", "sum_event", "finite_per_chain", "randn_like", "uniform", "check_generator", "check_step_size",
     "check_positive_int", "require_energy", "evaluate", "init_state", "progress_bar",
 ]
 
@@ -102,6 +102,11 @@ def as_step_size(step_size: StepSize, like: Tensor) -> Tensor:
 def sum_event(v: Tensor) -> Tensor:
     """Sum over all but the batch dimension: ``(B, *event) -> (B,)``."""
     return v.sum(dim=1) if v.dim() == 2 else v.flatten(1).sum(dim=1)
+
+
+def finite_per_chain(v: Tensor) -> Tensor:
+    """``(B,)`` bool: rows of ``v`` ``(B, *event)`` with every entry finite (``inf·0`` and ``NaN·0`` are NaN)."""
+    return sum_event(v * 0.0) == 0
 
 
 def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor
 import ebmcompose as ec
 
 from . import compile as _compile
-from .base import MCMCKernel, State, StepInfo, evaluate, per_chain, randn_like, sum_event
+from .base import MCMCKernel, finite_per_chain, State, StepInfo, evaluate, per_chain, randn_like, sum_event
 from .mala import langevin_proposal
 
 __all__ = ["ULA", "ULAInfo", "ula_acceptance_proxy"]
@@ -59,7 +59,7 @@ def ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
     """
     x_new = langevin_proposal(x, g, step_size, noise)
     _, g_new, nfe = evaluate(energy, x_new, t, False)
-    moved = torch.isfinite(g_new).flatten(1).all(dim=1)
+    moved = finite_per_chain(g_new)
     m = per_chain(moved, x)
     p = ula_acceptance_proxy(x, g, x_new, g_new, noise, step_size) * moved if proxy else None
     return torch.where(m, x_new, x), torch.where(m, g_new, g), moved, p, nfe
