@@ -124,7 +124,7 @@ def check_generator(generator: Optional[torch.Generator], x: Tensor) -> None:
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
-        raise ec.InputError(
+        raise TypeError(
             f"generator must be a torch.Generator, got {type(generator).__name__}; "
             "use torch.Generator(device=x.device).manual_seed(seed)"
         )
