@@ -6,7 +6,7 @@ Algorithm 1): for levels ``σ_1 > … > σ_L`` run ``T`` Langevin steps with ste
 levels are diffusion times ``t_1 > … > t_L`` of a :class:`ebmcompose.VPSchedule` with
 ``σ_i = schedule.sigma(t_i)``, and the per-level transition is any static kernel of this package
 (:class:`~samplers.ULA` by default, or :class:`~samplers.MALA` / :class:`~samplers.HMC`), run at the
-fixed ``t_i`` through its ``init`` / ``run`` API.
+fixed ``t_i`` through the shared ladder driver (``samplers.ladder``).
 
 The kernels' Langevin step is ``x' = x − h ∇E + sqrt(2h) ξ``, so Song & Ermon's ``α`` is ``2h``;
 the ``σ²`` rule is the same for ``h``. HMC's ``step_size`` is a leapfrog step (a length, one
