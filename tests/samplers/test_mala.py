@@ -231,11 +231,17 @@ def test_unrelated_errors_are_not_swallowed_by_the_compile_wrapper(generator, mo
 
 @pytest.mark.slow
 def test_compiled_same_distribution(generator):
-    """torch.compile path (~20 s of compilation on CPU): same draws give the same chain up to rounding, right moments."""
-    energy, draw = gaussian([1.0, -2.0], COV)
+    """torch.compile path (~20 s of compilation on CPU): same draws give the same chain up to rounding, right
+    moments. A closed-form energy (toy.GaussianMixture), so the graph runs: a fallback would warn (an error here)."""
+    import toy
+
+    _, draw = gaussian([1.0, -2.0], COV)
+    energy = toy.GaussianMixture(torch.tensor([[1.0, -2.0]]), covs=torch.tensor([COV]))
     x0 = draw(2000, generator)
     kernel = MALA(step_size=0.8, n_steps=100)
-    a = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(2), trace_every=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        a = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(2), trace_every=1)
     b = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(2))
     assert_moments(a.info["trace"], [1.0, -2.0], COV)
     close = (a.samples - b.samples).abs().amax(1) < 1e-4
