@@ -590,9 +590,8 @@ def write(rows, breakdown, cal, args):
         "columns are this process's CPU-time medians (with one thread they measure the work done and are robust "
         "when other jobs share the machine).",
         "",
-        "On the CPU, compiled library rows at N >= 16,384 (x with at least 2^15 elements) run each transition as "
-        "two graphs, the move and the Metropolis correction (`samplers.base.split_compiled`); on a GPU it stays "
-        "one graph. The baseline is always one graph per step, as a user would write it.",
+        "Compiled library rows run each transition (energy evaluation included) as one graph "
+        "(`samplers.compile`); the baseline is one graph per step too, as a user would write it.",
         "",
         "Allocator: "
         + ("steady (`GLIBC_TUNABLES` keep freed memory in the heap: no page faults from the allocator's "

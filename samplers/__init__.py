@@ -2,14 +2,16 @@
 
 Static MCMC kernels (``init``/``step``/``sample``): :class:`ULA`, :class:`MALA`, :class:`HMC`.
 Annealed / diffusion samplers down a noise ladder: :class:`AnnealedLangevin`,
-:class:`ReverseDiffusion`, :class:`PredictorCorrector`. See ``samplers.base`` for the contract.
+:class:`ReverseDiffusion`, :class:`PredictorCorrector`. See ``samplers.base`` for the kernel contract,
+``samplers.run`` for the loop that drives any kernel and ``samplers.ladder`` for the noise-ladder driver.
 
 Names are resolved lazily so ``import samplers`` stays cheap.
 """
 
 from importlib import import_module
 
-from .base import NonFiniteStateError, SampleResult, State, StepInfo
+from .base import MCMCKernel, NonFiniteStateError, State, StepInfo
+from .result import KernelSummary, LadderSummary, SampleResult
 
 _LAZY = {
     "ULA": ".ula",
@@ -20,9 +22,16 @@ _LAZY = {
     "PredictorCorrector": ".predictor_corrector",
     "DualAveraging": ".adaptation",
     "diagnostics": ".diagnostics",
+    "ULAInfo": ".ula",
+    "MALAInfo": ".mala",
+    "HMCInfo": ".hmc",
+    "HMCState": ".hmc",
+    "RunConfig": ".run",
+    "LadderState": ".ladder",
+    "LevelInfo": ".ladder",
 }
 
-__all__ = ["NonFiniteStateError", "SampleResult", "State", "StepInfo", *_LAZY]
+__all__ = ["MCMCKernel", "NonFiniteStateError", "KernelSummary", "LadderSummary", "SampleResult", "State", "StepInfo", *_LAZY]
 
 
 def __getattr__(name):

@@ -6,7 +6,7 @@ Algorithm 1): for levels ``σ_1 > … > σ_L`` run ``T`` Langevin steps with ste
 levels are diffusion times ``t_1 > … > t_L`` of a :class:`ebmcompose.VPSchedule` with
 ``σ_i = schedule.sigma(t_i)``, and the per-level transition is any static kernel of this package
 (:class:`~samplers.ULA` by default, or :class:`~samplers.MALA` / :class:`~samplers.HMC`), run at the
-fixed ``t_i`` through its ``init`` / ``run`` API.
+fixed ``t_i`` through the shared ladder driver (``samplers.ladder``).
 
 The kernels' Langevin step is ``x' = x − h ∇E + sqrt(2h) ξ``, so Song & Ermon's ``α`` is ``2h``;
 the ``σ²`` rule is the same for ``h``. HMC's ``step_size`` is a leapfrog step (a length, one
@@ -32,23 +32,11 @@ from torch import Tensor
 import ebmcompose as ec
 
 from .adaptation import DualAveraging
-from .base import (
-    MCMCKernel,
-    Recorder,
-    SampleResult,
-    State,
-    check_generator,
-    check_positive_int,
-    check_step_size,
-    evaluate,
-    finite_rows,
-    prior_sample,
-    progress_bar,
-    raise_if_nonfinite,
-    require_energy,
-)
+from .base import MCMCKernel, check_positive_int, check_step_size, require_energy
+from .ladder import LadderState, check_kernel, correct, level_info, level_state, prior_sample, run_ladder, summarise
+from .result import SampleResult
 
-__all__ = ["AnnealedLangevin", "step_size_exponent", "level_state", "run_level"]
+__all__ = ["AnnealedLangevin", "step_size_exponent"]
 
 _NONFINITE_HINT = (
     "use a smaller step_size, more levels, or a Metropolis kernel (MALA/HMC), and check that the "
@@ -56,102 +44,19 @@ _NONFINITE_HINT = (
 )
 
 
-# --------------------------------------------------------------------------- shared level pieces
 def step_size_exponent(kernel: MCMCKernel) -> float:
-    """Power of the noise *variance* a kernel's ``step_size`` scales with under a ``σ²`` rule.
-
-    1 for Langevin-type steps ``h`` (ULA, MALA: ``h ∝ σ²``), 0.5 for HMC's leapfrog step (a
-    length, ``∝ σ``); declared by each kernel class as ``MCMCKernel.step_size_exponent``.
-    """
+    """Power of the noise *variance* a kernel's ``step_size`` scales with under a ``σ²`` rule
+    (1 for Langevin steps ``h ∝ σ²``, 0.5 for HMC's leapfrog length ``∝ σ``)."""
     return float(type(kernel).step_size_exponent)
 
 
-def level_state(
-    kernel: MCMCKernel,
-    energy: ec.Energy,
-    x: Tensor,
-    t: float,
-    validate: bool = False,
-    previous: Optional[State] = None,
-    need_energy: Optional[bool] = None,
-) -> Tuple[State, int, Tensor]:
-    """Evaluate ``energy`` at ``(x, t)`` and build the kernel's state for level ``t``.
-
-    The energy value is computed when ``need_energy`` (default: when the kernel needs it). With
-    ``previous`` (the state that ended the last level), its other fields are kept (e.g. HMC's
-    persistent momentum: ``dataclasses.replace`` keeps the state's class); otherwise a plain
-    :class:`State` is built (every kernel's ``step`` accepts one). Returns the state, its NFE and
-    a 0-d bool tensor "every chain finite" (no device sync; the caller checks once at the end).
-    ``validate=True`` runs the energy's input checks (once per run).
-    """
-    tt = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
-    if need_energy is None:
-        need_energy = kernel.needs_energy
-    e, g, nfe = evaluate(energy, x, tt, need_energy, validate=validate)
-    if previous is None:
-        state = State(x=x, energy=e, grad=g, t=tt)
-    else:
-        state = previous.replace(x=x, energy=e, grad=g, t=tt)
-    return state, nfe, finite_rows(e, g).all()
-
-
-def run_level(
-    kernel: MCMCKernel,
-    energy: ec.Energy,
-    state: State,
-    n_steps: int,
-    step_size: Union[float, Tensor],
-    generator: Optional[torch.Generator],
-    adapt: Optional[DualAveraging] = None,
-) -> Tuple[State, Union[float, Tensor], Recorder]:
-    """``n_steps`` kernel transitions at the state's fixed ``t``.
-
-    With ``adapt``, a fresh dual averaging (Hoffman & Gelman 2014, Alg. 5) runs during the level,
-    started at ``step_size`` and shrinking towards it (``μ = log step_size``: the carried step size
-    is already a good guess, unlike the cold start ``μ = log 10 h0``); the level's averaged step
-    size is returned to be carried to the next level.
-
-    Returns
-    -------
-    state, step_size, recorder
-        Final state, the step size to carry on (0-d tensor when adapted), and the level's
-        :class:`Recorder` (acceptance, NFE).
-    """
-    rec = Recorder(state.x.shape[0])
-    if n_steps == 0:
-        return state, step_size, rec
-    if adapt is None:
-        state, h, _ = kernel.run(energy, state, n_steps, step_size, generator, recorder=rec)
-        return state, h, rec
-    da = adapt.init(step_size, like=state.x)
-    da = dataclasses.replace(da, mu=da.log_step_size)
-    state, h, _ = kernel.run(energy, state, n_steps, None, generator, adapt=adapt, adapt_state=da, recorder=rec)
-    return state, h, rec
-
-
-def level_summary(recorders: Sequence[Recorder], like: Tensor) -> Tensor:
-    """``(L,)`` mean acceptance per level (NaN for levels without transitions); no device sync."""
-    out = []
-    for rec in recorders:
-        if rec.acceptance:
-            out.append(torch.stack(rec.acceptance).mean())
-        else:
-            out.append(torch.tensor(float("nan"), device=like.device, dtype=like.dtype))
-    return torch.stack(out) if out else torch.empty(0, device=like.device, dtype=like.dtype)
-
-
-def default_kernel(kernel: Optional[MCMCKernel], n_steps: int) -> MCMCKernel:
-    """The given kernel, or ``ULA(step_size=1.0, n_steps=n_steps)`` (its step size is overridden)."""
+def default_kernel(kernel: Optional[MCMCKernel]) -> MCMCKernel:
+    """The given kernel, or ``ULA(step_size=1.0)`` (its step size is set by the ladder's rule)."""
     if kernel is None:
         from .ula import ULA
 
-        return ULA(step_size=1.0, n_steps=n_steps)
-    for attr in ("init", "step", "run", "needs_energy"):
-        if not hasattr(kernel, attr):
-            raise TypeError(
-                f"kernel must be an MCMC kernel instance such as ULA(...), MALA(...) or HMC(...) "
-                f"(with .{attr}), got {type(kernel).__name__}"
-            )
+        return ULA(step_size=1.0)
+    check_kernel(kernel, "kernel")
     return kernel
 
 
@@ -208,18 +113,18 @@ class AnnealedLangevin:
         check_positive_int(self.n_levels, "n_levels")
         check_positive_int(self.n_steps_per_level, "n_steps_per_level")
         check_step_size(self.step_size, allow_none=False)
-        default_kernel(self.kernel, self.n_steps_per_level)
+        default_kernel(self.kernel)
         if self.levels is not None:
             lv = tuple(float(t) for t in self.levels)
             if len(lv) != self.n_levels:
-                raise ValueError(f"{len(lv)} levels given but n_levels={self.n_levels}")
+                raise ec.InputError(f"{len(lv)} levels given but n_levels={self.n_levels}")
             if any(not (0.0 < t <= 1.0) for t in lv) or any(b >= a for a, b in zip(lv, lv[1:])):
-                raise ValueError(f"levels must be strictly decreasing times in (0, 1], got {lv}")
+                raise ec.InputError(f"levels must be strictly decreasing times in (0, 1], got {lv}")
             object.__setattr__(self, "levels", lv)
         elif not (0.0 < float(self.t_min) < float(self.t_max) <= 1.0) and not (
             self.n_levels == 1 and 0.0 < float(self.t_min) <= 1.0
         ):
-            raise ValueError(
+            raise ec.InputError(
                 f"need 0 < t_min < t_max <= 1, got t_min={self.t_min}, t_max={self.t_max}; the "
                 "last level must have t_min > 0 (sigma > 0)"
             )
@@ -235,10 +140,10 @@ class AnnealedLangevin:
 
     def step_sizes(self) -> Tensor:
         """Per-level step sizes ``(L,)`` of the ``σ²`` rule (float64)."""
-        kernel = default_kernel(self.kernel, self.n_steps_per_level)
+        kernel = default_kernel(self.kernel)
         var = self.schedule.sigma(self.ladder()) ** 2
         if not bool((var > 0).all()):
-            raise ValueError("every level needs sigma(t) > 0; raise t_min")
+            raise ec.InputError("every level needs sigma(t) > 0; raise t_min")
         return float(self.step_size) * (var / var[-1]) ** step_size_exponent(kernel)
 
     # ------------------------------------------------------------------ the loop
@@ -252,7 +157,7 @@ class AnnealedLangevin:
         device=None,
         dtype: Optional[torch.dtype] = None,
         progress: bool = False,
-        callback: Optional[Callable[[int, Tensor, float], Any]] = None,
+        callback: Optional[Callable] = None,
         trace_every: int = 0,
     ) -> SampleResult:
         """Run the kernel down the ladder.
@@ -271,7 +176,9 @@ class AnnealedLangevin:
         progress : bool
             tqdm bar over levels.
         callback : callable, optional
-            ``callback(i, x, t)`` at the end of level ``i`` (``t`` its time).
+            ``callback(i, state, info)`` at the end of level ``i``: a
+            :class:`~samplers.ladder.LadderState` (``state.x``, ``state.t``) and a
+            :class:`~samplers.ladder.LevelInfo`.
         trace_every : int
             Keep ``x`` at the end of every ``trace_every``-th level (``info["trace"]``
             ``(T, B, *event)``, ``info["trace_t"]``).
@@ -292,62 +199,34 @@ class AnnealedLangevin:
             The state became NaN/inf; names the level.
         """
         check_positive_int(trace_every, "trace_every", allow_zero=True)
-        kernel = default_kernel(self.kernel, self.n_steps_per_level)
+        kernel = default_kernel(self.kernel)
         if kernel.needs_energy:
             require_energy(energy, type(kernel).__name__ + " in AnnealedLangevin")
         x = prior_sample(x0, shape, generator, device, dtype, "AnnealedLangevin")
-        check_generator(generator, x)
         ts = self.ladder().tolist()
         rule = self.step_sizes().tolist()
+        energy.check_input(x, ts[0])
         adapt = DualAveraging(kernel.target_accept) if self.adapt else None
         metropolis = kernel.needs_energy
-
-        nfe = 0
-        finite: List[Tensor] = []
-        recorders: List[Recorder] = []
-        used: List[Union[float, Tensor]] = []
-        trace, trace_t = [], []
         log_w = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) if metropolis else None
-        state: Optional[State] = None
-        h: Union[float, Tensor] = rule[0]
-        for i in progress_bar(len(ts), progress, "annealed Langevin"):
-            new, n, ok = level_state(
-                kernel, energy, x if state is None else state.x, ts[i], validate=state is None, previous=state
-            )
-            nfe += n
-            if metropolis and state is not None:
-                log_w = log_w - (new.energy - state.energy)  # AIS increment at the same x
-            state = new
-            if self.adapt and i > 0:
-                h = h * (rule[i] / rule[i - 1])  # carry the adapted step size, scaled by the rule
-            elif not self.adapt:
-                h = rule[i]
-            used.append(h)
-            state, h_out, rec = run_level(kernel, energy, state, self.n_steps_per_level, h, generator, adapt)
-            if self.adapt:
-                h = h_out
-            recorders.append(rec)
-            finite.append(ok & finite_rows(state.x, state.energy, state.grad).all())
-            if trace_every and (i + 1) % trace_every == 0:
-                trace.append(state.x.detach().clone())
-                trace_t.append(ts[i])
-            if callback is not None:
-                callback(i, state.x, ts[i])
-        raise_if_nonfinite(finite, ts, "AnnealedLangevin", _NONFINITE_HINT)
 
-        acc_chain = sum(r.acc_sum for r in recorders) / sum(r.n_steps for r in recorders)
-        info = {
-            "nfe": nfe + sum(r.nfe for r in recorders),
-            "n_steps": sum(r.n_steps for r in recorders),
-            "ts": torch.tensor(ts, dtype=torch.float64),
-            "step_size": torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in used]),
-            "acceptance": level_summary(recorders, x),
-            "acceptance_per_chain": acc_chain,
-            "divergences": int(sum(r.divergent.sum() for r in recorders)),
-        }
-        if log_w is not None:
-            info["log_weights"] = log_w
-        if trace:
-            info["trace"] = torch.stack(trace)
-            info["trace_t"] = torch.tensor(trace_t, dtype=torch.float64)
-        return SampleResult(samples=state.x, info=info, state=state)
+        def move(i: int, ls: LadderState):
+            previous, w = ls.kernel_state, ls.log_weights
+            state, nfe = level_state(kernel, energy, ls.x, ts[i], previous=previous)
+            if metropolis and previous is not None:
+                w = w - (state.energy - previous.energy)  # AIS increment at the same x
+            if self.adapt and previous is not None:  # carry the adapted step size, scaled by the rule
+                h = ls.step_size * (rule[i] / rule[i - 1])
+            else:
+                h = rule[i]
+            state, k_out, rec = correct(kernel.with_step_size(h), energy, state, self.n_steps_per_level, generator, adapt)
+            out = LadderState(x=state.x, t=ts[i], level=i, kernel_state=state, step_size=k_out.step_size, log_weights=w)
+            return out, level_info(ts[i], nfe, rec, h)
+
+        final, infos, trace, trace_t = run_ladder(
+            "AnnealedLangevin", len(ts), LadderState(x=x, t=ts[0], level=0, log_weights=log_w), move,
+            progress=progress, callback=callback, trace_every=trace_every, hint=_NONFINITE_HINT,
+        )
+        info = summarise(ts, infos, sum(i.n_transitions for i in infos), trace, trace_t,
+                         corrected=[True] * len(ts), log_weights=final.log_weights)
+        return SampleResult(samples=final.x, info=info, state=final.kernel_state)

@@ -16,6 +16,8 @@ from torch import Tensor
 
 import ebmcompose as ec
 
+from .run import run_steps
+
 __all__ = ["autocovariance", "ess", "rhat", "mcse_mean", "ais_log_weights", "ais", "log_mean_exp"]
 
 
@@ -131,7 +133,7 @@ def ais(
     x0 : Tensor
         ``(B, *event)``.
     kernel : MCMCKernel
-        e.g. ``MALA()`` or ``HMC()``; ``kernel.run`` makes ``n_steps`` transitions per level.
+        e.g. ``MALA()`` or ``HMC()``, run for ``n_steps`` transitions per level.
     step_size : float or callable
         Step size, or ``step_size(l)`` per level.
 
@@ -148,7 +150,7 @@ def ais(
         state = kernel.init(energies[l], x)
         increments.append(state.energy - e_prev)
         h = step_size(l) if callable(step_size) else step_size
-        state, _, _ = kernel.run(energies[l], state, n_steps, h, generator)
+        state = run_steps(kernel.with_step_size(h), energies[l], state, n_steps, generator)
         x = state.x
         if l + 1 < len(energies):
             e_prev = state.energy

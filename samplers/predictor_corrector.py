@@ -38,21 +38,12 @@ from torch import Tensor
 import ebmcompose as ec
 
 from .adaptation import DualAveraging
-from .annealed_langevin import level_state, level_summary, run_level, step_size_exponent
-from .base import (
-    MCMCKernel,
-    Recorder,
-    SampleResult,
-    check_generator,
-    check_positive_int,
-    check_step_size,
-    finite_rows,
-    prior_sample,
-    progress_bar,
-    raise_if_nonfinite,
-    require_energy,
-)
+from .annealed_langevin import step_size_exponent
+from .base import MCMCKernel, check_positive_int, require_energy
+from .ladder import LadderState, check_kernel, correct, level_info, level_state, prior_sample, run_ladder, summarise
+from .result import SampleResult
 from .reverse_diffusion import ddim_coefficients, ddim_update
+from .run import search_step_size
 
 __all__ = ["PredictorCorrector", "STEP_RULES", "PREDICTORS"]
 
@@ -71,13 +62,13 @@ def _predictor_eta(predictor) -> float:
     if isinstance(predictor, str):
         key = predictor.lower()
         if key not in PREDICTORS:
-            raise ValueError(
+            raise ec.InputError(
                 f"unknown predictor {predictor!r}; use one of {sorted(PREDICTORS)} or a DDIM eta >= 0 "
                 "(1: DDPM ancestral, 0: DDIM)"
             )
         return PREDICTORS[key]
     if isinstance(predictor, bool) or not isinstance(predictor, (int, float)) or not math.isfinite(predictor) or predictor < 0:
-        raise ValueError(f"predictor must be 'ddpm', 'ddim' or a DDIM eta >= 0, got {predictor!r}")
+        raise ec.InputError(f"predictor must be 'ddpm', 'ddim' or a DDIM eta >= 0, got {predictor!r}")
     return float(predictor)
 
 
@@ -93,23 +84,27 @@ class PredictorCorrector:
         Predictor steps; ladder ``schedule.timesteps(n_steps, t_max)`` ``(n_steps + 1,)`` from
         ``t_max`` to 0.
     corrector : MCMCKernel
-        ``ULA(step_size, n_steps=K)``, ``MALA(...)`` or ``HMC(...)``; its ``step_size`` is the
-        base of ``step_rule`` and its ``n_steps`` the default ``corrector_steps``.
+        ``ULA(...)``, ``MALA(...)`` or ``HMC(...)``; its ``step_size`` is the base of
+        ``step_rule`` (``None``: searched and adapted, see ``step_rule``).
     predictor : {"ddpm", "ddim"} or float
         The predictor's DDIM η (``"ddpm"`` = 1, ``"ddim"`` = 0).
-    corrector_steps : int, optional
-        ``K`` transitions per corrected level (default ``corrector.n_steps``; 0 disables correction).
+    n_corrector_steps : int, optional
+        ``K`` corrector transitions per corrected level (0 disables correction). Default: the old
+        spelling ``corrector_steps`` if given, else ``corrector.n_steps``; resolved at construction.
     window : (float, float)
         ``(t_lo, t_hi)`` in ``[0, 1]``: correction runs at the levels ``t_{i+1}`` with
         ``t_lo <= t <= t_hi`` (the start ``ts[0]`` is never corrected; ``t = 0`` see below).
-    step_rule : {"sigma2", "beta", "fixed", "adapt"}
+    step_rule : {"sigma2", "beta", "fixed", "adapt"} or None
         Corrector step size at level ``t`` (``h`` = ``corrector.step_size``):
         ``"sigma2"``: ``h · sigma(t)²``; ``"beta"``: ``h · beta(t)`` (the continuous rate
         ``−d log alpha_bar/dt``); ``"fixed"``: ``h``; ``"adapt"``: dual averaging per level towards
-        ``corrector.target_accept`` (Hoffman & Gelman 2014), starting from ``h · sigma(t)²`` (or a
-        doubling/halving search when ``h`` is ``None``) and carried to the next level scaled by
-        the ``sigma²`` ratio. For HMC (a leapfrog *length*) the rule's factor enters as its square
-        root. At ``t = 0`` the rule is evaluated at the previous level (``sigma(0) = 0``).
+        ``corrector.target_accept`` (Hoffman & Gelman 2014), starting from ``h · sigma(t)²`` — or,
+        when ``h`` is ``None``, from a doubling/halving search at the first corrected level started
+        at the dimension-aware guess ``0.1 · sigma(t)² · d^(-1/3)`` (``d`` = event size) — and
+        carried to the next level scaled by the ``sigma²`` ratio. For HMC (a leapfrog *length*)
+        the factors enter as their square roots. At ``t = 0`` the rule is evaluated at the previous
+        level (``sigma(0) = 0``). ``None`` (default): ``"sigma2"``, or ``"adapt"`` when the
+        corrector has no step size.
     final_correction : bool, optional
         Correct at the final level ``t = 0``. ``None`` (default): only for static energies
         (``energy.time_dependent`` false); ``True`` for energies that are exact at ``t = 0``
@@ -121,78 +116,68 @@ class PredictorCorrector:
         composition whose score does not match the ``N(0, I)`` prior at ``t_max`` is thrown far
         out by the first predictor step (see :class:`~samplers.ReverseDiffusion`); start lower
         (e.g. ``t_max=0.98``) or use ``clip_x0``.
-    log_weights : bool
-        Accumulate annealed-importance log-weights ``−(E_{t_{i+1}}(x) − E_{t_i}(x))`` at each
-        level change, evaluated at the state *before* the predictor moves it (one extra
-        energy-only evaluation per step, counted in ``nfe``). Needs energies and a Metropolis
-        corrector. **Exact only for MCMC between levels** (:class:`~samplers.AnnealedLangevin`);
-        the predictor's move is not accounted for, so here they are a diagnostic, not unbiased
-        importance weights.
+    corrector_steps : int, optional
+        Old spelling of ``n_corrector_steps``.
     """
 
     schedule: ec.VPSchedule
     n_steps: int
     corrector: Optional[MCMCKernel] = None
     predictor: Union[str, float] = "ddpm"
-    corrector_steps: Optional[int] = None
+    n_corrector_steps: Optional[int] = None
     window: Tuple[float, float] = (0.0, 1.0)
-    step_rule: str = "sigma2"
+    step_rule: Optional[str] = None
     final_correction: Optional[bool] = None
     clip_x0: Optional[float] = None
-    log_weights: bool = False
     t_max: float = 1.0
+    corrector_steps: Optional[int] = None
 
     def __post_init__(self):
         if not isinstance(self.schedule, ec.VPSchedule):
             raise TypeError(f"schedule must be an ebmcompose.VPSchedule, got {type(self.schedule).__name__}")
         check_positive_int(self.n_steps, "n_steps")
         if not (isinstance(self.t_max, (int, float)) and 0.0 < float(self.t_max) <= 1.0):
-            raise ValueError(f"t_max must be in (0, 1], got {self.t_max!r}")
+            raise ec.InputError(f"t_max must be in (0, 1], got {self.t_max!r}")
         if self.corrector is None:
             raise TypeError(
-                "PredictorCorrector needs a corrector kernel, e.g. corrector=MALA(step_size=0.1, n_steps=5) "
+                "PredictorCorrector needs a corrector kernel, e.g. corrector=MALA(n_steps=5) "
                 "or ULA(...) for score-only models"
             )
-        for attr in ("init", "step", "run", "needs_energy", "n_steps"):
-            if not hasattr(self.corrector, attr):
-                raise TypeError(
-                    f"corrector must be an MCMC kernel such as ULA(...), MALA(...) or HMC(...) (with "
-                    f".{attr}), got {type(self.corrector).__name__}"
-                )
+        check_kernel(self.corrector, "corrector")
         _predictor_eta(self.predictor)
-        if self.corrector_steps is not None:
-            check_positive_int(self.corrector_steps, "corrector_steps", allow_zero=True)
+        for name in ("n_corrector_steps", "corrector_steps"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name, allow_zero=True)
+        k, old = self.n_corrector_steps, self.corrector_steps
+        if k is not None and old is not None and k != old:
+            raise ec.InputError(f"n_corrector_steps={k} and its old spelling corrector_steps={old} disagree; pass one")
+        object.__setattr__(self, "n_corrector_steps", k if k is not None else old if old is not None else self.corrector.n_steps)
         try:
             lo, hi = (float(v) for v in self.window)
         except (TypeError, ValueError):
-            raise ValueError(f"window must be a pair (t_lo, t_hi) of times in [0, 1], got {self.window!r}") from None
+            raise ec.InputError(f"window must be a pair (t_lo, t_hi) of times in [0, 1], got {self.window!r}") from None
         if not (0.0 <= lo <= hi <= 1.0):
-            raise ValueError(f"window must satisfy 0 <= t_lo <= t_hi <= 1, got {self.window!r}")
+            raise ec.InputError(f"window must satisfy 0 <= t_lo <= t_hi <= 1, got {self.window!r}")
         object.__setattr__(self, "window", (lo, hi))
-        if self.step_rule not in STEP_RULES:
-            raise ValueError(f"unknown step_rule {self.step_rule!r}; valid: {', '.join(STEP_RULES)}")
-        if self.step_rule == "adapt":
-            check_step_size(self.corrector.step_size)
-        else:
-            check_step_size(self.corrector.step_size, name="corrector.step_size", allow_none=False)
-        if self.clip_x0 is not None and not (isinstance(self.clip_x0, (int, float)) and self.clip_x0 > 0):
-            raise ValueError(f"clip_x0 must be None (no clipping) or a positive number, got {self.clip_x0!r}")
-        if self.log_weights and not self.corrector.needs_energy:
-            raise ValueError(
-                "log_weights=True needs a Metropolis corrector (MALA or HMC): AIS weights are "
-                "exact only when each level's transitions leave that level's target invariant"
+        rule = self.step_rule
+        if rule is None:
+            rule = "adapt" if self.corrector.step_size is None else "sigma2"
+            object.__setattr__(self, "step_rule", rule)
+        if rule not in STEP_RULES:
+            raise ec.InputError(f"unknown step_rule {rule!r}; valid: {', '.join(STEP_RULES)}")
+        if rule != "adapt" and self.corrector.step_size is None:
+            raise ec.InputError(
+                f"step_rule={rule!r} scales corrector.step_size, which is None; give the corrector a "
+                "step_size or use step_rule='adapt' (the default for a corrector without one)"
             )
+        if self.clip_x0 is not None and not (isinstance(self.clip_x0, (int, float)) and self.clip_x0 > 0):
+            raise ec.InputError(f"clip_x0 must be None (no clipping) or a positive number, got {self.clip_x0!r}")
 
     # ------------------------------------------------------------------ pieces
     @property
     def eta(self) -> float:
         """The predictor's DDIM η."""
         return _predictor_eta(self.predictor)
-
-    @property
-    def n_corrector_steps(self) -> int:
-        """``K``: corrector transitions per corrected level."""
-        return self.corrector.n_steps if self.corrector_steps is None else self.corrector_steps
 
     def ladder(self) -> Tensor:
         """The ladder ``(n_steps + 1,)`` (float64, ``t_max`` → 0)."""
@@ -237,7 +222,7 @@ class PredictorCorrector:
         device=None,
         dtype: Optional[torch.dtype] = None,
         progress: bool = False,
-        callback: Optional[Callable[[int, Tensor, float], Any]] = None,
+        callback: Optional[Callable] = None,
         trace_every: int = 0,
     ) -> SampleResult:
         """Run predictor and corrector down the ladder to ``t = 0``.
@@ -254,7 +239,9 @@ class PredictorCorrector:
         progress : bool
             tqdm bar over levels.
         callback : callable, optional
-            ``callback(i, x, t)`` after predictor step ``i`` and its correction, ``x`` at ``t = ts[i+1]``.
+            ``callback(i, state, info)`` after predictor step ``i`` and its correction: a
+            :class:`~samplers.ladder.LadderState` (``state.x`` at ``state.t = ts[i+1]``) and a
+            :class:`~samplers.ladder.LevelInfo`.
         trace_every : int
             Keep ``x`` after every ``trace_every``-th step (``info["trace"]`` ``(T, B, *event)``,
             ``info["trace_t"]``).
@@ -262,11 +249,11 @@ class PredictorCorrector:
         Returns
         -------
         SampleResult
-            ``samples`` ``(B, *event)`` at ``t = 0``; ``info``: ``"nfe"``, ``"n_steps"``, ``"ts"``
-            ``(n_steps + 1,)``, ``"corrected"`` ``(n_steps + 1,)`` bool, ``"acceptance"`` and
-            ``"step_size"`` ``(n_steps + 1,)`` per level (NaN where not corrected),
-            ``"acceptance_per_chain"`` ``(B,)``, ``"divergences"``, ``"corrector_steps"`` (total
-            transitions) and ``"log_weights"`` ``(B,)`` when requested.
+            ``samples`` ``(B, *event)`` at ``t = 0``; ``info`` a
+            :class:`~samplers.result.LadderSummary`: ``nfe``, ``n_steps``, ``ts``
+            ``(n_steps + 1,)``, ``corrected`` ``(n_steps + 1,)`` bool, ``acceptance`` and
+            ``step_size`` ``(M,)`` for the ``M`` corrected levels, ``acceptance_per_chain``
+            ``(B,)``, ``divergences``, ``corrector_steps`` (total transitions), ``eta``.
 
         Raises
         ------
@@ -276,102 +263,48 @@ class PredictorCorrector:
             The state became NaN/inf; names the level.
         """
         check_positive_int(trace_every, "trace_every", allow_zero=True)
-        kernel = self.corrector
+        kernel, K = self.corrector, self.n_corrector_steps
         corrected = self.corrected_levels(energy)
-        if kernel.needs_energy and (any(corrected) or self.log_weights):
+        if kernel.needs_energy and any(corrected):
             require_energy(energy, f"the {type(kernel).__name__} corrector of PredictorCorrector")
         x = prior_sample(x0, shape, generator, device, dtype, "PredictorCorrector")
-        check_generator(generator, x)
         ts_t = self.ladder()
         ts = ts_t.tolist()
+        energy.check_input(x, ts[0])
         steps = ddim_coefficients(self.schedule, ts_t, self.eta)
         factors = self.rule_factors()
         adapt = DualAveraging(kernel.target_accept) if self.step_rule == "adapt" else None
-        K = self.n_corrector_steps
-        weights = self.log_weights
+        d = max(int(x[:1].numel()), 1)
+        guess_scale = kernel.initial_step_size_guess * d ** (-step_size_exponent(kernel) / 3.0)
+        last = len(ts) - 1
 
-        nfe = 0
-        finite: List[Tensor] = []
-        recorders: List[Optional[Recorder]] = [None]
-        used: List[Optional[Union[float, Tensor]]] = [None]
-        trace, trace_t = [], []
-        log_w = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) if weights else None
-        h_carry: Optional[Union[float, Tensor]] = None  # adapted step size and the level it belongs to
-        h_level = 0
-
-        samples: Tensor = x
-        state, n, ok = level_state(kernel, energy, x, ts[0], validate=True, need_energy=weights)
-        nfe += n
-        finite.append(ok)
-        for i in progress_bar(len(steps), progress, "predictor-corrector"):
+        def move(i: int, ls: LadderState):
             j = i + 1  # the level this step lands on
-            if weights:  # AIS increment at the pre-predictor state (diagnostic: see class notes)
-                tt = torch.full((x.shape[0],), ts[j], device=x.device, dtype=x.dtype)
-                ev = energy.evaluate(state.x, tt, energy=True, grad=False, validate=False)
-                nfe += ev.nfe
-                log_w = log_w - (ev.energy - state.energy)
-            x_new = ddim_update(state.x, state.grad, steps[i], generator, self.clip_x0)
-            last = j == len(ts) - 1
-            if last and not corrected[j]:
-                finite.append(finite_rows(x_new).all())
-                samples, state = x_new, None  # landed on t = 0 without evaluating the model there
-                recorders.append(None)
-                used.append(None)
-            else:
-                need_e = kernel.needs_energy if corrected[j] else weights
-                state, n, ok = level_state(kernel, energy, x_new, ts[j], previous=state, need_energy=need_e)
+            prev = ls.kernel_state
+            x_new = ddim_update(prev.x, prev.grad, steps[i], generator, self.clip_x0)
+            if j == last and not corrected[j]:  # t = 0 reached without evaluating the model there
+                return LadderState(x=x_new, t=ts[j], level=j), level_info(ts[j], 0)
+            state, nfe = level_state(kernel, energy, x_new, ts[j], previous=prev,
+                                     need_energy=kernel.needs_energy and corrected[j])
+            if not corrected[j]:
+                return LadderState(x=x_new, t=ts[j], level=j, kernel_state=state, step_size=ls.step_size), level_info(ts[j], nfe)
+            if adapt is not None and ls.step_size is not None:  # carried, per unit rule factor
+                h = ls.step_size * factors[j]
+            elif kernel.step_size is None:
+                h, n = search_step_size(kernel, energy, state, generator, guess=guess_scale * factors[j])
                 nfe += n
-                if corrected[j]:
-                    if adapt is None:
-                        h = kernel.step_size * factors[j]
-                    elif h_carry is None:
-                        if kernel.step_size is None:
-                            probe = Recorder(x.shape[0])
-                            h = kernel.initial_step_size(energy, state, generator, probe)
-                            nfe += probe.nfe
-                        else:
-                            h = kernel.step_size * factors[j]
-                    else:
-                        h = h_carry * (factors[j] / factors[h_level])
-                    used.append(h)
-                    state, h_out, rec = run_level(kernel, energy, state, K, h, generator, adapt)
-                    if adapt is not None:
-                        h_carry, h_level = h_out, j
-                    recorders.append(rec)
-                else:
-                    recorders.append(None)
-                    used.append(None)
-                finite.append(ok & finite_rows(state.x).all())
-                samples = state.x
-            if trace_every and j % trace_every == 0:
-                trace.append(samples.detach().clone())
-                trace_t.append(ts[j])
-            if callback is not None:
-                callback(i, samples, ts[j])
-        raise_if_nonfinite(finite, ts, "PredictorCorrector", _NONFINITE_HINT)
+            else:
+                h = kernel.step_size * factors[j]
+            state, k_out, rec = correct(kernel.with_step_size(h), energy, state, K, generator, adapt)
+            carry = k_out.step_size / factors[j] if adapt is not None else None
+            return (LadderState(x=state.x, t=ts[j], level=j, kernel_state=state, step_size=carry),
+                    level_info(ts[j], nfe, rec, h))
 
-        done = [r for r in recorders if r is not None]
-        nan = float("nan")
-        info = {
-            "nfe": nfe + sum(r.nfe for r in done),
-            "n_steps": len(steps),
-            "ts": ts_t,
-            "eta": self.eta,
-            "corrected": torch.tensor(corrected),
-            "corrector_steps": sum(r.n_steps for r in done),
-            "step_size": torch.tensor(
-                [nan if h is None else float(h) for h in used], dtype=torch.float64
-            ),
-        }
-        acc = [r if r is not None else Recorder(x.shape[0]) for r in recorders]
-        info["acceptance"] = level_summary(acc, x)
-        steps_done = sum(r.n_steps for r in done)
-        if steps_done:
-            info["acceptance_per_chain"] = sum(r.acc_sum for r in done if r.acc_sum is not None) / steps_done
-            info["divergences"] = int(sum(r.divergent.sum() for r in done if r.divergent is not None))
-        if log_w is not None:
-            info["log_weights"] = log_w
-        if trace:
-            info["trace"] = torch.stack(trace)
-            info["trace_t"] = torch.tensor(trace_t, dtype=torch.float64)
-        return SampleResult(samples=samples, info=info, state=state)
+        start, nfe0 = level_state(kernel, energy, x, ts[0], need_energy=False)
+        final, infos, trace, trace_t = run_ladder(
+            "PredictorCorrector", len(steps), LadderState(x=x, t=ts[0], level=0, kernel_state=start), move,
+            progress=progress, callback=callback, trace_every=trace_every, hint=_NONFINITE_HINT,
+        )
+        info = summarise(ts, infos, len(steps), trace, trace_t, corrected=corrected, extra_nfe=nfe0,
+                         corrector_steps=0, eta=self.eta)
+        return SampleResult(samples=final.x, info=info, state=final.kernel_state)

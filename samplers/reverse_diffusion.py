@@ -31,21 +31,11 @@ from torch import Tensor
 
 import ebmcompose as ec
 
-from .base import (
-    SampleResult,
-    check_generator,
-    check_positive_int,
-    evaluate,
-    prior_sample,
-    progress_bar,
-    raise_if_nonfinite,
-    randn_like,
-)
+from .base import check_positive_int, evaluate, randn_like
+from .ladder import LadderState, level_info, prior_sample, run_ladder, summarise
+from .result import SampleResult
 
 __all__ = ["ReverseDiffusion", "DiffusionStep", "ddim_coefficients", "ddim_update"]
-
-#: ``callback(i, x, t)`` after level ``i``: ``x`` ``(B, *event)`` now at time ``t`` (a float).
-LadderCallback = Callable[[int, Tensor, float], Any]
 
 _NONFINITE_HINT = (
     "use more steps (n_steps), a smaller eta, clip the x0 prediction (clip_x0=...), or check "
@@ -93,7 +83,7 @@ def ddim_coefficients(schedule: ec.VPSchedule, ts: Tensor, eta: float) -> List[D
         ab_t, ab_s = float(ab[i]), float(ab[i + 1])
         var_t, var_s = float(sig[i]) ** 2, float(sig[i + 1]) ** 2
         if var_t <= 0.0:
-            raise ValueError(
+            raise ec.InputError(
                 f"the ladder evaluates the model at t={float(tt[i]):g} where sigma=0; a reverse "
                 "sampler evaluates the model at ts[:-1] only, which must have t > 0"
             )
@@ -156,7 +146,7 @@ def ddim_update(
 
 def _check_eta(eta) -> float:
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0 (1: DDPM ancestral, 0: DDIM), got {eta!r}")
+        raise ec.InputError(f"eta must be a finite number >= 0 (1: DDPM ancestral, 0: DDIM), got {eta!r}")
     return float(eta)
 
 
@@ -218,9 +208,9 @@ class ReverseDiffusion:
         check_positive_int(self.n_steps, "n_steps")
         object.__setattr__(self, "eta", _check_eta(self.eta))
         if self.clip_x0 is not None and not (isinstance(self.clip_x0, (int, float)) and self.clip_x0 > 0):
-            raise ValueError(f"clip_x0 must be None (no clipping) or a positive number, got {self.clip_x0!r}")
+            raise ec.InputError(f"clip_x0 must be None (no clipping) or a positive number, got {self.clip_x0!r}")
         if not (0.0 < float(self.t_max) <= 1.0):
-            raise ValueError(f"t_max must be in (0, 1], got {self.t_max!r}")
+            raise ec.InputError(f"t_max must be in (0, 1], got {self.t_max!r}")
         if self.scheduler is not None:
             for attr in ("set_timesteps", "step", "alphas_cumprod"):
                 if not hasattr(self.scheduler, attr):
@@ -278,7 +268,7 @@ class ReverseDiffusion:
         device=None,
         dtype: Optional[torch.dtype] = None,
         progress: bool = False,
-        callback: Optional[LadderCallback] = None,
+        callback: Optional[Callable] = None,
         trace_every: int = 0,
     ) -> SampleResult:
         """Run the reverse process from ``x_T`` to ``t = 0``.
@@ -298,7 +288,8 @@ class ReverseDiffusion:
         progress : bool
             Show a tqdm progress bar.
         callback : callable, optional
-            ``callback(i, x, t)`` after step ``i`` with ``x`` now at time ``t``.
+            ``callback(i, state, info)`` after step ``i``: a :class:`~samplers.ladder.LadderState`
+            (``state.x`` ``(B, *event)`` now at time ``state.t``) and a :class:`~samplers.ladder.LevelInfo`.
         trace_every : int
             Keep ``x`` after every ``trace_every``-th step in ``info["trace"]``
             ``(T, B, *event)`` with times ``info["trace_t"]`` ``(T,)``.
@@ -315,76 +306,51 @@ class ReverseDiffusion:
             If the state becomes NaN/inf; names the first such level.
         """
         check_positive_int(trace_every, "trace_every", allow_zero=True)
-        scheduler = None
-        if self.scheduler is not None:
-            scheduler = copy.deepcopy(self.scheduler)
+        scheduler = None if self.scheduler is None else copy.deepcopy(self.scheduler)
         x = prior_sample(x0, shape, generator, device, dtype, "ReverseDiffusion")
         if x0 is None and scheduler is not None:
             x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
-        check_generator(generator, x)
-        if scheduler is not None:
-            return self._sample_scheduler(scheduler, energy, x, generator, progress, callback, trace_every)
+        if scheduler is None:
+            steps = self.coefficients()
+            ts = [st.t for st in steps] + [steps[-1].s]
+            energy.check_input(x, ts[0])
 
-        steps = self.coefficients()
-        nfe = 0
-        finite: List[Tensor] = [torch.isfinite(x).all()]  # one flag per ladder level
-        trace, trace_t = [], []
-        for i in progress_bar(len(steps), progress, "reverse diffusion"):
-            st = steps[i]
-            _, grad, n = evaluate(energy, x, st.t, need_energy=False, validate=(i == 0))
-            nfe += n
-            x = ddim_update(x, grad, st, generator, self.clip_x0)
-            finite.append(torch.isfinite(x).all())
-            if trace_every and (i + 1) % trace_every == 0:
-                trace.append(x.detach().clone())
-                trace_t.append(st.s)
-            if callback is not None:
-                callback(i, x, st.s)
-        ts = [st.t for st in steps] + [steps[-1].s]
-        raise_if_nonfinite(finite, ts, "ReverseDiffusion", _NONFINITE_HINT)
-        info = {"nfe": nfe, "n_steps": len(steps), "ts": torch.tensor(ts, dtype=torch.float64), "eta": self.eta}
-        if trace:
-            info["trace"] = torch.stack(trace)
-            info["trace_t"] = torch.tensor(trace_t, dtype=torch.float64)
-        return SampleResult(samples=x, info=info, state=None)
+            def move(i: int, state: LadderState):
+                st = steps[i]
+                _, grad, nfe = evaluate(energy, state.x, st.t, False)
+                x_new = ddim_update(state.x, grad, st, generator, self.clip_x0)
+                return LadderState(x=x_new, t=st.s, level=i + 1), level_info(st.s, nfe)
 
-    def _sample_scheduler(self, scheduler, energy, x, generator, progress, callback, trace_every):
+            extra = dict(eta=self.eta)
+        else:
+            ts, timesteps, move = self._scheduler_move(scheduler, energy, x, generator)
+            extra = dict(eta=dict(self.scheduler_step_kwargs).get("eta"), timesteps=torch.tensor(timesteps))
+        n = len(ts) - 1
+        final, infos, trace, trace_t = run_ladder(
+            "ReverseDiffusion", n, LadderState(x=x, t=ts[0], level=0), move, progress=progress,
+            callback=callback, trace_every=trace_every, hint=_NONFINITE_HINT,
+        )
+        info = summarise(ts, infos, n, trace, trace_t, **extra)
+        return SampleResult(samples=final.x, info=info, state=None)
+
+    def _scheduler_move(self, scheduler, energy, x, generator):
+        """Ladder times, integer timesteps and the level move of a diffusers scheduler run."""
         big_n = self.schedule.num_train_timesteps
         scheduler.set_timesteps(self.n_steps, device=x.device)
         timesteps = [int(k) for k in scheduler.timesteps.detach().cpu().tolist()]
         step_kwargs = dict(self.scheduler_step_kwargs)
-        params = inspect.signature(scheduler.step).parameters
-        if "generator" in params:
+        if "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = generator
         scale = getattr(scheduler, "scale_model_input", None)
-        nfe = 0
-        finite: List[Tensor] = [torch.isfinite(x).all()]
-        trace, trace_t = [], []
-        ts = [(k + 1) / big_n for k in timesteps]
+        ts = [(k + 1) / big_n for k in timesteps] + [0.0]
         sigmas = self.schedule.sigma(torch.tensor(ts, dtype=torch.float64)).tolist()
-        for i in progress_bar(len(timesteps), progress, "reverse diffusion"):
+        energy.check_input(x, ts[0])
+
+        def move(i: int, state: LadderState):
             k = timesteps[i]
-            model_in = scale(x, k) if scale is not None else x
-            _, grad, n = evaluate(energy, model_in, ts[i], need_energy=False, validate=(i == 0))
-            nfe += n
-            eps = sigmas[i] * grad
-            x = scheduler.step(model_output=eps, timestep=k, sample=x, **step_kwargs).prev_sample
-            finite.append(torch.isfinite(x).all())
-            t_next = ts[i + 1] if i + 1 < len(ts) else 0.0
-            if trace_every and (i + 1) % trace_every == 0:
-                trace.append(x.detach().clone())
-                trace_t.append(t_next)
-            if callback is not None:
-                callback(i, x, t_next)
-        raise_if_nonfinite(finite, ts + [0.0], "ReverseDiffusion", _NONFINITE_HINT)
-        info = {
-            "nfe": nfe,
-            "n_steps": len(timesteps),
-            "ts": torch.tensor(ts + [0.0], dtype=torch.float64),
-            "timesteps": torch.tensor(timesteps),
-            "eta": dict(self.scheduler_step_kwargs).get("eta"),
-        }
-        if trace:
-            info["trace"] = torch.stack(trace)
-            info["trace_t"] = torch.tensor(trace_t, dtype=torch.float64)
-        return SampleResult(samples=x, info=info, state=None)
+            model_in = scale(state.x, k) if scale is not None else state.x
+            _, grad, nfe = evaluate(energy, model_in, ts[i], False)
+            x_new = scheduler.step(model_output=sigmas[i] * grad, timestep=k, sample=state.x, **step_kwargs).prev_sample
+            return LadderState(x=x_new, t=ts[i + 1], level=i + 1), level_info(ts[i + 1], nfe)
+
+        return ts, timesteps, move

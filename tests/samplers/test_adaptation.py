@@ -7,6 +7,7 @@ import torch
 
 from samplers import HMC, MALA, DualAveraging
 from samplers.adaptation import find_initial_step_size
+from samplers.run import run_adaptive, run_steps
 
 from _kernel_targets import gaussian, single_thread  # noqa: F401
 
@@ -62,9 +63,11 @@ def test_run_continues_adaptation(generator):
     k = MALA()
     state = k.init(energy, draw(200, generator))
     da = DualAveraging(0.57)
-    state, h1, s1 = k.run(energy, state, 50, 0.01, generator, adapt=da)
-    state, h2, s2 = k.run(energy, state, 50, None, generator, adapt=da, adapt_state=s1)
+    state, k1, s1 = run_adaptive(k.with_step_size(0.01), energy, state, 50, generator, adapt=da)
+    state, k2, s2 = run_adaptive(k, energy, state, 50, generator, adapt=da, adapt_state=s1)
     assert s2.iteration == 100
-    assert float(h2) > 0.1  # grown from 0.01 towards the Gaussian's scale
+    assert float(k2.step_size) > 0.1  # grown from 0.01 towards the Gaussian's scale
     with pytest.raises(ValueError, match="step_size"):
-        k.run(energy, state, 5)
+        run_steps(k, energy, state, 5)
+    with pytest.raises(ValueError, match="step_size"):
+        run_adaptive(k, energy, state, 5, adapt=da)

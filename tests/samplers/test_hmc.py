@@ -5,7 +5,7 @@ import torch
 
 import ebmcompose as ec
 from samplers import HMC
-from samplers.hmc import HMCState, kinetic_energy, leapfrog
+from samplers.hmc import HMCInfo, HMCState, kinetic_energy, leapfrog
 
 from _kernel_targets import assert_moments, gaussian, isotropic, single_thread, wall_energy, z_scores  # noqa: F401
 
@@ -93,10 +93,10 @@ def test_rejection_negates_momentum_per_chain(generator):
     energy, draw = gaussian([0.0, 0.0], COV)
     kernel = HMC(step_size=1.4, n_leapfrog=3, refresh=0.3)
     state = kernel.init(energy, draw(200, generator))
-    state, _ = kernel.step(state, energy, 1.4, generator)
+    state, _ = kernel.step(state, energy, generator)
     p_prev = state.momentum
     g_state = generator.get_state()
-    new, info = kernel.step(state, energy, 1.4, generator)
+    new, info = kernel.step(state, energy, generator)
     noise = torch.randn(state.x.shape, generator=torch.Generator().set_state(g_state))
     p0 = (1 - 0.3**2) ** 0.5 * p_prev + 0.3 * noise
     assert info.accepted.any() and (~info.accepted).any()
@@ -104,7 +104,7 @@ def test_rejection_negates_momentum_per_chain(generator):
     torch.testing.assert_close(new.momentum[rej], -p0[rej])
     torch.testing.assert_close(new.x[rej], state.x[rej])
     assert not torch.equal(new.x[~rej], state.x[~rej])
-    assert info.nfe == 3
+    assert info.nfe == 3 and isinstance(info, HMCInfo) and info.energy_error.shape == (200,)
 
 
 def test_nonfinite_trajectories_rejected_and_counted(generator):
@@ -189,10 +189,17 @@ def _banana():
 
 @pytest.mark.slow
 def test_compiled_hmc_same_distribution(generator):
-    energy, draw = gaussian([1.0, -2.0], COV)
-    res = HMC(step_size=0.4, n_leapfrog=4, n_steps=200, refresh=0.6).compiled().sample(
-        energy, draw(1000, generator), generator=generator, trace_every=1
-    )
+    import warnings
+
+    import toy
+
+    _, draw = gaussian([1.0, -2.0], COV)
+    energy = toy.GaussianMixture(torch.tensor([[1.0, -2.0]]), covs=torch.tensor([COV]))  # closed form: traced
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn
+        res = HMC(step_size=0.4, n_leapfrog=4, n_steps=200, refresh=0.6).compiled().sample(
+            energy, draw(1000, generator), generator=generator, trace_every=1
+        )
     assert_moments(res.info["trace"], [1.0, -2.0], COV)
 
 
@@ -207,19 +214,25 @@ def test_long_correlated_gaussian(refresh):
 
 @pytest.mark.parametrize("mass", [1.0, 2.5, torch.tensor([0.5, 3.0])])
 def test_hamiltonian_change_equals_the_kinetic_energy_formula(mass):
-    """ΔH from the fused one-reduction form equals E' + K(p') - E - K(p0), for scalar and diagonal mass."""
-    from samplers.hmc import _hamiltonian_change
+    """info.energy_error (ΔH, one reduction) equals E(x') + K(p') - E(x) - K(p0) along the trajectory,
+    for scalar and diagonal mass."""
+    from samplers.hmc import hmc_transition
 
+    energy, draw = gaussian([0.0, 0.0], COV)
     g = torch.Generator().manual_seed(4)
-    p0, p1 = torch.randn(50, 2, generator=g, dtype=torch.float64), torch.randn(50, 2, generator=g, dtype=torch.float64)
-    e0, e1 = torch.randn(50, generator=g, dtype=torch.float64), torch.randn(50, generator=g, dtype=torch.float64)
-    inv_mass, _ = HMC(mass=mass)._mass(p0)
-    expect = e1 + kinetic_energy(p1, inv_mass) - e0 - kinetic_energy(p0, inv_mass)
-    torch.testing.assert_close(_hamiltonian_change(e0, e1, p0, p1, inv_mass), expect)
+    x = draw(50, g).double()
+    ev = energy.evaluate(x)
+    p0 = torch.randn(50, 2, generator=g, dtype=torch.float64)
+    inv_mass, _ = HMC(mass=mass)._mass(x)
+    u = torch.full((50,), 0.5, dtype=torch.float64)
+    x1, p1, e1, _, _ = leapfrog(energy, x, p0, ev.grad, None, 0.3, 3, inv_mass)
+    out = hmc_transition(energy, x, ev.energy, ev.grad, None, p0, u, 0.3, 3, inv_mass, True)
+    expect = e1 + kinetic_energy(p1, inv_mass) - ev.energy - kinetic_energy(p0, inv_mass)
+    torch.testing.assert_close(out[7], expect)
 
 
 def test_full_refresh_carries_no_momentum(generator):
     energy, draw = gaussian([0.0, 0.0], COV)
     state = HMC(step_size=0.3, n_leapfrog=2).init(energy, draw(20, generator))
-    new, _ = HMC(step_size=0.3, n_leapfrog=2).step(state, energy, 0.3, generator)
+    new, _ = HMC(step_size=0.3, n_leapfrog=2).step(state, energy, generator)
     assert new.momentum is None  # the next step draws a fresh one: nothing to select or negate

@@ -1,12 +1,13 @@
 """MALA: exact moments, closed-form acceptance, per-chain MH, divergences, contract."""
 
 import math
+import warnings
 
 import pytest
 import torch
 
 import ebmcompose as ec
-from samplers import MALA, NonFiniteStateError
+from samplers import MALA, MALAInfo, NonFiniteStateError
 from samplers.mala import langevin_proposal, mala_log_ratio
 
 from _kernel_targets import assert_moments, gaussian, isotropic, single_thread, wall_energy, z_scores  # noqa: F401
@@ -68,7 +69,7 @@ def test_per_chain_accept_reject_replayed(generator):
     x = draw(256, generator)
     state = kernel.init(energy, x)
     g_state = generator.get_state()
-    new, info = kernel.step(state, energy, 1.5, generator)
+    new, info = kernel.step(state, energy, generator)
     replay = torch.Generator().set_state(g_state)
     noise = torch.randn(x.shape, generator=replay)
     u = torch.rand(x.shape[:1], generator=replay)
@@ -81,7 +82,10 @@ def test_per_chain_accept_reject_replayed(generator):
     torch.testing.assert_close(new.x, torch.where(expect[:, None], xp, x))
     torch.testing.assert_close(new.energy, torch.where(expect, e_p, state.energy))
     torch.testing.assert_close(new.grad, torch.where(expect[:, None], g_p, state.grad))
-    assert info.nfe == 1
+    assert info.nfe == 1 and isinstance(info, MALAInfo)
+    torch.testing.assert_close(info.energy_error, log_r)
+    torch.testing.assert_close(info.acceptance, log_r.clamp(max=0).exp())
+    assert not info.divergent.any()
     # the state we passed in is untouched
     assert torch.equal(state.x, x)
 
@@ -123,8 +127,8 @@ def test_step_size_tensor_same_as_float(generator):
     x = draw(32, generator)
     k = MALA()
     state = k.init(energy, x)
-    a, _ = k.step(state, energy, 0.3, torch.Generator().manual_seed(3))
-    b, _ = k.step(state, energy, torch.tensor(0.3), torch.Generator().manual_seed(3))
+    a, _ = k.with_step_size(0.3).step(state, energy, torch.Generator().manual_seed(3))
+    b, _ = k.with_step_size(torch.tensor(0.3)).step(state, energy, torch.Generator().manual_seed(3))
     torch.testing.assert_close(a.x, b.x)
 
 
@@ -180,29 +184,64 @@ def test_ring_radial_spread_and_mode_weights(generator):
     assert chi2 < 29.9  # chi² with 7 dof at p = 1e-4
 
 
-def test_compile_failure_falls_back_to_eager(generator, monkeypatch):
-    import samplers.base as base
+def test_compile_failure_falls_back_to_eager_with_one_warning_naming_the_reason(generator, monkeypatch):
+    """A compiler error (here a backend failure raised on every call) runs the transition eagerly:
+    one warning for the whole run, naming the error, and the eager chains."""
+    import torch._dynamo.exc as dynamo_exc
+
+    import samplers.compile as sc
+
+    calls = []
 
     def broken(fn, **kw):
-        raise RuntimeError("no compiler here")
+        def run(*args):
+            calls.append(fn.__name__)
+            raise dynamo_exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler here"), None)
 
-    monkeypatch.setattr(base, "_COMPILED", {})
+        return run
+
+    monkeypatch.setattr(sc, "_GRAPHS", {})
     monkeypatch.setattr(torch, "compile", broken)
     energy, draw = gaussian([0.0, 0.0], COV)
     x0 = draw(16, generator)
-    with pytest.warns(RuntimeWarning, match="eagerly"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         a = MALA(step_size=0.3, n_steps=5).compiled().sample(energy, x0, generator=torch.Generator().manual_seed(1))
+    mine = [w for w in seen if "torch.compile" in str(w.message)]
+    assert len(mine) == 1 and calls == ["mala_transition"]
+    assert "BackendCompilerFailed" in str(mine[0].message) and "no C++ compiler here" in str(mine[0].message)
+    assert "eagerly" in str(mine[0].message)
     b = MALA(step_size=0.3, n_steps=5).sample(energy, x0, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a.samples, b.samples)
 
 
+def test_unrelated_errors_are_not_swallowed_by_the_compile_wrapper(generator, monkeypatch):
+    """Only compiler errors fall back: an error of the energy itself reaches the caller."""
+    import samplers.compile as sc
+
+    def boom(x):
+        raise ZeroDivisionError("the energy's own bug")
+
+    monkeypatch.setattr(sc, "_GRAPHS", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: (lambda *a: boom(a)))
+    energy, draw = gaussian([0.0, 0.0], COV)
+    with pytest.raises(ZeroDivisionError, match="own bug"):
+        MALA(step_size=0.3, n_steps=2).compiled().sample(energy, draw(4, generator), generator=generator)
+
+
 @pytest.mark.slow
 def test_compiled_same_distribution(generator):
-    """torch.compile path (~20 s of compilation on CPU): same draws give the same chain up to rounding, right moments."""
-    energy, draw = gaussian([1.0, -2.0], COV)
+    """torch.compile path (~20 s of compilation on CPU): same draws give the same chain up to rounding, right
+    moments. A closed-form energy (toy.GaussianMixture), so the graph runs: a fallback would warn (an error here)."""
+    import toy
+
+    _, draw = gaussian([1.0, -2.0], COV)
+    energy = toy.GaussianMixture(torch.tensor([[1.0, -2.0]]), covs=torch.tensor([COV]))
     x0 = draw(2000, generator)
     kernel = MALA(step_size=0.8, n_steps=100)
-    a = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(2), trace_every=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        a = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(2), trace_every=1)
     b = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(2))
     assert_moments(a.info["trace"], [1.0, -2.0], COV)
     close = (a.samples - b.samples).abs().amax(1) < 1e-4
@@ -226,7 +265,7 @@ def test_long_correlated_gaussian_and_ring(seed):
 
 @pytest.mark.parametrize("shape", [(64, 2), (16, 3, 4, 4)])
 def test_log_ratio_fused_float_path_equals_the_textbook_formula(shape):
-    """The Python-number path (fused in-place ops) and the tensor path both equal the written-out ratio."""
+    """A float and a 0-d tensor step size both give the written-out ratio (one formula)."""
     g = torch.Generator().manual_seed(3)
     x, grad, noise, grad_new = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(4))
     e, e_new = torch.randn(shape[0], generator=g, dtype=torch.float64), torch.randn(shape[0], generator=g, dtype=torch.float64)

@@ -5,8 +5,7 @@ Why this file exists
 ``test_devices_dtypes.py`` shows that every sampler runs on CUDA and follows ``x``'s device
 and dtype; the statistical tests (``test_mala.py``, ``test_hmc.py``, ``test_ula.py``,
 ``test_reverse_diffusion.py``, ``test_predictor_corrector.py``) run on the CPU only. Code paths
-differ on a GPU: the random streams are CUDA's, ``samplers.base.surely_finite`` never reads a
-sum back there (so the per-row masking of non-finite proposals is what always runs), the
+differ on a GPU: the random streams are CUDA's, the
 compiled kernels are Triton code instead of C++, and diffusers networks run on cuDNN. Every
 test below therefore runs on ``cpu`` and on ``cuda`` (the ``gpu`` marker: skipped where CUDA is
 absent) and compares against exact answers: moments of Gaussians with tolerances from
@@ -20,15 +19,12 @@ the device.
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
 
 import ebmcompose as ec
-import samplers.base as base
-import samplers.hmc as hmc_module
-import samplers.mala as mala_module
-import samplers.ula as ula_module
 import toy
 from benchmarks import sampler_speed as sp
 from ebmcompose.metrics import mode_weight_error
@@ -64,22 +60,6 @@ def _assert_binomial(count, n, p, z_max=4.5):
     """``count`` of ``n`` Bernoulli(``p``) events within ``z_max`` binomial standard errors."""
     se = math.sqrt(n * p * (1 - p))
     assert abs(count - n * p) < z_max * se, f"{count} of {n}, expected {n * p:.1f} ± {se:.1f}"
-
-
-class _SpySurelyFinite:
-    """Wraps ``samplers.base.surely_finite`` as ULA sees it and records each answer.
-
-    ``force_false`` makes it answer ``False`` always (the per-row masking path, as on a GPU).
-    """
-
-    def __init__(self, force_false=False):
-        self.answers = []
-        self.force_false = force_false
-
-    def __call__(self, *tensors):
-        ok = False if self.force_false else base.surely_finite(*tensors)
-        self.answers.append(ok)
-        return ok
 
 
 # ------------------------------------------------------------------------ 1. exact moments
@@ -171,17 +151,14 @@ def test_nonfinite_proposals_rejected_per_chain_and_counted(device, name):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_ula_nonfinite_scores_masked_per_row(device, monkeypatch):
-    """ULA with a score that is NaN past ``x_0 = 1``: the per-row masking path (the only one on a
-    GPU, where ``surely_finite`` never reads back) keeps exactly the divergent chains in place."""
-    spy = _SpySurelyFinite()
-    monkeypatch.setattr(ula_module, "surely_finite", spy)
+def test_ula_nonfinite_scores_masked_per_row(device):
+    """ULA with a score that is NaN past ``x_0 = 1``: the per-row mask keeps exactly the divergent
+    chains in place."""
     score = ec.ScoreFunction(lambda x: torch.where(x[:, :1] < 1.0, -x, torch.full_like(x, math.nan)), name="s")
     n, h, near = 100, 0.01, 0.99
     x0 = torch.cat([torch.zeros(n, 2, device=device), torch.full((n, 2), near, device=device)])
     steps = []
     res = ULA(step_size=h, n_steps=1).sample(score, x0, generator=_gen(device, 0), callback=lambda i, s, info: steps.append(info))
-    assert spy.answers == [False]  # the masking path ran
     assert torch.isfinite(res.samples).all()
     divergent = steps[0].divergent
     assert divergent.device.type == device and not divergent[:n].any()
@@ -192,82 +169,37 @@ def test_ula_nonfinite_scores_masked_per_row(device, monkeypatch):
     assert (res.samples[~divergent] != x0[~divergent]).any(dim=1).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_ula_masking_path_equals_the_shortcut(device, monkeypatch):
-    """All-finite chains: the per-row masking path gives bitwise the shortcut's chains.
-
-    On the CPU the shortcut is taken (checked) and compared with the forced masking path; on
-    CUDA ``surely_finite`` must answer ``False`` (no host read-back), so the masking path is
-    what ran, and it must move every chain.
-    """
-    energy = isotropic(1.0)
-    x0 = torch.randn(64, 2, generator=_gen(device, 0), device=device)
-    kernel = ULA(step_size=0.1, n_steps=10)
-    spy = _SpySurelyFinite()
-    monkeypatch.setattr(ula_module, "surely_finite", spy)
-    a = kernel.sample(energy, x0, generator=_gen(device, 1))
-    assert len(spy.answers) == 10
-    assert all(spy.answers) if device == "cpu" else not any(spy.answers)
-    monkeypatch.setattr(ula_module, "surely_finite", _SpySurelyFinite(force_false=True))
-    b = kernel.sample(energy, x0, generator=_gen(device, 1))
-    assert torch.equal(a.samples, b.samples)
-    for res in (a, b):
-        assert res.info["divergences"] == 0 and bool((res.info["acceptance_per_chain"] == 1).all())
-    assert (a.samples != x0).all()
-
-
 # ------------------------------------------------------------------ 3. compiled == eager
 def _compile_cases():
-    """(device, kernel, split) cases; on the CPU only two compile (~10-20 s each), the rest are slow."""
-    fast_on_cpu = {("ULA", False), ("MALA", True)}
+    """(device, kernel) cases; on the CPU only two compile (~10-20 s each), HMC is slow."""
     for device, marks in (("cpu", ()), ("cuda", (pytest.mark.gpu,))):
         for name in ("ULA", "MALA", "HMC"):
-            for split in (False, True):
-                m = marks if device == "cuda" or (name, split) in fast_on_cpu else (pytest.mark.slow,)
-                yield pytest.param(device, name, split, marks=m, id=f"{device}-{name}-{'split' if split else 'one-graph'}")
+            m = marks if device == "cuda" or name != "HMC" else (pytest.mark.slow,)
+            yield pytest.param(device, name, marks=m, id=f"{device}-{name}")
 
 
-@pytest.mark.parametrize("device, name, split", list(_compile_cases()))
-def test_compiled_kernels_equal_eager(device, name, split, monkeypatch):
-    """Compiled ULA/MALA/HMC (one graph, or move and correction as two graphs) = the eager
-    hand-written loop and the eager library kernel, same seed, float64, on the device.
+@pytest.mark.parametrize("device, name", list(_compile_cases()))
+def test_compiled_kernels_equal_eager(device, name):
+    """Compiled ULA/MALA/HMC (the whole transition as one graph) = the eager hand-written loop and
+    the eager library kernel, same seed, float64, on the device; the compiled graph is what ran
+    (a fallback to eager would warn, and warnings are errors here).
 
     ``rtol = atol = 1e-7``: only the last bits may differ (GPU transcendental functions).
     """
-    from samplers.hmc import _hmc_correct, _hmc_transition, leapfrog
-    from samplers.mala import _mala_correct, _mala_move, _mala_transition
-    from samplers.ula import _ula_move, _ula_transition, _ula_update
-
-    if split:
-        monkeypatch.setattr(base, "SPLIT_COMPILE_NUMEL", 0)
-        if device != "cpu":
-            # the library splits on the CPU only (``base.split_compiled``); the two compiled pieces
-            # still run on a GPU for energies that cannot be captured in one graph, so force them
-            for module in (mala_module, ula_module, hmc_module):
-                monkeypatch.setattr(module, "split_compiled", lambda x: True)
     energy = sp.Ring(device, torch.float64)
     means, var = sp.ring_params(device, torch.float64)
     x0 = torch.randn(64, 2, generator=_gen(device, 0), device=device, dtype=torch.float64) * 3
     n = 3
     hand = sp.HAND[name](x0, n, sp.STEP[name], _gen(device, 1), means, var)
     eager = sp.kernel(name, n, compiled=False).sample(energy, x0, generator=_gen(device, 1)).samples
-    res = sp.kernel(name, n, compiled=True).sample(energy, x0, generator=_gen(device, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = sp.kernel(name, n, compiled=True).sample(energy, x0, generator=_gen(device, 1))
     got = res.samples
     assert got.device.type == device and got.dtype == torch.float64
     torch.testing.assert_close(got, hand, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(got, eager, rtol=1e-7, atol=1e-7)
     assert (hand != x0).any(dim=1).float().mean() > 0.5  # not vacuous: most chains moved
-    # the compiled code is what ran (no silent fallback to eager)
-    if split:
-        move = {"ULA": _ula_move, "MALA": _mala_move, "HMC": leapfrog}[name]
-        correct = {"ULA": _ula_update, "MALA": _mala_correct, "HMC": _hmc_correct}[name]
-        fn = base._COMPILED_TRANSITIONS.get(move)
-        piece = base._COMPILED.get(correct)
-        assert piece is not None and piece.compiled is not None and not piece.failed, "the correction graph did not run"
-    else:
-        fn = base._COMPILED_TRANSITIONS.get({"ULA": _ula_transition, "MALA": _mala_transition, "HMC": _hmc_transition}[name])
-    assert fn is not None and fn.compiled is not None, f"the {'move' if split else 'one-graph'} transition did not compile"
-    assert not fn.disabled and energy not in fn.failed
     assert res.info["nfe"] == 1 + n * (sp.N_LEAPFROG if name == "HMC" else 1)
 
 

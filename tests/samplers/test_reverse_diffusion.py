@@ -195,7 +195,7 @@ def test_images_any_rank_and_dtype_follows_x(dtype):
     energy = ec.EnergyFunction(lambda x, t: 0.5 * x.square().flatten(1).sum(1), name="std_normal")
     xT = torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=dtype)
     res = ReverseDiffusion(SCHEDULE, 10, clip_x0=1.0).sample(
-        energy, xT, generator=torch.Generator().manual_seed(0), trace_every=5, callback=lambda i, x, t: None
+        energy, xT, generator=torch.Generator().manual_seed(0), trace_every=5, callback=lambda i, state, info: None
     )
     assert res.samples.shape == (6, 1, 4, 4) and res.samples.dtype == dtype
     assert res.samples.abs().max() <= 1.0  # the last step returns the clipped x0-prediction

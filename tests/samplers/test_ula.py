@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ebmcompose as ec
-from samplers import ULA
+from samplers import ULA, ULAInfo
 
 from _kernel_targets import gaussian, isotropic, single_thread, z_scores  # noqa: F401
 
@@ -66,11 +66,12 @@ def test_step_matches_formula(generator):
     x = torch.randn(16, 3, generator=generator)
     state = k.init(energy, x)
     g_state = generator.get_state()
-    new, info = k.step(state, energy, 0.2, generator)
+    new, info = k.step(state, energy, generator)
     noise = torch.randn(x.shape, generator=torch.Generator().set_state(g_state))
     torch.testing.assert_close(new.x, x - 0.2 * x / 4.0 + math.sqrt(0.4) * noise)
     torch.testing.assert_close(new.grad, new.x / 4.0)
-    assert info.accepted.all() and info.energy_error is None
+    assert isinstance(info, ULAInfo) and info.accepted.all() and not info.divergent.any()
+    assert (info.acceptance == 1).all() and info.proxy_acceptance is None and info.nfe == 1
 
 
 @pytest.mark.slow
@@ -87,8 +88,15 @@ def test_long_stationary_variance(h):
 @pytest.mark.slow
 def test_compiled_ula_same_variance(generator):
     var = ula_variance(0.3, 1.0)
-    res = ULA(step_size=0.3, n_steps=300).compiled().sample(
-        isotropic(1.0), torch.randn(4000, 1, generator=generator) * var**0.5, generator=generator, trace_every=1
-    )
+    import warnings
+
+    import toy
+
+    energy = toy.GaussianMixture(torch.zeros(1, 1), stds=torch.ones(1))  # closed form: traced into the graph
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn
+        res = ULA(step_size=0.3, n_steps=300).compiled().sample(
+            energy, torch.randn(4000, 1, generator=generator) * var**0.5, generator=generator, trace_every=1
+        )
     z, est, _ = z_scores(res.info["trace"].square(), torch.tensor([var]))
     assert (z < 4.5).all(), est

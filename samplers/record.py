@@ -1,0 +1,67 @@
+"""Per-step diagnostics of a kernel run, reduced as they come (no device synchronisation per step)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .base import State, StepInfo, check_positive_int
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """Running statistics of the :class:`~samplers.base.StepInfo` of each step.
+
+    Attributes
+    ----------
+    acceptance : list of Tensor
+        0-d mean acceptance of each step.
+    acc_sum : Tensor or None
+        ``(B,)`` sum of the per-chain acceptance.
+    divergences : list of Tensor
+        0-d count of divergent proposals of each step.
+    energy_error : list of Tensor
+        0-d mean ``|energy_error|`` of each step (kernels whose info has one).
+    trace, energy_trace : list of Tensor
+        Positions and energies every ``trace_every`` steps.
+    nfe, n_steps : int
+    """
+
+    def __init__(self, trace_every: int = 0):
+        check_positive_int(trace_every, "trace_every", allow_zero=True)
+        self.trace_every = trace_every
+        self.acceptance: List[Tensor] = []
+        self.acc_sum: Optional[Tensor] = None
+        self.divergences: List[Tensor] = []
+        self.energy_error: List[Tensor] = []
+        self.trace: List[Tensor] = []
+        self.energy_trace: List[Tensor] = []
+        self.nfe = 0
+        self.n_steps = 0
+
+    def record(self, state: State, info: StepInfo) -> None:
+        """Add one step (and the state to the trace when due)."""
+        self.n_steps += 1
+        self.nfe += info.nfe
+        acc = info.acceptance
+        self.acceptance.append(acc.mean())
+        self.acc_sum = acc.clone() if self.acc_sum is None else self.acc_sum.add_(acc)
+        self.divergences.append(info.divergent.sum())
+        err = getattr(info, "energy_error", None)
+        if err is not None:
+            self.energy_error.append(torch.linalg.vector_norm(err, ord=1) / err.numel())
+        if self.trace_every and self.n_steps % self.trace_every == 0:
+            self.trace.append(state.x.detach().clone())
+            if state.energy is not None:
+                self.energy_trace.append(state.energy.detach().clone())
+
+    def total_divergences(self) -> int:
+        """Divergent proposals over the recorded steps (one device sync)."""
+        return int(torch.stack(self.divergences).sum()) if self.divergences else 0
+
+    def mean_acceptance(self) -> Optional[Tensor]:
+        """0-d mean acceptance over the recorded steps (``None`` before any)."""
+        return torch.stack(self.acceptance).mean() if self.acceptance else None

@@ -1,0 +1,179 @@
+"""The one loop that drives any kernel: fixed-step runs, dual-averaging adaptation, ``sample``.
+
+Every function takes a kernel (an immutable configuration that includes its step size) and
+reports each step through one callback signature, ``callback(i, state, info)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+import ebmcompose as ec
+
+from .adaptation import DualAveraging, DualAveragingState, find_initial_step_size
+from .base import MCMCKernel, State, check_generator, check_positive_int, init_state, progress_bar
+from .record import Recorder
+from .result import KernelSummary, SampleResult
+
+__all__ = ["RunConfig", "run_steps", "run_adaptive", "search_step_size", "sample_kernel"]
+
+#: ``callback(i, state, info)`` after each step (ladder samplers: their ladder state and level info).
+Callback = Callable[[int, object, object], object]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a kernel is run by :func:`sample_kernel`.
+
+    Attributes
+    ----------
+    n_steps : int
+        Kept transitions.
+    n_warmup : int
+        Warm-up transitions before them (adapting the step size when ``adapt`` is set).
+    adapt : DualAveraging or None
+        Step-size adaptation during warm-up.
+    trace_every : int
+        Keep every ``trace_every``-th kept position (0: none).
+    progress : bool
+        tqdm progress bar.
+    callback : callable or None
+        ``callback(i, state, info)`` after every step (warm-up included, ``i`` from 0).
+    """
+
+    n_steps: int
+    n_warmup: int = 0
+    adapt: Optional[DualAveraging] = None
+    trace_every: int = 0
+    progress: bool = False
+    callback: Optional[Callback] = None
+
+    def __post_init__(self):
+        check_positive_int(self.n_steps, "n_steps", allow_zero=True)
+        check_positive_int(self.n_warmup, "n_warmup", allow_zero=True)
+        check_positive_int(self.trace_every, "trace_every", allow_zero=True)
+
+    @classmethod
+    def for_kernel(cls, kernel: MCMCKernel, **kwargs) -> "RunConfig":
+        """The kernel's own ``n_steps``/warm-up, adapting when its ``step_size`` is ``None``."""
+        adapt = DualAveraging(kernel.target_accept) if kernel.step_size is None else None
+        return cls(n_steps=kernel.n_steps, n_warmup=kernel.warmup_steps, adapt=adapt, **kwargs)
+
+
+def run_steps(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: int, generator=None, *,
+              recorder: Optional[Recorder] = None, callback: Optional[Callback] = None,
+              progress: bool = False, start: int = 0) -> State:
+    """``n_steps`` transitions of ``kernel`` (at its step size) from ``state``, at the state's fixed ``t``."""
+    kernel = kernel.with_step_size(kernel._step_size(state.x))  # compiled kernels: one 0-d tensor per run
+    for i in progress_bar(n_steps, progress, type(kernel).__name__):
+        state, info = kernel.step(state, energy, generator)
+        if recorder is not None:
+            recorder.record(state, info)
+        if callback is not None:
+            callback(start + i, state, info)
+    return state
+
+
+def run_adaptive(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: int, generator=None, *,
+                 adapt: DualAveraging, adapt_state: Optional[DualAveragingState] = None,
+                 recorder: Optional[Recorder] = None, callback: Optional[Callback] = None,
+                 progress: bool = False, start: int = 0) -> Tuple[State, MCMCKernel, DualAveragingState]:
+    """``n_steps`` transitions adapting the step size by dual averaging (Hoffman & Gelman 2014, Alg. 5).
+
+    Starts from ``adapt_state`` (to continue an adaptation) or from ``kernel.step_size``. Returns
+    the state, the kernel at the averaged (frozen) step size, and the adaptation state.
+    """
+    if adapt_state is None:
+        if kernel.step_size is None:
+            raise ec.InputError("run_adaptive needs a kernel with a starting step_size, or an adapt_state")
+        adapt_state = adapt.init(kernel.step_size, like=state.x)
+    moving = kernel.for_adaptation()
+    for i in progress_bar(n_steps, progress, f"{type(kernel).__name__} warm-up"):
+        state, info = moving.with_step_size(adapt_state.step_size).step(state, energy, generator)
+        adapt_state = adapt.update(adapt_state, moving.adaptation_statistic(info))
+        if recorder is not None:
+            recorder.record(state, info)
+        if callback is not None:
+            callback(start + i, state, info)
+    return state, kernel.with_step_size(adapt_state.final_step_size), adapt_state
+
+
+def search_step_size(kernel: MCMCKernel, energy: ec.Energy, state: State, generator=None,
+                     guess: Optional[float] = None) -> Tuple[float, int]:
+    """A starting step size: double/halve until one trial's mean acceptance crosses ``target_accept``.
+
+    Trials start from ``state`` and are discarded. Returns the step size and the NFE spent.
+    """
+    moving = kernel.for_adaptation()
+    nfe = 0
+
+    def trial(h: float) -> Tensor:
+        nonlocal nfe
+        _, info = moving.with_step_size(h).step(state, energy, generator)
+        nfe += info.nfe
+        return moving.adaptation_statistic(info)
+
+    h0 = kernel.initial_step_size_guess if guess is None else guess
+    return find_initial_step_size(trial, h0, target=kernel.target_accept), nfe
+
+
+def sample_kernel(kernel: MCMCKernel, energy: ec.Energy, x0: Tensor, t, config: RunConfig, *,
+                  generator: Optional[torch.Generator] = None) -> SampleResult:
+    """Warm-up (adapting when ``config.adapt``), then ``config.n_steps`` recorded transitions.
+
+    Parameters
+    ----------
+    kernel : MCMCKernel
+        ULA, MALA or HMC (``step_size`` ``None`` needs ``config.adapt``).
+    energy : Energy
+        Target ``p(x) ∝ exp(-E(x, t))``.
+    x0 : Tensor
+        ``(B, *event)`` initial positions (one chain per row); fixes device and dtype.
+    t : float, Tensor or None
+        Fixed diffusion time of the target (``None``: static).
+    config : RunConfig
+        Steps, warm-up, adaptation, recording, callback.
+    generator : torch.Generator, optional
+        Source of randomness (same seed → identical samples).
+
+    Returns
+    -------
+    SampleResult
+        ``samples`` ``(B, *event)``, ``state``, ``info`` a :class:`KernelSummary`.
+    """
+    if isinstance(x0, Tensor):
+        check_generator(generator, x0)
+    state, nfe = init_state(kernel, energy, x0, t)
+    warm = Recorder()
+    if config.adapt is not None:
+        if kernel.step_size is None:
+            h0, n = search_step_size(kernel, energy, state, generator)
+            nfe += n
+            kernel = kernel.with_step_size(h0)
+        state, kernel, _ = run_adaptive(kernel, energy, state, config.n_warmup, generator, adapt=config.adapt,
+                                        recorder=warm, callback=config.callback, progress=config.progress)
+    elif config.n_warmup:
+        state = run_steps(kernel, energy, state, config.n_warmup, generator, recorder=warm,
+                          callback=config.callback, progress=config.progress)
+    rec = Recorder(config.trace_every)
+    state = run_steps(kernel, energy, state, config.n_steps, generator, recorder=rec, callback=config.callback,
+                      progress=config.progress, start=config.n_warmup)
+    info = KernelSummary(
+        nfe=nfe + warm.nfe + rec.nfe,
+        n_steps=rec.n_steps,
+        step_size=torch.as_tensor(kernel.step_size, device=x0.device, dtype=x0.dtype).detach().reshape(()),
+        n_warmup=config.n_warmup,
+        acceptance=torch.stack(rec.acceptance) if rec.acceptance else None,
+        acceptance_per_chain=rec.acc_sum / rec.n_steps if rec.n_steps else None,
+        divergences=rec.total_divergences() if rec.n_steps else None,
+        energy_error=torch.stack(rec.energy_error) if rec.energy_error else None,
+        warmup_acceptance=warm.mean_acceptance(),
+        trace=torch.stack(rec.trace) if rec.trace else None,
+        energy_trace=torch.stack(rec.energy_trace) if rec.energy_trace else None,
+    )
+    return SampleResult(samples=state.x, info=info, state=state)
