@@ -348,9 +348,6 @@ class Energy(nn.Module):
         """Same as :meth:`energy`."""
         return self.energy(x, t)
 
-    # TODO(merge, issue 11): remove once samplers call evaluate(..., validate=False) / check_input.
-    _evaluate_prepared = _run
-
     # ----------------------------------------------------------------- validation
     def check_input(self, x: Tensor, t: TimeLike = None) -> Optional[Tensor]:
         """Validate ``x`` ``(B, *event)`` and ``t`` for this energy; return ``t`` as ``(B,)`` (or ``None``).
@@ -404,11 +401,6 @@ class Energy(nn.Module):
         if not bool(torch.isfinite(tt).all()) or bool((tt < 0).any()) or bool((tt > 1).any()):
             raise InputError("t must be finite and in [0, 1] (0 = data, 1 = noise)")
         return tt
-
-    # TODO(merge, issue 11): remove once samplers call check_input.
-    def _validate(self, x: Tensor, t: TimeLike) -> Optional[Tensor]:
-        """Deprecated alias of :meth:`check_input`."""
-        return self.check_input(x, t)
 
     # ----------------------------------------------------------------- algebra
     # The nodes live in .nodes, which imports this module: imported at call time.
@@ -491,9 +483,6 @@ class Energy(nn.Module):
     def __repr__(self) -> str:
         return self._formula()
 
-    def _score_only_message(self) -> str:
-        return str(ScoreOnlyError.for_energy(self))
-
     # nn.Module's identity __hash__/__eq__ is what the evaluation plan relies on.
 
 
@@ -505,8 +494,6 @@ def _module_device(module: nn.Module) -> Optional[torch.device]:
     return None
 
 
-# TODO(merge, issue 11): remove once samplers import ebmcompose.checks.as_batch_t.
-_normalise_t = as_batch_t
 
 
 def _evaluate_plan(plan, x, t, create_graph):

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 import ebmcompose as ec
+from ebmcompose.checks import check_generator, check_positive_int
 
 __all__ = [
     "NonFiniteStateError", "State", "StepInfo", "MCMCKernel", "StepSize",
@@ -119,22 +120,6 @@ def uniform(like: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     return torch.rand(like.shape[:1], generator=generator, device=like.device, dtype=like.dtype)
 
 
-def check_generator(generator: Optional[torch.Generator], x: Tensor) -> None:
-    """Raise a clear error when ``generator`` is not a generator or lives on another device than ``x``."""
-    if generator is None:
-        return
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator, got {type(generator).__name__}; "
-            "use torch.Generator(device=x.device).manual_seed(seed)"
-        )
-    if generator.device.type != x.device.type:
-        raise ec.InputError(
-            f"the generator is on {generator.device} but x is on {x.device}; use "
-            f"torch.Generator(device={str(x.device)!r}).manual_seed(seed)"
-        )
-
-
 def check_step_size(step_size, name: str = "step_size", allow_none: bool = True) -> None:
     """Validate a step size: ``None`` (adapt), a positive finite number, or a 0-d floating tensor.
 
@@ -154,13 +139,6 @@ def check_step_size(step_size, name: str = "step_size", allow_none: bool = True)
             f"{name} must be a positive finite number, got {step_size!r}"
             + ("; or None to adapt it automatically" if allow_none else "")
         )
-
-
-def check_positive_int(value, name: str, allow_zero: bool = False) -> None:
-    """Validate a count such as ``n_steps``."""
-    lo = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ec.InputError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
 def require_energy(energy: ec.Energy, needed_by: str) -> None:
