@@ -31,3 +31,8 @@ from . import nets, pretrained, train  # noqa: E402
 from .nets import ResMLP  # noqa: E402
 
 __all__ += ["ResMLP", "nets", "pretrained", "train"]
+
+# Procedural RGB scenes and their evaluator (torch only at import; scipy loads when detecting).
+from . import scenes  # noqa: E402
+
+__all__ += ["scenes"]

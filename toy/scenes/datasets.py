@@ -1,0 +1,143 @@
+"""Conditioned scene datasets (rendered on the fly) and the condition vectors of each concept family.
+
+=======================  ==========================================================================
+:class:`PositionScenes`  1-5 objects; condition ``(x, y, 1)`` of one of them (:func:`at`)
+:class:`AttributeScenes` one object; condition a one-hot of one of its attributes (:func:`attribute`)
+:class:`JointPositionScenes`  1-5 objects; condition all positions at once (:func:`joint_at`), the
+                         jointly-conditioned baseline of Liu et al. (2022)
+=======================  ==========================================================================
+
+Every ``sample(n, generator)`` returns ``(images, cond, scene_list)``: images ``(n, 3, H, W)``
+float32 in [0, 1], conditions ``(n, condition_dim)`` float32, and the scenes drawn. The all-zero
+vector :attr:`null_condition` means "no condition" (for condition dropout).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ebmcompose.errors import InputError
+
+from .layout import random_scenes
+from .render import render
+from .scene import ATTRIBUTES, MAX_OBJECTS, Scene, check_n_objects, check_position, check_positions, check_resolution
+
+__all__ = ["AttributeScenes", "JointPositionScenes", "PositionScenes", "at", "attribute", "joint_at"]
+
+
+def at(x: float, y: float) -> Tensor:
+    """The position condition ``(x, y, 1)``, Tensor (3,) float32 (x = column, y = row, in [0, 1])."""
+    x, y = check_position((x, y))
+    return torch.tensor([x, y, 1.0], dtype=torch.float32)
+
+
+def attribute(name: str) -> Tensor:
+    """The one-hot attribute condition, Tensor (11,) float32, in the order of :data:`ATTRIBUTES`."""
+    if not isinstance(name, str) or name not in ATTRIBUTES:
+        raise InputError(f"unknown attribute {name!r}; valid attributes are: {', '.join(ATTRIBUTES)}")
+    out = torch.zeros(len(ATTRIBUTES), dtype=torch.float32)
+    out[ATTRIBUTES.index(name)] = 1.0
+    return out
+
+
+def _canonical(positions) -> List[Tuple[float, float]]:
+    return sorted(positions)
+
+
+def joint_at(positions) -> Tensor:
+    """The joint condition of up to 5 positions: Tensor (15,) float32, slots of ``(x, y, present)``.
+
+    Positions are sorted by ``x`` then ``y`` (the order the datasets use); unused slots are zero.
+    """
+    positions = check_positions(positions)
+    if not 1 <= len(positions) <= MAX_OBJECTS:
+        raise InputError(f"joint_at takes 1 to {MAX_OBJECTS} (x, y) positions, got {len(positions)}")
+    out = torch.zeros(MAX_OBJECTS, 3, dtype=torch.float32)
+    for j, (x, y) in enumerate(_canonical(positions)):
+        out[j] = torch.tensor([x, y, 1.0])
+    return out.reshape(-1)
+
+
+def _check_generator(generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputError("generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None")
+    return generator
+
+
+class _SceneSet:
+    """Shared configuration: resolution, objects per scene, anti-aliasing."""
+
+    condition_dim: int = 0
+
+    def __init__(self, resolution: int = 32, n_objects=(1, MAX_OBJECTS), supersample: int = 4):
+        self.resolution = check_resolution(resolution)
+        self.n_objects = check_n_objects(n_objects)
+        self.supersample = supersample
+
+    @property
+    def null_condition(self) -> Tensor:
+        """Tensor (condition_dim,) of zeros: no condition."""
+        return torch.zeros(self.condition_dim, dtype=torch.float32)
+
+    def _scenes(self, n: int, generator) -> List[Scene]:
+        return random_scenes(n, _check_generator(generator), n_objects=self.n_objects)
+
+    def _conditions(self, scene_list: List[Scene], generator) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor, List[Scene]]:
+        """Draw ``n`` scenes with their conditions.
+
+        Returns
+        -------
+        images : Tensor (n, 3, H, W) float32 in [0, 1]
+        cond : Tensor (n, condition_dim) float32
+        scene_list : list of Scene (length n)
+        """
+        scene_list = self._scenes(n, generator)
+        cond = self._conditions(scene_list, generator)
+        images = render(scene_list, self.resolution, supersample=self.supersample, device=device)
+        return images, cond.to(images.device), scene_list
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(resolution={self.resolution}, n_objects={self.n_objects})"
+
+
+class PositionScenes(_SceneSet):
+    """Scenes of 1-5 objects, each labelled with the position ``(x, y, 1)`` of one random object."""
+
+    condition_dim = 3
+
+    def _conditions(self, scene_list, generator) -> Tensor:
+        counts = torch.tensor([len(s) for s in scene_list], dtype=torch.float64)
+        pick = (torch.rand(len(scene_list), generator=generator, dtype=torch.float64) * counts).long()
+        return torch.stack([at(*s.positions[int(j)]) for s, j in zip(scene_list, pick)])
+
+
+class AttributeScenes(_SceneSet):
+    """Single-object scenes, each labelled with a one-hot of one random attribute (colour, shape or size)."""
+
+    condition_dim = len(ATTRIBUTES)
+
+    def __init__(self, resolution: int = 32, supersample: int = 4):
+        super().__init__(resolution, n_objects=1, supersample=supersample)
+
+    def __repr__(self) -> str:
+        return f"AttributeScenes(resolution={self.resolution})"
+
+    def _conditions(self, scene_list, generator) -> Tensor:
+        which = torch.randint(3, (len(scene_list),), generator=generator).tolist()
+        return torch.stack([attribute(s.objects[0].attributes[w]) for s, w in zip(scene_list, which)])
+
+
+class JointPositionScenes(_SceneSet):
+    """Scenes of 1-5 objects labelled with all their positions (:func:`joint_at`, 15 numbers)."""
+
+    condition_dim = 3 * MAX_OBJECTS
+
+    def _conditions(self, scene_list, generator) -> Tensor:
+        return torch.stack([joint_at(s.positions) for s in scene_list])
