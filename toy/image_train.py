@@ -102,11 +102,11 @@ class TrainConfig:
     norm_groups: int = 8
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     lr_final: float = 2e-5
     warmup: int = 100
     weight_decay: float = 0.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
     cond_dropout: float = 0.15
     t_min: float = 1e-3
     grad_clip: float = 1.0
@@ -156,7 +156,7 @@ SIZES: Dict[str, Dict[str, Any]] = {
     "default": dict(),
 }
 #: Steps of the default size by parameterisation (see :data:`SIZES`).
-DEFAULT_STEPS = {"epsilon": 2400, "energy": 1000}
+DEFAULT_STEPS = {"epsilon": 2400, "energy": 1600}
 
 
 def config_for(family: str = "position", parameterisation: str = "epsilon", size: str = "default", **overrides) -> TrainConfig:

@@ -114,6 +114,9 @@ class SceneUNet(nn.Module):
         Condition width (default: 3, 11 or 15 by family).
     n_frequencies : int
         Fourier frequencies per position coordinate.
+    coord_channels : bool
+        Append two channels holding each pixel's ``(x, y)`` to the input (CoordConv), so
+        absolute positions need not be inferred from the borders' zero padding.
     seed : int
         Seeds the initialisation.
 
@@ -132,6 +135,7 @@ class SceneUNet(nn.Module):
         norm_groups: int = 8,
         cond_dim: Optional[int] = None,
         n_frequencies: int = 6,
+        coord_channels: bool = True,
         seed: int = 0,
     ):
         super().__init__()
@@ -153,6 +157,7 @@ class SceneUNet(nn.Module):
             "norm_groups": int(norm_groups),
             "cond_dim": cond_dim,
             "n_frequencies": int(n_frequencies),
+            "coord_channels": bool(coord_channels),
             "seed": int(seed),
         }
         dim = 4 * channels[0]
@@ -160,7 +165,7 @@ class SceneUNet(nn.Module):
             torch.manual_seed(seed)
             self.unet = UNet2DModel(
                 sample_size=resolution,
-                in_channels=3,
+                in_channels=5 if coord_channels else 3,
                 out_channels=3,
                 down_block_types=("DownBlock2D",) * len(channels),
                 up_block_types=("UpBlock2D",) * len(channels),
@@ -193,7 +198,18 @@ class SceneUNet(nn.Module):
         if cond is None:
             cond = torch.zeros(b, self.config["cond_dim"], dtype=x.dtype, device=x.device)
         emb = self.encoder(cond)
+        if self.config["coord_channels"]:
+            x = torch.cat([x, self._coordinates(x)], dim=1)
         return self.unet(x, 1000.0 * t, class_labels=emb).sample
+
+    @staticmethod
+    def _coordinates(x: Tensor) -> Tensor:
+        """``(B, 2, H, W)`` maps of the pixel centres' ``(x, y)`` in ``[-1, 1]`` (column, row)."""
+        b, _, h, w = x.shape
+        cols = (torch.arange(w, dtype=x.dtype, device=x.device) + 0.5) * (2.0 / w) - 1.0
+        rows = (torch.arange(h, dtype=x.dtype, device=x.device) + 0.5) * (2.0 / h) - 1.0
+        grid = torch.stack([cols[None, :].expand(h, w), rows[:, None].expand(h, w)])
+        return grid.unsqueeze(0).expand(b, 2, h, w)
 
     def n_parameters(self) -> int:
         """Number of parameters."""
