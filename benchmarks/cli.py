@@ -859,6 +859,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     common = _common()
+    from ebmcompose.cli import scenes as _scenes_cli  # scenes train|sample (registration moves at the CLI merge)
+
+    _scenes_cli.add_parser(sub)
 
     # demo ------------------------------------------------------------------------------------
     d = sub.add_parser(

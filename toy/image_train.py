@@ -152,7 +152,7 @@ class TrainConfig:
 #: Named sizes: ``quick`` trains in seconds (tests); ``default`` is what ships (≤ 45 min on one
 #: CPU thread; energy models cost ~2.5× per step, hence fewer steps).
 SIZES: Dict[str, Dict[str, Any]] = {
-    "quick": dict(resolution=16, channels=(8, 16), norm_groups=4, steps=30, batch_size=16, warmup=5, checkpoint_every=10, ema_decay=0.9),
+    "quick": dict(resolution=32, channels=(8, 16), norm_groups=4, steps=30, batch_size=16, warmup=5, checkpoint_every=10, ema_decay=0.9),
     "default": dict(),
 }
 #: Steps of the default size by parameterisation (see :data:`SIZES`).

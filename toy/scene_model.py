@@ -29,7 +29,7 @@ import ebmcompose as ec
 from . import scenes
 from .image_train import load_model
 
-__all__ = ["SceneModel", "to_unit", "DEFAULT_WEIGHT", "DEFAULT_NEG_WEIGHT"]
+__all__ = ["SceneModel", "to_unit", "image_grid", "DEFAULT_WEIGHT", "DEFAULT_NEG_WEIGHT"]
 
 #: Default guidance scale ``α`` of AND / NOT and negation strength ``β``.
 DEFAULT_WEIGHT = 3.0
@@ -41,6 +41,25 @@ Position = Tuple[float, float]
 def to_unit(x: Tensor) -> Tensor:
     """Model samples in ``[-1, 1]`` (approximately) → images clamped to ``[0, 1]``, ``(N, 3, H, W)``."""
     return ((x.detach().float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def image_grid(images: Tensor, ncol: Optional[int] = None, gutter: int = 1):
+    """Images ``(N, 3, H, W)`` in ``[0, 1]`` → one ``uint8`` array ``(rows·(H+g)+g, ncol·(W+g)+g, 3)``
+    (white gutters ``g``; ``ncol`` default ``ceil(sqrt(N))``)."""
+    import math
+
+    import numpy as np
+
+    n, _, h, w = images.shape
+    ncol = ncol or max(1, math.ceil(math.sqrt(n)))
+    nrow = max(1, math.ceil(n / ncol))
+    grid = np.full((nrow * (h + gutter) + gutter, ncol * (w + gutter) + gutter, 3), 255, dtype=np.uint8)
+    arr = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        y, x = gutter + r * (h + gutter), gutter + c * (w + gutter)
+        grid[y : y + h, x : x + w] = arr[i]
+    return grid
 
 
 class SceneModel:
@@ -147,6 +166,15 @@ class SceneModel:
     def joint_condition(self, at: Sequence[Position], *, weight: float = DEFAULT_WEIGHT) -> ec.Energy:
         """Classifier-free guidance on the joint condition: ``E_u + α (E(all) − E_u)``."""
         return ec.conjunction(self.unconditional(), [self.joint(at)], weight)
+
+    def leaf(self, cond: Tensor, name: Optional[str] = None) -> ec.Energy:
+        """A leaf with one condition per sample, ``cond (B, cond_dim)`` (e.g. rows of ``scenes.at``)."""
+        return self.model.condition(cond, name=name, per_sample=True)
+
+    def combine(self, keep: Sequence[ec.Energy], negs: Sequence[ec.Energy] = (), *,
+                weight: float = DEFAULT_WEIGHT, neg_weight: float = DEFAULT_NEG_WEIGHT) -> ec.Energy:
+        """AND of ``keep`` [AND NOT ``negs``] over this model's unconditional leaf (any leaves)."""
+        return self._combine(list(keep), list(negs), weight, neg_weight, "concepts")
 
     def _combine(self, keep, negs, weight, neg_weight, what):
         if not keep and not negs:
