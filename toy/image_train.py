@@ -422,7 +422,7 @@ def train(
         if bar is not None:
             bar.update(1)
             if k % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(losses[k]):.4f}")
         if run_dir is not None and (k + 1) % config.checkpoint_every == 0 and k + 1 < stop:
             _save_resume(run_dir, config, net, ema, opt, g, losses, k + 1)
     done = max(start, stop)

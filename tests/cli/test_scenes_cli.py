@@ -68,3 +68,15 @@ def test_same_seed_same_images_and_user_files_survive(tmp_path, checkpoints):
     assert np.array_equal(first, np.load(out / "samples.npy"))
     assert _sample(out, checkpoints / "pos32", "--at", "0.25,0.25", "--at", "0.75,0.5", "--seed", "4") == 0
     assert not np.array_equal(first, np.load(out / "samples.npy"))
+
+
+def test_train_stops_resumes_and_exports(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["scenes", "train", "--size", "quick", "--steps", "2", "--out", str(out), "--export"]
+    assert cli.main(base + ["--until", "1"]) == 0
+    assert (out / "resume.json").is_file() and not (out / "scenes_position_eps.json").exists()
+    assert cli.main(base) == 2  # a run is there: continue it explicitly
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(base + ["--resume"]) == 0
+    model, _, config = it.load_model(out / "scenes_position_eps")
+    assert config["storage"] == "float16" and config["train"]["steps"] == 2
