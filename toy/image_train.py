@@ -330,6 +330,18 @@ def _load_resume(run_dir: Path, config: TrainConfig, net, ema, opt, g: torch.Gen
 
 
 # ---------------------------------------------------------------------------- training
+def _draw(source, n: int, g: torch.Generator, tries: int = 5):
+    """``(images, cond)`` from ``source``; a crowded layout that cannot be placed (an
+    :class:`ebmcompose.InputError` from the scene sampler) is redrawn from the same, continuing
+    generator stream (deterministic), at most ``tries`` times."""
+    for attempt in range(tries):
+        try:
+            return source.sample(n, g)[:2]
+        except ec.InputError:
+            if attempt == tries - 1:
+                raise
+
+
 def _lr(config: TrainConfig, k: int) -> float:
     if k < config.warmup:
         return config.lr * (k + 1) / config.warmup
@@ -392,7 +404,7 @@ def train(
         bar = tqdm(total=stop, initial=start, desc=f"train {config.family}/{config.parameterisation}")
     k = start
     for k in range(start, stop):
-        images, cond = source.sample(config.batch_size, g)[:2]
+        images, cond = _draw(source, config.batch_size, g)
         x0 = 2.0 * images.to(torch.float32) - 1.0
         cond = cond.to(torch.float32)
         drop = torch.rand(config.batch_size, generator=g) < config.cond_dropout
