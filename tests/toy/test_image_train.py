@@ -101,8 +101,7 @@ def test_a_short_run_places_the_object_where_asked_more_often_than_unconditional
     from toy import scenes
     from toy.scene_model import SceneModel, to_unit
 
-    # 300 steps of an (8, 16) or (16, 32) net learned the square but not yet its position (0/48 and
-    # 18/48 hits for both models alike): the budget here is larger (about 20 min on one free core)
+    # the position, not only the shape, must be learned: a longer run than the other quick tests
     cfg = it.config_for("position", "epsilon", "quick", channels=(16, 32), steps=1500, batch_size=16, lr=3e-3,
                         ema_decay=0.99, warmup=50)
     result = it.train(cfg, SquareScenes(32))
