@@ -61,18 +61,12 @@ def joint_at(positions) -> Tensor:
     return out.reshape(-1)
 
 
-def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError("generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None")
-    return generator
-
-
 class _SceneSet:
     """Shared configuration: resolution, objects per scene, anti-aliasing."""
 
     condition_dim: int = 0
 
-    def __init__(self, resolution: int = 32, n_objects=(1, MAX_OBJECTS), supersample: int = 4):
+    def __init__(self, resolution: int = 32, n_objects=(1, MAX_OBJECTS), supersample: Optional[int] = None):
         self.resolution = check_resolution(resolution)
         self.n_objects = check_n_objects(n_objects)
         self.supersample = supersample
@@ -83,7 +77,7 @@ class _SceneSet:
         return torch.zeros(self.condition_dim, dtype=torch.float32)
 
     def _scenes(self, n: int, generator) -> List[Scene]:
-        return random_scenes(n, _check_generator(generator), n_objects=self.n_objects)
+        return random_scenes(n, generator, n_objects=self.n_objects)  # checks the generator
 
     def _conditions(self, scene_list: List[Scene], generator) -> Tensor:
         raise NotImplementedError
@@ -98,6 +92,8 @@ class _SceneSet:
         cond : Tensor (n, condition_dim) float32
         scene_list : list of Scene (length n)
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"n must be a positive integer number of images, got {n!r}")
         scene_list = self._scenes(n, generator)
         cond = self._conditions(scene_list, generator)
         images = render(scene_list, self.resolution, supersample=self.supersample, device=device)
@@ -123,7 +119,7 @@ class AttributeScenes(_SceneSet):
 
     condition_dim = len(ATTRIBUTES)
 
-    def __init__(self, resolution: int = 32, supersample: int = 4):
+    def __init__(self, resolution: int = 32, supersample: Optional[int] = None):
         super().__init__(resolution, n_objects=1, supersample=supersample)
 
     def __repr__(self) -> str:

@@ -10,7 +10,7 @@ Detection, per image:
    spread out) gives the area (all shapes of one size have the same area, so the size follows)
    and the centroid (the object's ``(x, y)``, pixel centres at ``(i + 0.5) / W``);
 4. *shape*: the coverage map is compared with the three shapes rendered at the measured
-   centroid and area, each also slightly blurred; the least squared difference wins.
+   centroid and area, sharp and with two Gaussian blurs; the least squared difference wins.
 
 Components smaller than ``min_area`` (a fraction of the small objects' area) are dropped as noise.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -75,11 +75,11 @@ def _check_images(images) -> Tensor:
         raise InputError(f"images must be a Tensor (N, 3, H, W) of RGB values in [0, 1], got {got}")
     if images.shape[-1] != images.shape[-2] or images.shape[-1] < 16:
         raise InputError(f"images must be square with a side of at least 16 pixels, got {tuple(images.shape[-2:])}")
-    return images.detach().to(device="cpu", dtype=torch.float32)
+    return images.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Blur (B, 1, H, W) by a Gaussian of std ``sigma`` pixels (zero padding)."""
+    """Blur (B, 1, H, W) by a Gaussian of std ``sigma`` pixels (zero padding, truncated at 3σ)."""
     if sigma <= 0:
         return x
     half = max(1, int(math.ceil(3 * sigma)))
@@ -90,29 +90,27 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1), padding=(half, 0))
 
 
-def _label(fg: np.ndarray, grow: int):
-    """Global component labels (N, H, W) (0 = none), the same grown by ``grow`` pixels into free
-    pixels, and the image of each component (M,)."""
+def _label(fg: Tensor, grow: int):
+    """8-connected components of each image's foreground (N, H, W) bool.
+
+    Returns global labels (N, H, W) long (0 = none), the same grown by ``grow`` pixels into free
+    pixels (a free pixel next to two components joins the higher label), and the image of each
+    component (M,) long.
+    """
     from scipy import ndimage
 
-    n = fg.shape[0]
-    labels = np.zeros(fg.shape, dtype=np.int64)
-    grown = np.zeros(fg.shape, dtype=np.int64)
-    offset = 0
-    owner = []
-    structure = np.ones((3, 3), dtype=bool)
-    for i in range(n):
-        lab, k = ndimage.label(fg[i], structure=structure)
-        lab = lab.astype(np.int64)
-        lab[lab > 0] += offset
-        labels[i] = lab
-        g = lab
-        for _ in range(grow):
-            g = np.where(g > 0, g, ndimage.grey_dilation(g, footprint=structure))
-        grown[i] = g
-        offset += k
-        owner += [i] * k
-    return torch.from_numpy(labels), torch.from_numpy(grown), torch.tensor(owner, dtype=torch.long)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # connect within an image, never across images
+    labels, m = ndimage.label(fg.numpy(), structure=structure)
+    labels = torch.from_numpy(labels.astype(np.int64))
+    owner = torch.zeros(m, dtype=torch.long)
+    hit = labels > 0
+    owner[labels[hit] - 1] = torch.nonzero(hit)[:, 0]
+    grown = labels
+    for _ in range(grow):
+        near = F.max_pool2d(grown[:, None].double(), 3, stride=1, padding=1)[:, 0].long()
+        grown = torch.where(grown > 0, grown, near)
+    return labels, grown, owner
 
 
 def detect(images: Tensor, threshold: float = 0.3, min_area: float = 0.3,
@@ -143,26 +141,30 @@ def detect(images: Tensor, threshold: float = 0.3, min_area: float = 0.3,
         raise InputError(f"min_area must be a fraction in [0, 1) of a small object's area, got {min_area!r}")
     scale = h / 32.0
     v = x - _BG[:, None, None]  # (N, 3, H, W)
-    fg = torch.linalg.vector_norm(v, dim=1) > threshold  # (N, H, W)
-    labels, grown, image = _label(fg.numpy(), grow=max(1, int(round(scale))))
+    fg = (v * v).sum(1) > threshold**2  # (N, H, W)
+    labels, grown, image = _label(fg, grow=max(1, int(round(scale))))
     m = image.numel()
     if m == 0:
         return [[] for _ in range(n)]
 
-    # per-pixel coverage and residual for every palette colour
+    # coverage and residual of every palette colour at each pixel of the grown components
+    pix = torch.nonzero(grown.reshape(-1)).squeeze(1)  # (Q,)
+    comp = grown.reshape(-1)[pix] - 1  # component of each of those pixels
+    core = labels.reshape(-1)[pix] > 0  # in the thresholded component itself
+    vq = v.permute(0, 2, 3, 1).reshape(-1, 3)[pix]  # (Q, 3)
     u = _PALETTE - _BG  # (6, 3)
-    vp = v.permute(0, 2, 3, 1).reshape(-1, 3)  # (P, 3)
-    alpha = (vp @ u.T / (u * u).sum(-1)).clamp(0.0, 1.0)  # (P, 6)
-    resid = ((vp[:, None, :] - alpha[..., None] * u) ** 2).sum(-1)  # (P, 6)
-    lab, grw = labels.reshape(-1), grown.reshape(-1)
-    colour_cost = torch.zeros(m + 1, len(COLORS)).index_add_(0, lab, resid)
-    colour = colour_cost[1:].argmin(dim=1)  # (m,)
+    uu = (u * u).sum(-1)
+    dots = vq @ u.T  # (Q, 6)
+    alpha = (dots / uu).clamp(0.0, 1.0)
+    resid = (vq * vq).sum(-1, keepdim=True) - 2 * alpha * dots + alpha * alpha * uu  # (Q, 6)
+    colour = torch.zeros(m, len(COLORS)).index_add_(0, comp[core], resid[core]).argmin(dim=1)  # (m,)
 
-    # coverage under the component's colour, over the grown region
-    inside = grw > 0
-    comp = grw[inside] - 1  # (Q,) component of each region pixel
-    a = alpha[inside].gather(1, colour[comp][:, None]).squeeze(1)  # (Q,)
-    pix = torch.arange(n * h * w)[inside]
+    # coverage under the component's colour; a faded or desaturated object is still whole, so
+    # coverage is taken relative to the component's peak
+    a = alpha.gather(1, colour[comp][:, None]).squeeze(1)  # (Q,)
+    peak = torch.full((m,), 0.5).scatter_reduce_(0, comp[core], a[core], "amax")  # >= 0.5
+    a = (a / peak[comp]).clamp(max=1.0)
+    cov_img = torch.zeros(n * h * w).index_put_((pix,), a).view(n, h, w)
     row = (pix // w) % h
     col = pix % w
     area_px = torch.zeros(m).index_add_(0, comp, a)
@@ -173,10 +175,10 @@ def detect(images: Tensor, threshold: float = 0.3, min_area: float = 0.3,
     keep = area >= min_area * math.pi * SIZES["small"] ** 2
 
     # shape: least squares against templates at the measured centroid and radius, in a window
-    alpha_img = alpha.view(n, h, w, len(COLORS))
     shape = torch.zeros(m, dtype=torch.long)
     kept = torch.nonzero(keep).squeeze(1)
     kinds = torch.arange(len(SHAPES))
+    supersample = 4 if h <= 32 else 2
     for lo in range(0, kept.numel(), chunk):
         idx = kept[lo:lo + chunk]
         k = idx.numel()
@@ -186,15 +188,13 @@ def detect(images: Tensor, threshold: float = 0.3, min_area: float = 0.3,
         rows = (origin[:, 0, None] + grid)[:, :, None]  # (k, win, 1)
         cols = (origin[:, 1, None] + grid)[:, None, :]  # (k, 1, win)
         img = image[idx][:, None, None]
-        own = alpha_img[img, rows, cols].gather(-1, colour[idx][:, None, None, None].expand(k, win, win, 1))[..., 0]
-        observed = own * (grown[img, rows, cols] == idx[:, None, None] + 1)  # (k, win, win)
+        observed = cov_img[img, rows, cols] * (grown[img, rows, cols] == idx[:, None, None] + 1)  # (k, win, win)
         rep = lambda t: t.repeat_interleave(len(SHAPES), dim=0)  # noqa: E731
-        tmpl = coverage(kinds.repeat(k), rep(cx[idx]), rep(cy[idx]), rep(radius[idx]), h, 4, rep(origin), win)
-        best = None
-        for sigma in _BLURS:
-            t = _gaussian_blur(tmpl[:, None], sigma * scale).view(k, len(SHAPES), win, win)
-            err = ((t - observed[:, None]) ** 2).sum((-1, -2))  # (k, 3)
-            best = err if best is None else torch.minimum(best, err)
+        tmpl = coverage(kinds.repeat(k), rep(cx[idx]), rep(cy[idx]), rep(radius[idx]), h, supersample,
+                        rep(origin), win)[:, None]  # (3k, 1, win, win)
+        blurred = torch.stack([_gaussian_blur(tmpl, b * scale) for b in _BLURS])  # (blurs, 3k, 1, win, win)
+        err = ((blurred.view(len(_BLURS), k, len(SHAPES), win, win) - observed[:, None]) ** 2).sum((-1, -2))
+        best = err.amin(dim=0)  # (k, 3)
         shape[idx] = best.argmin(dim=1)
 
     out: List[List[Detection]] = [[] for _ in range(n)]
@@ -222,7 +222,8 @@ def _detections(images) -> Detections:
 
 def _check_radius(radius) -> float:
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not 0 < radius <= 1:
-        raise InputError(f"radius must be a number in (0, 1] (fraction of the image side; 0.1 in the article), got {radius!r}")
+        raise InputError(
+            f"radius must be a number in (0, 1] (fraction of the image side; 0.1 in the article), got {radius!r}")
     return float(radius)
 
 

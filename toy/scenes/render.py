@@ -36,7 +36,10 @@ _SQRT3_2 = math.sqrt(3.0) / 2.0
 
 
 def _sdf(shape: Tensor, dx: Tensor, dy: Tensor, r: Tensor) -> Tensor:
-    """Signed distance (negative inside) of one shape kind per leading index; dx (M, 1, S), dy (M, S, 1), r (M, 1, 1)."""
+    """Signed distance (negative inside) to the shape of each leading index: (M, S, S).
+
+    ``dx`` (M, 1, S) and ``dy`` (M, S, 1) are offsets from the centroid, ``r`` (M, 1, 1) the radius.
+    """
     out = torch.empty(dx.shape[0], dy.shape[1], dx.shape[2], dtype=dx.dtype, device=dx.device)
     for kind in range(len(SHAPES)):
         sel = torch.nonzero(shape == kind).squeeze(1)
@@ -100,7 +103,8 @@ def window_side(radius: float, resolution: int, pad: int = 1) -> int:
 
 
 def window_origin(x: Tensor, y: Tensor, resolution: int, window: int) -> Tensor:
-    """Top-left pixel (row, column) of windows of side ``window`` centred on ``(x, y)``, kept in the image; (M, 2) long."""
+    """Top-left pixel (row, column), (M, 2) long, of windows of side ``window`` about ``(x, y)`` (M,),
+    kept inside the image."""
     centre = torch.stack([y, x], dim=-1) * resolution
     return (torch.floor(centre) - window // 2).long().clamp(0, resolution - window)
 
@@ -136,7 +140,7 @@ def scene_tensors(scene_list: Sequence[Scene], dtype=torch.float32, device=None)
             torch.tensor(present, dtype=torch.bool, device=device).reshape(n, k))
 
 
-def render(scene_list: Sequence[Scene], resolution: int = 32, supersample: int = 4,
+def render(scene_list: Sequence[Scene], resolution: int = 32, supersample: Optional[int] = None,
            device: Optional[torch.device] = None, chunk: int = 4096) -> Tensor:
     """Render scenes to RGB images.
 
@@ -145,8 +149,8 @@ def render(scene_list: Sequence[Scene], resolution: int = 32, supersample: int =
     scene_list : list of Scene (length N), or one Scene
     resolution : int
         Image side in pixels, 32 (default) or 64 (any of 32..256 renders).
-    supersample : int
-        Anti-aliasing sub-pixels per pixel side (1..8).
+    supersample : int, optional
+        Anti-aliasing sub-pixels per pixel side (1..8); default 4 at 32, 2 at 64 and above.
     device : torch.device, optional
         Where to render (default CPU).
     chunk : int
@@ -157,19 +161,23 @@ def render(scene_list: Sequence[Scene], resolution: int = 32, supersample: int =
     Tensor (N, 3, H, W) float32 in [0, 1], ``H = W = resolution``.
     """
     resolution = check_resolution(resolution)
+    if supersample is None:
+        supersample = max(2, min(4, 128 // resolution))
     if isinstance(supersample, bool) or not isinstance(supersample, numbers.Integral) or not 1 <= supersample <= 8:
-        raise InputError(f"supersample must be an integer from 1 to 8 (4 is smooth and fast), got {supersample!r}")
+        raise InputError(f"supersample must be an integer from 1 to 8 or None (automatic), got {supersample!r}")
     shape, x, y, radius, rgb, present = scene_tensors(scene_list, device=device)
     n = shape.shape[0]
     bg = torch.tensor(BACKGROUND, dtype=torch.float32, device=x.device)
     hw = resolution * resolution
     img = bg[None, :, None].repeat(n, 1, hw)  # (N, 3, H*W)
-    which = torch.nonzero(present)  # (M, 2): image, slot
-    win = window_side(max(SIZES.values()), resolution)
-    grid = torch.arange(win, device=x.device)
     channels = torch.arange(3, device=x.device)
-    for lo in range(0, which.shape[0], chunk):
-        i, j = which[lo:lo + chunk].unbind(1)
+    batches = []  # objects of one size share a window side
+    for r in SIZES.values():
+        which = torch.nonzero(present & (radius == torch.tensor(r, dtype=radius.dtype)))  # (M, 2): image, slot
+        batches += [(which[lo:lo + chunk], window_side(r, resolution)) for lo in range(0, which.shape[0], chunk)]
+    for which, win in batches:
+        grid = torch.arange(win, device=x.device)
+        i, j = which.unbind(1)
         origin = window_origin(x[i, j], y[i, j], resolution, win)
         cov = coverage(shape[i, j], x[i, j], y[i, j], radius[i, j], resolution, int(supersample), origin, win)
         pixel = ((origin[:, 0, None, None] + grid[:, None]) * resolution

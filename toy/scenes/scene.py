@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from types import MappingProxyType
+from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,18 +33,18 @@ __all__ = [
 
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle")
 
-#: Six saturated colours, each at RGB distance >= 0.64 from the background and >= 0.65 from each other.
-COLORS: Dict[str, Tuple[float, float, float]] = {
+#: Six saturated colours (read-only mapping, in this order), each at RGB distance >= 0.64 from the background and >= 0.65 from each other.
+COLORS: Mapping[str, Tuple[float, float, float]] = MappingProxyType({
     "red": (0.90, 0.10, 0.10),
     "green": (0.10, 0.80, 0.10),
     "blue": (0.10, 0.25, 0.95),
     "yellow": (0.95, 0.90, 0.10),
     "magenta": (0.90, 0.10, 0.90),
     "cyan": (0.10, 0.90, 0.90),
-}
+})
 
 #: Radius of the equal-area circle, as a fraction of the image side.
-SIZES: Dict[str, float] = {"small": 0.08, "large": 0.12}
+SIZES: Mapping[str, float] = MappingProxyType({"small": 0.08, "large": 0.12})
 
 BACKGROUND: Tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -57,26 +58,18 @@ MAX_OBJECTS = 5
 SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2.0
 TRIANGLE_CIRCUMRADIUS = math.sqrt(4.0 * math.pi / (3.0 * math.sqrt(3.0)))
 
-# Extent of each shape around its centroid, per unit radius: (left/right, top, bottom).
-_EXTENTS = {
-    "circle": (1.0, 1.0, 1.0),
-    "square": (SQUARE_HALF_SIDE, SQUARE_HALF_SIDE, SQUARE_HALF_SIDE),
-    "triangle": (TRIANGLE_CIRCUMRADIUS * math.sqrt(3.0) / 2.0, TRIANGLE_CIRCUMRADIUS, TRIANGLE_CIRCUMRADIUS / 2.0),
-}
-# Radius of the smallest centred disc holding the shape, per unit radius (for non-overlap).
-_BOUNDING = {"circle": 1.0, "square": SQUARE_HALF_SIDE * math.sqrt(2.0), "triangle": TRIANGLE_CIRCUMRADIUS}
 
-
-def extents(shape: str, size: str) -> Tuple[float, float, float]:
-    """Half-width, extent above and extent below the centroid (fractions of the side)."""
+def support(shape: str, size: str, angle: float) -> float:
+    """How far the shape reaches from its centroid along the direction at ``angle`` radians
+    (``(cos, sin)`` in (x, y), y pointing down), as a fraction of the side: its support function."""
     r = SIZES[size]
-    return tuple(e * r for e in _EXTENTS[shape])
-
-
-def bounding_radius(shape: str, size: str) -> float:
-    """Radius of the smallest disc about the centroid that holds the shape (fraction of the side)."""
-    return _BOUNDING[shape] * SIZES[size]
-
+    c, s = math.cos(angle), math.sin(angle)
+    if shape == "circle":
+        return r
+    if shape == "square":
+        return SQUARE_HALF_SIDE * r * (abs(c) + abs(s))
+    big_r = TRIANGLE_CIRCUMRADIUS * r  # apex up: (0, -R), base corners (±R√3/2, R/2)
+    return big_r * max(-s, math.sqrt(3.0) / 2.0 * c + 0.5 * s, -math.sqrt(3.0) / 2.0 * c + 0.5 * s)
 
 def _choice(value, valid: Sequence[str], what: str) -> str:
     if not isinstance(value, str) or value not in valid:
@@ -85,7 +78,9 @@ def _choice(value, valid: Sequence[str], what: str) -> str:
 
 
 def check_unit(value, what: str) -> float:
-    """A real number in [0, 1] (a coordinate)."""
+    """A real number in [0, 1] (a coordinate); a one-element tensor counts as its number."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise InputError(f"{what} must be a number in [0, 1] (fraction of the image side), got {value!r}")
     value = float(value)
