@@ -21,10 +21,20 @@ def test_import_ebmcompose_is_light():
 def test_core_never_imports_samplers_or_toy():
     import pathlib
 
+    import ast
+
     root = pathlib.Path(ec.__file__).parent
     offenders = []
     for path in root.rglob("*.py"):
         text = path.read_text()
+        if path.relative_to(root).parts[0] == "cli":
+            # the CLI (the top floor under the ebmcompose name) may import them lazily, inside functions
+            tree = ast.parse(text)
+            for node in tree.body:
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    offenders += [f"{path.name}: {m}" for m in names if m.split(".")[0] in ("samplers", "toy", "benchmarks")]
+            continue
         for bad in ("import samplers", "from samplers", "import toy", "from toy", "import benchmarks", "from benchmarks"):
             if bad in text:
                 offenders.append(f"{path.name}: {bad}")
