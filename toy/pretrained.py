@@ -36,7 +36,7 @@ import ebmcompose as ec
 from . import tasks as _tasks
 from .train import load_trained
 
-__all__ = ["CHECKPOINT_DIR", "checkpoint_path", "load", "components", "REGENERATE"]
+__all__ = ["CHECKPOINT_DIR", "checkpoint_path", "load", "components", "REGENERATE", "scene_model", "scene_checkpoint_path"]
 
 #: Folder of the shipped checkpoints.
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -125,3 +125,58 @@ def components(task_name: str, parameterisation: str = "epsilon") -> Dict[str, e
     """
     model, info = load(task_name, parameterisation)
     return {name: model.condition(k, name=name) for name, k in info["labels"].items()}
+
+
+# ---------------------------------------------------------------------------- scene models
+#: The command that (re)trains the shipped scene models (from the repository root; resumable).
+SCENES_REGENERATE = "python -m benchmarks.train_scenes --out toy/checkpoints --run-root scene-runs"
+_SCENE_FAMILIES = ("position", "attribute", "joint")
+
+
+def scene_checkpoint_path(family: str = "position", parameterisation: str = "epsilon", checkpoint_dir=None) -> Path:
+    """Stem ``<checkpoint_dir>/scenes_<family>_<eps|energy>`` of a scene model (default: shipped).
+
+    Raises
+    ------
+    ebmcompose.InputError
+        For an unknown family or parameterisation.
+    """
+    if family not in _SCENE_FAMILIES:
+        raise ec.InputError(f"unknown scene family {family!r}; valid families are {', '.join(_SCENE_FAMILIES)}")
+    try:
+        suffix = _SUFFIX[parameterisation]
+    except (KeyError, TypeError):
+        raise ec.InputError(f"parameterisation must be 'epsilon' or 'energy', got {parameterisation!r}") from None
+    return Path(checkpoint_dir or CHECKPOINT_DIR) / f"scenes_{family}_{suffix}"
+
+
+def scene_model(family: str = "position", parameterisation: str = "epsilon", *, checkpoint_dir=None,
+                max_batch: Optional[int] = None):
+    """The shipped scene model of ``family`` as a :class:`toy.scene_model.SceneModel`.
+
+    Parameters
+    ----------
+    family : {"position", "attribute", "joint"}
+        Position concepts, attribute concepts, or the jointly conditioned baseline.
+    parameterisation : {"epsilon", "energy"}
+        ε-network (score only) or energy (Metropolis correctors and mixtures work).
+    checkpoint_dir : str or Path, optional
+        Another folder of ``scenes_*`` checkpoints.
+    max_batch : int, optional
+        Largest batch of one network forward.
+
+    Raises
+    ------
+    ebmcompose.checkpoint.CheckpointNotFoundError
+        When the checkpoint is missing; the message names the command that trains it.
+    """
+    from .scene_model import SceneModel
+
+    path = scene_checkpoint_path(family, parameterisation, checkpoint_dir)
+    param = "energy" if parameterisation == "energy" else "epsilon"
+    hint = (
+        f"train it with `python -m benchmarks.train_scenes --models {family}:{param} --out "
+        f"{checkpoint_dir or 'toy/checkpoints'} --run-root scene-runs` (or `ebmcompose scenes train --family "
+        f"{family} --model {param} --export --out DIR` and pass --checkpoint)"
+    )
+    return SceneModel.load(path, parameterisation=param, max_batch=max_batch, missing_hint=hint)

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import List, Optional
 
-from . import bench, demo, sample, train
+from . import bench, demo, sample, scenes, train
 from .errors import ParserError, UsageError
 from .options import Formatter, Parser, positive_int
 
@@ -23,8 +23,8 @@ COMMANDS = (
     sample.add_parser,
     train.add_parser,
     bench.add_parser,
-    # A new command adds its module to the `from . import ...` line above and one line here,
-    # e.g. `scenes.add_parser,` for ebmcompose/cli/scenes.py (`ebmcompose scenes train|sample`).
+    scenes.add_parser,
+    # A new command adds its module to the `from . import ...` line above and one line here.
 )
 
 

@@ -1,0 +1,43 @@
+"""The image-composition study: its quick run produces every cell and the three files; findings follow the numbers."""
+
+import json
+import math
+
+from benchmarks import composition_images as ci
+
+
+def _row(task, model, param, sampler, p, n=100):
+    return {"task": task, "k": 1, "model": model, "parameterisation": param, "sampler": sampler, "n": n,
+            "accuracy": p, "accuracy_se": math.sqrt(p * (1 - p) / n), "strict": None, "strict_se": None,
+            "nfe": 10, "seconds_per_image": 0.1}
+
+
+def test_findings_call_differences_significant_only_beyond_two_standard_errors():
+    rows = [
+        _row("positions K=1", "composed", "energy", "ddpm", 0.50),
+        _row("positions K=1", "composed", "energy", "pc-mala", 0.80),
+        _row("positions K=1", "composed", "energy", "pc-ula", 0.55),
+        _row("positions K=1", "joint", "epsilon", "ddim", 0.70),
+    ]
+    found = ci.findings({"rows": rows, "settings": {"ks": [1]}})
+    text = "\n".join(found)
+    assert "K = 1: best composed (energy, pc-mala) vs best joint (ddim): 0.800 vs 0.700" in text
+    mala = next(f for f in found if "pc-mala vs ddpm" in f)
+    ula = next(f for f in found if "pc-ula vs ddpm" in f)
+    assert "higher (beyond 2 SE)" in mala and "not significantly different" in ula
+
+
+def test_quick_run_writes_every_cell(tmp_path):
+    assert ci.main(["--quick", "--n", "1", "--nfe", "2", "--ks", "1", "--samplers", "ddim", "pc-mala", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "composition_images.json").read_text())
+    rows = result["rows"]
+    tasks = {r["task"] for r in rows}
+    assert {"positions K=1", "NOT"} <= tasks and sum(t.startswith("attributes") for t in tasks) == len(ci.ATTRIBUTE_CELLS)
+    assert {r["model"] for r in rows if r["task"] == "positions K=1"} == {"composed", "joint"}
+    assert not any(r["sampler"] == "pc-mala" and r["parameterisation"] == "epsilon" for r in rows)  # needs energies
+    for r in rows:
+        p = r["accuracy"]
+        assert abs(r["accuracy_se"] - math.sqrt(p * (1 - p) / r["n"])) < 1e-3 and r["nfe"] <= 2
+    md = (tmp_path / "composition_images.md").read_text()
+    assert "Quick mode" in md and "## Findings" in md
+    assert (tmp_path / "composition_images.png").read_bytes()[:4] == b"\x89PNG"

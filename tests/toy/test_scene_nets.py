@@ -1,0 +1,86 @@
+"""The conditional scene UNet: condition encoders, config round trip, energy = ½‖g‖² and DSM through ∇E."""
+
+import pytest
+import torch
+
+import ebmcompose as ec
+from toy.scene_nets import ConditionEncoder, SceneUNet, build_model
+
+TINY = dict(resolution=32, channels=(8, 16), norm_groups=4)
+
+
+def _net(family="position", **kw):
+    return SceneUNet(family, **{**TINY, **kw})
+
+
+def test_null_condition_is_the_learned_null_embedding_for_every_family():
+    for family, width in (("position", 3), ("attribute", 11), ("joint", 15)):
+        enc = ConditionEncoder(family, width, 16)
+        with torch.no_grad():
+            enc.null.copy_(torch.arange(16.0))
+        out = enc(torch.zeros(2, width))
+        expected = enc.null * (5 if family == "joint" else 1)
+        assert torch.allclose(out, expected.expand(2, 16)), family
+    enc = ConditionEncoder("position", 3, 16)
+    a, b = enc(torch.tensor([[0.2, 0.3, 1.0], [0.8, 0.3, 1.0]]))
+    assert not torch.allclose(a, b)  # different positions, different embeddings
+    with pytest.raises(ValueError, match=r"\(B, 3\)"):
+        enc(torch.zeros(2, 4))
+
+
+def test_net_is_rebuilt_from_its_config_and_none_means_null():
+    net = _net(seed=3)
+    twin = SceneUNet(**net.config)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.7])
+    c = torch.tensor([[0.2, 0.3, 1.0], [0.6, 0.6, 1.0]])
+    with torch.no_grad():
+        assert torch.equal(net(x, t, c), twin(x, t, c))
+        assert torch.equal(net(x, t, None), net(x, t, torch.zeros(2, 3)))
+        assert not torch.allclose(net(x, t, c), net(x, t, None))
+    assert 0 < net.n_parameters() < 2_000_000
+
+
+def test_energy_model_score_is_minus_grad_of_its_energy_float64():
+    net = _net().double()
+    model = build_model("energy", net, ec.VPSchedule.cosine())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    leaf = model.condition(torch.tensor([[0.3, 0.4, 1.0], [0.7, 0.2, 1.0]], dtype=torch.float64), per_sample=True)
+    t = 0.4
+    score = leaf.score(x, t)
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    h = 1e-5
+    fd = (leaf.energy(x + h * v, t) - leaf.energy(x - h * v, t)) / (2 * h)  # d/dh E(x + h v) = <∇E, v>
+    directional = -(score * v).flatten(1).sum(1)
+    assert torch.allclose(fd, directional, rtol=1e-6, atol=1e-8)
+    # E = ½‖g‖² exactly (the residual denoiser f = x − σ g)
+    with torch.no_grad():
+        gx = net(x, torch.full((2,), t, dtype=torch.float64), leaf.cond)
+    assert torch.allclose(leaf.energy(x, t), 0.5 * gx.pow(2).flatten(1).sum(1), rtol=1e-10)
+
+
+def test_dsm_loss_of_the_energy_model_trains_through_the_gradient():
+    net = _net()
+    model = build_model("energy", net, ec.VPSchedule.cosine())
+    g = torch.Generator().manual_seed(1)
+    x, eps = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    t = torch.tensor([0.2, 0.8])
+    sigma = model.schedule.sigma(t).reshape(-1, 1, 1, 1)
+    leaf = model.condition(torch.tensor([[0.3, 0.4, 1.0], [0.0, 0.0, 0.0]]), per_sample=True)
+    loss = (sigma * leaf.grad(x, t, create_graph=True) - eps).pow(2).mean()
+    loss.backward()  # double backward through conv / GroupNorm / SiLU / upsampling
+    grads = [p.grad for p in net.parameters()]
+    assert all(gr is not None for gr in grads)
+    assert sum(float(gr.abs().sum()) for gr in grads) > 0
+    # without create_graph the gradient is a constant: the loss has nothing to train
+    detached = (sigma * leaf.grad(x, t) - eps).pow(2).mean()
+    assert detached.grad_fn is None
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="family"):
+        SceneUNet("colour", **TINY)
+    with pytest.raises(ValueError, match="divisible"):
+        SceneUNet("position", resolution=30, channels=(8, 16, 16), norm_groups=4)
+    with pytest.raises(ec.InputError, match="parameterisation"):
+        build_model("score", _net(), ec.VPSchedule.cosine())
