@@ -108,6 +108,21 @@ def median_distance(x, y=None, max_samples: int = MEDIAN_SAMPLES, generator=None
 
 
 # ------------------------------------------------------------------------------- two-sample
+def _centred_pair(x, y, max_samples, chunk_size, generator, what: str):
+    """Checked, subsampled ``(x, y)`` centred on their joint mean (distances are translation
+    invariant and better conditioned there), and the generator used; ``what`` names the metric."""
+    x, y = as_pair(x, y, min_n=2)
+    if max_samples is not None:
+        check_positive_int(max_samples, "max_samples")
+        if max_samples < 2:
+            raise InputError(f"max_samples must be at least 2 for {what}, got {max_samples}")
+    check_positive_int(chunk_size, "chunk_size")
+    g = default_generator(generator)
+    x, y = _subsample(x, max_samples, g), _subsample(y, max_samples, g)
+    center = torch.cat([x, y]).mean(0)
+    return x - center, y - center, g
+
+
 def mmd(
     x: Tensor,
     y: Tensor,
@@ -145,16 +160,7 @@ def mmd(
     Tensor
         Scalar MMD², on the inputs' device, in the inputs' (promoted) dtype.
     """
-    x, y = as_pair(x, y, min_n=2)
-    if max_samples is not None:
-        check_positive_int(max_samples, "max_samples")
-    check_positive_int(chunk_size, "chunk_size")
-    if max_samples is not None and max_samples < 2:
-        raise InputError(f"max_samples must be at least 2 for MMD, got {max_samples}")
-    g = default_generator(generator)
-    x, y = _subsample(x, max_samples, g), _subsample(y, max_samples, g)
-    center = torch.cat([x, y]).mean(0)
-    x, y = x - center, y - center  # translation invariant; better conditioned distances
+    x, y, g = _centred_pair(x, y, max_samples, chunk_size, generator, "MMD")
     if bandwidths is None:
         med = median_distance(x, y, generator=g)
         if not bool(med > 0):
@@ -213,16 +219,7 @@ def energy_distance(
     Tensor
         Scalar energy distance, on the inputs' device.
     """
-    x, y = as_pair(x, y, min_n=2)
-    if max_samples is not None:
-        check_positive_int(max_samples, "max_samples")
-    check_positive_int(chunk_size, "chunk_size")
-    if max_samples is not None and max_samples < 2:
-        raise InputError(f"max_samples must be at least 2 for the energy distance, got {max_samples}")
-    g = default_generator(generator)
-    x, y = _subsample(x, max_samples, g), _subsample(y, max_samples, g)
-    center = torch.cat([x, y]).mean(0)
-    x, y = x - center, y - center
+    x, y, g = _centred_pair(x, y, max_samples, chunk_size, generator, "the energy distance")
     n, m = x.shape[0], y.shape[0]
     dxx = _pairwise_sum(x, x, torch.sqrt, chunk_size, same=True) / (n * (n - 1))
     dyy = _pairwise_sum(y, y, torch.sqrt, chunk_size, same=True) / (m * (m - 1))

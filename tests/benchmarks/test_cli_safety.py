@@ -69,7 +69,7 @@ def fake_benchmarks(monkeypatch):
 COMMANDS = {
     "sample": (SAMPLE, {"samples.pt", "samples.npy", "samples.png", "metrics.json", "metrics.md"}),
     "demo": (DEMO, {"demo.png", "product.png", "metrics.json", "metrics.md"}),
-    "train": (TRAIN, {"product_eps.json", "product_eps.safetensors"}),
+    "train": (TRAIN, {"product_eps.safetensors"}),
     "bench speed": (["bench", "speed", "--quick"], {"sampler_speed.md"}),
     "bench composition": (["bench", "composition", "--quick"], {"composition_2d.md"}),
 }
