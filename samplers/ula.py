@@ -25,7 +25,7 @@ from torch import Tensor
 import ebmcompose as ec
 
 from . import compile as _compile
-from .base import MCMCKernel, finite_per_chain, State, StepInfo, evaluate, per_chain, randn_like, sum_event
+from .base import MCMCKernel, all_finite, finite_per_chain, State, StepInfo, evaluate, per_chain, randn_like, sum_event
 from .mala import langevin_proposal
 
 __all__ = ["ULA", "ULAInfo", "ula_acceptance_proxy"]
@@ -55,10 +55,14 @@ def ula_acceptance_proxy(x, grad, x_new, grad_new, noise, step_size) -> Tensor:
 def ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
     """A whole ULA transition given its noise: ``(x, grad, moved, proxy_acceptance or None, nfe)``.
 
-    A chain whose proposal has a non-finite gradient stays where it is (``moved`` false).
+    A chain whose proposal has a non-finite gradient stays where it is (``moved`` false);
+    ``moved`` is ``None`` when every chain moved.
     """
     x_new = langevin_proposal(x, g, step_size, noise)
     _, g_new, nfe = evaluate(energy, x_new, t, False)
+    if all_finite(g_new):  # every chain moves: no per-chain check or select (``moved`` None)
+        p = ula_acceptance_proxy(x, g, x_new, g_new, noise, step_size) if proxy else None
+        return x_new, g_new, None, p, nfe
     moved = finite_per_chain(g_new)
     m = per_chain(moved, x)
     p = ula_acceptance_proxy(x, g, x_new, g_new, noise, step_size) * moved if proxy else None
@@ -113,5 +117,7 @@ class ULA(MCMCKernel):
         x, h = state.x, self._step_size(state.x)
         noise = randn_like(x, generator)
         x, g, moved, proxy, nfe = _compile.call(ula_transition, self.compile, energy, x, state.grad, state.t, noise, h, self.proxy)
+        if moved is None:
+            moved = torch.ones(x.shape[:1], dtype=torch.bool, device=x.device)
         info = ULAInfo(acceptance=moved.to(x.dtype), accepted=moved, divergent=~moved, nfe=nfe, proxy_acceptance=proxy)
         return state.replace(x=x, energy=None, grad=g), info

@@ -100,3 +100,19 @@ def test_compiled_ula_same_variance(generator):
         )
     z, est, _ = z_scores(res.info["trace"].square(), torch.tensor([var]))
     assert (z < 4.5).all(), est
+
+
+def test_all_finite_shortcut_gives_the_per_chain_path_s_samples(monkeypatch):
+    """The CPU shortcut (no per-chain check or select when every proposal is finite) changes no sample."""
+    import samplers.ula as ula_mod
+    from samplers import ULA
+
+    energy = ec.EnergyFunction(lambda x: 0.5 * (x ** 2).sum(-1))
+    x0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
+    kernel = ULA(step_size=0.05, n_steps=30)
+    fast = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(ula_mod, "all_finite", lambda v: False)
+    slow = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(fast.samples, slow.samples)
+    assert fast.info["divergences"] == slow.info["divergences"] == 0
+    assert torch.equal(fast.info["acceptance"], slow.info["acceptance"])
