@@ -91,6 +91,9 @@ class TrainConfig:
         Steps between resume checkpoints (when a run folder is given).
     n_objects : (int, int)
         Objects per scene for the position and joint families.
+    condition_map : bool
+        Give position and joint nets the position map input (see :class:`~toy.scene_nets.SceneUNet`);
+        ignored for attributes.
     """
 
     family: str = "position"
@@ -112,6 +115,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     n_objects: Tuple[int, int] = (1, 5)
+    condition_map: bool = True
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -144,6 +148,7 @@ class TrainConfig:
             channels=list(self.channels),
             layers_per_block=self.layers_per_block,
             norm_groups=self.norm_groups,
+            condition_map=self.condition_map and self.family != "attribute",
             seed=self.seed,
         )
 

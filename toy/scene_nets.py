@@ -11,6 +11,12 @@ parameterisation can take gradients of gradients through it) whose class embeddi
 * ``"joint"`` conditions ``(B, 5·3)``: five position slots, each encoded as above, summed (the
   jointly conditioned baseline of Liu et al. 2022).
 
+Position and joint conditions are also drawn as a **position map**: one extra input channel holding
+a Gaussian bump of width :data:`MAP_WIDTH` at each requested ``(x, y)`` (zero for the null
+condition), so "an object here" is a local cue for the convolutions rather than a global vector
+the network must learn to compare with pixel coordinates (``condition_map=False`` gives the
+embedding alone, as Liu et al. 2022 condition their UNets).
+
 The all-zero condition is the **null condition** (condition dropout trains it), so one network
 gives both the conditional and the unconditional leaf. ``t ∈ [0, 1]`` is passed to the UNet's
 sinusoidal time embedding as ``1000 t``.
@@ -32,7 +38,7 @@ from torch import Tensor, nn
 
 import ebmcompose as ec
 
-__all__ = ["SceneUNet", "ConditionEncoder", "ImageResidualDenoiser", "build_model", "FAMILIES", "CONDITION_DIMS", "SIGMA_FLOOR"]
+__all__ = ["SceneUNet", "ConditionEncoder", "position_map", "MAP_WIDTH", "ImageResidualDenoiser", "build_model", "FAMILIES", "CONDITION_DIMS", "SIGMA_FLOOR"]
 
 #: Condition families and the width of their condition vectors.
 CONDITION_DIMS = {"position": 3, "attribute": 11, "joint": 15}
@@ -41,6 +47,8 @@ FAMILIES = tuple(CONDITION_DIMS)
 SIGMA_FLOOR = 1e-4
 #: Number of position slots of a joint condition.
 JOINT_SLOTS = 5
+#: Standard deviation of the position map's bumps, as a fraction of the image side.
+MAP_WIDTH = 0.05
 
 
 class ConditionEncoder(nn.Module):
@@ -117,6 +125,9 @@ class SceneUNet(nn.Module):
     coord_channels : bool
         Append two channels holding each pixel's ``(x, y)`` to the input (CoordConv), so
         absolute positions need not be inferred from the borders' zero padding.
+    condition_map : bool
+        Append the position map of the condition as one more input channel (position and joint
+        families only; see module notes).
     seed : int
         Seeds the initialisation.
 
@@ -136,6 +147,7 @@ class SceneUNet(nn.Module):
         cond_dim: Optional[int] = None,
         n_frequencies: int = 6,
         coord_channels: bool = True,
+        condition_map: bool = False,
         seed: int = 0,
     ):
         super().__init__()
@@ -149,6 +161,8 @@ class SceneUNet(nn.Module):
         if any(c % norm_groups for c in channels):
             raise ValueError(f"norm_groups={norm_groups} must divide every channel count {channels}")
         cond_dim = CONDITION_DIMS[family] if cond_dim is None else int(cond_dim)
+        if condition_map and family == "attribute":
+            raise ValueError("condition_map draws positions; an attribute model has none (use condition_map=False)")
         self.config: Dict[str, Any] = {
             "family": family,
             "resolution": int(resolution),
@@ -158,6 +172,7 @@ class SceneUNet(nn.Module):
             "cond_dim": cond_dim,
             "n_frequencies": int(n_frequencies),
             "coord_channels": bool(coord_channels),
+            "condition_map": bool(condition_map),
             "seed": int(seed),
         }
         dim = 4 * channels[0]
@@ -165,7 +180,7 @@ class SceneUNet(nn.Module):
             torch.manual_seed(seed)
             self.unet = UNet2DModel(
                 sample_size=resolution,
-                in_channels=5 if coord_channels else 3,
+                in_channels=3 + 2 * bool(coord_channels) + bool(condition_map),
                 out_channels=3,
                 down_block_types=("DownBlock2D",) * len(channels),
                 up_block_types=("UpBlock2D",) * len(channels),
@@ -198,8 +213,15 @@ class SceneUNet(nn.Module):
         if cond is None:
             cond = torch.zeros(b, self.config["cond_dim"], dtype=x.dtype, device=x.device)
         emb = self.encoder(cond)
-        if self.config["coord_channels"]:
-            x = torch.cat([x, self._coordinates(x)], dim=1)
+        extra = []
+        if self.config["coord_channels"] or self.config["condition_map"]:
+            coords = self._coordinates(x)
+            if self.config["coord_channels"]:
+                extra.append(coords)
+            if self.config["condition_map"]:
+                extra.append(position_map(cond.to(x.dtype), coords))
+        if extra:
+            x = torch.cat([x, *extra], dim=1)
         return self.unet(x, 1000.0 * t, class_labels=emb).sample
 
     @staticmethod
@@ -214,6 +236,17 @@ class SceneUNet(nn.Module):
     def n_parameters(self) -> int:
         """Number of parameters."""
         return sum(p.numel() for p in self.parameters())
+
+
+def position_map(cond: Tensor, coords: Tensor, width: float = MAP_WIDTH) -> Tensor:
+    """``(B, 1, H, W)``: the largest of the Gaussian bumps ``present · exp(−d² / 2w²)`` of the
+    condition's position slots ``cond (B, 3·S)`` (``(x, y, present)`` each) over pixel centres
+    ``coords (B, 2, H, W)`` in ``[-1, 1]``; zero for the null condition."""
+    slots = cond.reshape(cond.shape[0], -1, 3)  # (B, S, 3)
+    centres = slots[:, :, :2] * 2.0 - 1.0  # to [-1, 1]
+    d2 = (coords[:, None] - centres[:, :, :, None, None]).square().sum(dim=2)  # (B, S, H, W)
+    bumps = slots[:, :, 2, None, None] * torch.exp(d2 * (-1.0 / (2.0 * (2.0 * width) ** 2)))
+    return bumps.amax(dim=1, keepdim=True)
 
 
 class ImageResidualDenoiser(nn.Module):

@@ -84,3 +84,37 @@ def test_bad_settings_are_rejected():
         SceneUNet("position", resolution=30, channels=(8, 16, 16), norm_groups=4)
     with pytest.raises(ec.InputError, match="parameterisation"):
         build_model("score", _net(), ec.VPSchedule.cosine())
+
+
+def test_position_map_peaks_at_the_requested_pixel_and_is_zero_for_the_null_condition():
+    from toy.scene_nets import position_map
+
+    coords = SceneUNet._coordinates(torch.zeros(3, 3, 32, 32))
+    cond = torch.tensor([[0.25, 0.75, 1.0], [0.9, 0.1, 1.0], [0.0, 0.0, 0.0]])
+    m = position_map(cond, coords)
+    assert m.shape == (3, 1, 32, 32)
+    for i, (x, y) in enumerate([(0.25, 0.75), (0.9, 0.1)]):
+        row, col = divmod(int(m[i, 0].argmax()), 32)
+        assert abs((col + 0.5) / 32 - x) <= 0.5 / 32 + 1e-6 and abs((row + 0.5) / 32 - y) <= 0.5 / 32 + 1e-6
+        assert 0.85 < float(m[i].max()) <= 1.0  # a pixel centre lies within half a pixel of the peak
+    assert torch.equal(m[2], torch.zeros(1, 32, 32))
+    # joint conditions: one bump per present slot, absent slots draw nothing
+    joint = torch.zeros(1, 15)
+    joint[0, :6] = torch.tensor([0.2, 0.2, 1.0, 0.8, 0.8, 1.0])
+    mj = position_map(joint, coords[:1])
+    assert float(mj[0, 0, 6, 6]) > 0.8 and float(mj[0, 0, 25, 25]) > 0.8 and float(mj[0, 0, 6, 25]) < 1e-3
+
+
+def test_condition_map_changes_the_input_and_old_configs_load_without_it():
+    net = _net(condition_map=True, seed=1)
+    assert net.unet.config.in_channels == 6 and net.config["condition_map"] is True
+    old = dict(net.config)
+    del old["condition_map"]  # a checkpoint written before the option existed
+    assert SceneUNet(**old).unet.config.in_channels == 5
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([0.5])
+    with torch.no_grad():
+        a = net(x, t, torch.tensor([[0.2, 0.2, 1.0]]))
+        b = net(x, t, torch.tensor([[0.8, 0.8, 1.0]]))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="attribute"):
+        _net("attribute", condition_map=True)
