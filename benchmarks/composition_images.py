@@ -137,15 +137,36 @@ def _samplers_for(param: str, names: Sequence[str]) -> List[str]:
     return [s for s in names if param == "energy" or s not in NEEDS_ENERGY]
 
 
+TASKS = ("positions", "not", "attributes")
+
+
 def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] = (1, 2, 3, 4, 5), samplers: Sequence[str] = SAMPLERS,
-        weight: float = 3.0, seed: int = 0, checkpoint_dir=None, max_batch: Optional[int] = None, log=print) -> Dict[str, Any]:
-    """Run every cell; returns ``{"rows": [...], "settings": {...}, "missing": [...]}``."""
+        weight: float = 3.0, seed: int = 0, checkpoint_dir=None, max_batch: Optional[int] = None,
+        tasks: Sequence[str] = TASKS, energy_ks: Optional[Sequence[int]] = None, energy_samplers: Optional[Sequence[str]] = None,
+        variants: Optional[Dict[str, Any]] = None, log=print) -> Dict[str, Any]:
+    """Run the cells of ``tasks``; returns ``{"rows": [...], "settings": {...}, "missing": [...]}``.
+
+    ``energy_ks`` / ``energy_samplers`` restrict the (costlier) energy-parameterised cells (default:
+    ``ks`` / ``samplers``); ``variants`` maps a label to another position ε model (e.g. the
+    embedding-only net), run on the position cells with the ε samplers as model ``composed (label)``.
+    """
     from toy import scenes
 
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ec.InputError(f"unknown tasks {sorted(unknown)}; valid tasks are {', '.join(TASKS)}")
     models = load_models(quick, checkpoint_dir, max_batch)
+    energy_ks = list(ks) if energy_ks is None else list(energy_ks)
+    energy_samplers = list(samplers) if energy_samplers is None else list(energy_samplers)
+
+    def samplers_for(param: str) -> List[str]:
+        return _samplers_for(param, energy_samplers if param == "energy" else samplers)
+
+    position_models = [("composed", "epsilon", models.get("position:epsilon")), ("composed", "energy", models.get("position:energy"))]
+    position_models += [(f"composed ({label})", "epsilon", sm) for label, sm in (variants or {}).items()]
     rows: List[Dict[str, Any]] = []
     missing = [k for k, v in models.items() if v is None]
-    for k in ks:
+    for k in ks if "positions" in tasks else ():
         xy = position_requests(n, k, torch.Generator().manual_seed(seed + 100 * k))
         wanted = [[tuple(map(float, p)) for p in xy[i]] for i in range(n)]
 
@@ -154,16 +175,15 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
             strict = torch.stack([scenes.position_strict(images[i : i + 1], at=wanted[i], radius=RADIUS)[0] for i in range(n)])
             return _rate(acc), _rate(strict)
 
-        for param in ("epsilon", "energy"):
-            sm = models.get(f"position:{param}")
-            if sm is None:
+        for label, param, sm in position_models:
+            if sm is None or (param == "energy" and k not in energy_ks):
                 continue
             energy = sm.combine([sm.leaf(_conds(xy[:, j])) for j in range(k)], weight=weight)
-            for s in _samplers_for(param, samplers):
+            for s in samplers_for(param):
                 images, used, secs = _sample(energy, sm, s, nfe, n, seed + k)
                 acc, strict = score(images)
-                rows.append(_row(f"positions K={k}", k, "composed", param, s, n, acc, strict, used, secs))
-                log(f"positions K={k} {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
+                rows.append(_row(f"positions K={k}", k, label, param, s, n, acc, strict, used, secs))
+                log(f"positions K={k} {label} {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
         sm = models.get("joint:epsilon")
         if sm is not None:
             joint = torch.zeros(n, 15)
@@ -175,24 +195,9 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
                 acc, strict = score(images)
                 rows.append(_row(f"positions K={k}", k, "joint", "epsilon", s, n, acc, strict, used, secs))
                 log(f"positions K={k} joint   {s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
-    # NOT: at(p) AND NOT at(q)
-    xy = position_requests(n, 2, torch.Generator().manual_seed(seed + 7))
-    for param in ("epsilon", "energy"):
-        sm = models.get(f"position:{param}")
-        if sm is None:
-            continue
-        energy = sm.combine([sm.leaf(_conds(xy[:, 0]))], [sm.leaf(_conds(xy[:, 1]))], weight=weight)
-        for s in _samplers_for(param, samplers):
-            images, used, secs = _sample(energy, sm, s, nfe, n, seed + 7)
-            ok = torch.stack([
-                scenes.position_accuracy(images[i : i + 1], at=[tuple(map(float, xy[i, 0]))], not_at=[tuple(map(float, xy[i, 1]))], radius=RADIUS)[0]
-                for i in range(n)
-            ])
-            acc = _rate(ok)
-            rows.append(_row("NOT", 1, "composed", param, s, n, acc, None, used, secs))
-            log(f"NOT {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
-    # attributes
-    for ci, cell in enumerate(ATTRIBUTE_CELLS):
+    if "not" in tasks:
+        rows += _negation_cells(position_models[:2], n, nfe, weight, seed, samplers_for, log)
+    for ci, cell in enumerate(ATTRIBUTE_CELLS if "attributes" in tasks else ()):
         require, forbid = attribute_requests(cell, n, torch.Generator().manual_seed(seed + 1000 + ci))
         for param in ("epsilon", "energy"):
             sm = models.get(f"attribute:{param}")
@@ -201,16 +206,45 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
             keep = [sm.leaf(_one_hot([r[j] for r in require])) for j in range(len(require[0]))]
             negs = [sm.leaf(_one_hot([f[j] for f in forbid])) for j in range(len(forbid[0]))]
             energy = sm.combine(keep, negs, weight=weight)
-            for s in _samplers_for(param, samplers):
+            for s in samplers_for(param):
                 images, used, secs = _sample(energy, sm, s, nfe, n, seed + 1000 + ci)
                 ok = torch.stack([scenes.attribute_accuracy(images[i : i + 1], require=require[i], forbid=forbid[i])[0] for i in range(n)])
                 acc = _rate(ok)
                 rows.append(_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs))
                 log(f"attributes {cell:<26}{param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
     settings = {"quick": quick, "n": n, "nfe_budget": nfe, "ks": list(ks), "samplers": list(samplers), "weight": weight,
+                "tasks": list(tasks), "energy_ks": energy_ks, "energy_samplers": energy_samplers, "variants": sorted(variants or {}),
                 "seed": seed, "radius": RADIUS, "threads": torch.get_num_threads(),
                 "models": "random-weight tiny nets (quick mode)" if quick else "shipped checkpoints"}
     return {"rows": rows, "settings": settings, "missing": missing}
+
+
+def _negation_cells(position_models, n: int, nfe: int, weight: float, seed: int, samplers_for, log) -> List[Dict[str, Any]]:
+    """``at(p) AND NOT at(q)``, and ``at(p)`` alone on the same requests: how often an object sits at
+    ``q`` with and without the NOT (the NOT target: at most half as often)."""
+    from toy import scenes
+
+    xy = position_requests(n, 2, torch.Generator().manual_seed(seed + 7))
+    p = [[tuple(map(float, xy[i, 0]))] for i in range(n)]
+    q = [tuple(map(float, xy[i, 1])) for i in range(n)]
+    rows = []
+    for label, param, sm in position_models:
+        if sm is None:
+            continue
+        for task, negs in (("NOT", [sm.leaf(_conds(xy[:, 1]))]), ("NOT (without the NOT)", [])):
+            energy = sm.combine([sm.leaf(_conds(xy[:, 0]))], negs, weight=weight)
+            for s in samplers_for(param):
+                images, used, secs = _sample(energy, sm, s, nfe, n, seed + 7)
+                ok = torch.stack([scenes.position_accuracy(images[i : i + 1], at=p[i], not_at=[q[i]], radius=RADIUS)[0] for i in range(n)])
+                at_p = torch.stack([scenes.count_near(images[i : i + 1], p[i][0], radius=RADIUS)[0] for i in range(n)])
+                at_q = torch.stack([scenes.count_near(images[i : i + 1], q[i], radius=RADIUS)[0] for i in range(n)])
+                acc = _rate(ok)
+                row = _row(task, 1, label, param, s, n, acc, None, used, secs)
+                row.update({"object_at_p": round(_rate(at_p)["p"], 4), "object_at_q": round(_rate(at_q)["p"], 4),
+                            "object_at_q_se": round(_rate(at_q)["se"], 4)})
+                rows.append(row)
+                log(f"{task} {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} at p {row['object_at_p']:.3f} at q {row['object_at_q']:.3f} nfe {used}")
+    return rows
 
 
 # ---------------------------------------------------------------------------- report
@@ -241,7 +275,17 @@ def findings(result: Dict[str, Any]) -> List[str]:
         joint = _best(rows, task=f"positions K={k}", model="joint")
         if comp and joint:
             out.append(f"K = {k}: best composed ({comp['parameterisation']}, {comp['sampler']}) vs best joint ({joint['sampler']}): {_versus(comp, joint)}.")
-    for task in sorted({r["task"] for r in rows}, key=lambda t: (not t.startswith("positions"), t)):
+    for r in rows:
+        if r["task"] != "NOT":
+            continue
+        base = next((b for b in rows if b["task"] == "NOT (without the NOT)" and all(b[k] == r[k] for k in ("model", "parameterisation", "sampler"))), None)
+        if base is not None:
+            ratio = r["object_at_q"] / base["object_at_q"] if base["object_at_q"] else float("nan")
+            out.append(
+                f"NOT, {r['parameterisation']}, {r['sampler']}: an object at the requested p in {r['object_at_p']:.3f} of images; "
+                f"at the negated q in {r['object_at_q']:.3f} (without the NOT {base['object_at_q']:.3f}, ratio {ratio:.2f})."
+            )
+    for task in sorted({r["task"] for r in rows if not r["task"].startswith("NOT (")}, key=lambda t: (not t.startswith("positions"), t)):
         for param in ("epsilon", "energy"):
             base = _best(rows, task=task, model="composed", parameterisation=param, sampler="ddpm")
             for s in ("pc-ula", "pc-mala", "pc-hmc", "annealed-ula"):
@@ -278,6 +322,12 @@ def markdown(result: Dict[str, Any]) -> str:
             f"| {r['task']} | {r['model']} | {r['parameterisation']} | {r['sampler']} | {r['n']} | "
             f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {strict} | {r['nfe']} | {r['seconds_per_image']:.3f} |"
         )
+    nots = [r for r in result["rows"] if r["task"].startswith("NOT")]
+    if nots:
+        lines += ["", "Negation: how often an object sits at the requested p and at the negated q, with and without the NOT.", "",
+                  "| task | param | sampler | object at p | object at q |", "|---|---|---|---:|---:|"]
+        lines += [f"| {r['task']} | {r['parameterisation']} | {r['sampler']} | {r['object_at_p']:.3f} | "
+                  f"{r['object_at_q']:.3f} ± {r['object_at_q_se']:.3f} |" for r in nots]
     lines += ["", "## Findings (computed from the table)", ""]
     found = findings(result)
     lines += [f"- {f}" for f in found] or ["- (no comparable cells)"]
@@ -321,6 +371,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--weight", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None, help="folder of scenes_* checkpoints (default: shipped)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="which cells to run (default: all)")
+    p.add_argument("--energy-ks", nargs="+", type=int, default=None, help="K values of the energy-model cells (default: --ks)")
+    p.add_argument("--energy-samplers", nargs="+", default=None, choices=list(SAMPLERS), help="samplers of the energy model (default: --samplers)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=PATH",
+                   help="another position epsilon checkpoint to report beside the shipped one (repeatable)")
     p.add_argument("--max-batch", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results")
@@ -328,8 +383,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     n = args.n or (4 if args.quick else 200)
     nfe = args.nfe or (4 if args.quick else 50)
+    variants = {}
+    for spec in args.variant:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            p.error(f"--variant takes LABEL=PATH, got {spec!r}")
+        from toy.scene_model import SceneModel
+
+        variants[label] = SceneModel.load(path, parameterisation="epsilon", max_batch=args.max_batch)
     result = run(quick=args.quick, n=n, nfe=nfe, ks=args.ks, samplers=args.samplers, weight=args.weight, seed=args.seed,
-                 checkpoint_dir=args.checkpoint_dir, max_batch=args.max_batch)
+                 checkpoint_dir=args.checkpoint_dir, max_batch=args.max_batch, tasks=args.tasks, energy_ks=args.energy_ks,
+                 energy_samplers=args.energy_samplers, variants=variants)
     out = Path(args.out)
     write_json(out / "composition_images.json", result)
     write_text(out / "composition_images.md", markdown(result))

@@ -32,7 +32,7 @@ def test_quick_run_writes_every_cell(tmp_path):
     result = json.loads((tmp_path / "composition_images.json").read_text())
     rows = result["rows"]
     tasks = {r["task"] for r in rows}
-    assert {"positions K=1", "NOT"} <= tasks and sum(t.startswith("attributes") for t in tasks) == len(ci.ATTRIBUTE_CELLS)
+    assert {"positions K=1", "NOT", "NOT (without the NOT)"} <= tasks and sum(t.startswith("attributes") for t in tasks) == len(ci.ATTRIBUTE_CELLS)
     assert {r["model"] for r in rows if r["task"] == "positions K=1"} == {"composed", "joint"}
     assert not any(r["sampler"] == "pc-mala" and r["parameterisation"] == "epsilon" for r in rows)  # needs energies
     for r in rows:
@@ -41,3 +41,25 @@ def test_quick_run_writes_every_cell(tmp_path):
     md = (tmp_path / "composition_images.md").read_text()
     assert "Quick mode" in md and "## Findings" in md
     assert (tmp_path / "composition_images.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_subsets_restrict_the_cells_and_variants_get_their_own_rows():
+    from toy.image_train import config_for
+    from toy.scene_model import SceneModel
+    from toy.scene_nets import SceneUNet
+
+    net = SceneUNet(**config_for("position", "epsilon", "quick", condition_map=False).net_config()).eval().requires_grad_(False)
+    result = ci.run(quick=True, n=1, nfe=2, ks=[1, 2], samplers=["ddim"], energy_ks=[2], energy_samplers=["ddpm", "pc-mala"],
+                    tasks=["positions"], variants={"embedding": SceneModel.from_net(net)}, log=lambda *a: None)
+    rows = result["rows"]
+    assert {r["task"] for r in rows} == {"positions K=1", "positions K=2"}
+    energy = {(r["k"], r["sampler"]) for r in rows if r["parameterisation"] == "energy"}
+    assert energy == {(2, "ddpm"), (2, "pc-mala")}
+    assert {r["k"] for r in rows if r["model"] == "composed (embedding)"} == {1, 2}
+    assert {r["sampler"] for r in rows if r["parameterisation"] == "epsilon"} == {"ddim"}
+    not_rows = [
+        {**_row("NOT", "composed", "epsilon", "ddim", 0.5), "object_at_p": 0.9, "object_at_q": 0.1},
+        {**_row("NOT (without the NOT)", "composed", "epsilon", "ddim", 0.5), "object_at_p": 0.9, "object_at_q": 0.4},
+    ]
+    text = "\n".join(ci.findings({"rows": not_rows, "settings": {"ks": []}}))
+    assert "at the negated q in 0.100 (without the NOT 0.400, ratio 0.25)" in text
