@@ -94,6 +94,9 @@ class TrainConfig:
     condition_map : bool
         Give position and joint nets the position map input (see :class:`~toy.scene_nets.SceneUNet`);
         ignored for attributes.
+    prediction : {"v", "epsilon"}, optional
+        Output of an ε-parameterised net (default ``"v"``: the loss is ``‖v̂ − v‖²``, ``v = α_t ε − σ_t x_0``);
+        energy models are always ``"epsilon"`` (their loss is on ``σ_t ∇E``).
     """
 
     family: str = "position"
@@ -116,6 +119,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     n_objects: Tuple[int, int] = (1, 5)
     condition_map: bool = True
+    prediction: Optional[str] = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -130,6 +134,10 @@ class TrainConfig:
             raise ec.InputError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if not 0.0 < self.t_min < 1.0:
             raise ec.InputError(f"t_min must be in (0, 1), got {self.t_min}")
+        if self.prediction is None:
+            object.__setattr__(self, "prediction", "v" if self.parameterisation == "epsilon" else "epsilon")
+        if self.prediction not in ("epsilon", "v") or self.prediction == "v" and self.parameterisation == "energy":
+            raise ec.InputError(f"prediction must be 'v' or 'epsilon' ('epsilon' for energy models), got {self.prediction!r}")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         object.__setattr__(self, "n_objects", tuple(int(c) for c in self.n_objects))
 
@@ -149,6 +157,7 @@ class TrainConfig:
             layers_per_block=self.layers_per_block,
             norm_groups=self.norm_groups,
             condition_map=self.condition_map and self.family != "attribute",
+            prediction=self.prediction,
             seed=self.seed,
         )
 
@@ -418,11 +427,12 @@ def train(
         alpha = schedule.alpha(t).reshape(-1, 1, 1, 1)
         sigma = schedule.sigma(t).reshape(-1, 1, 1, 1)
         xt = alpha * x0 + sigma * eps
+        target = alpha * eps - sigma * x0 if config.prediction == "v" else eps
         if config.parameterisation == "epsilon":
             pred = net(xt, t, cond)
         else:
             pred = sigma * train_model.condition(cond, per_sample=True).grad(xt, t, create_graph=True)
-        loss = (pred - eps).pow(2).mean()
+        loss = (pred - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:

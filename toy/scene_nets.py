@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 import ebmcompose as ec
 
-__all__ = ["SceneUNet", "ConditionEncoder", "position_map", "MAP_WIDTH", "ImageResidualDenoiser", "build_model", "FAMILIES", "CONDITION_DIMS", "SIGMA_FLOOR"]
+__all__ = ["SceneUNet", "ConditionEncoder", "position_map", "MAP_WIDTH", "VelocityToEpsilon", "PREDICTIONS", "ImageResidualDenoiser", "build_model", "FAMILIES", "CONDITION_DIMS", "SIGMA_FLOOR"]
 
 #: Condition families and the width of their condition vectors.
 CONDITION_DIMS = {"position": 3, "attribute": 11, "joint": 15}
@@ -49,6 +49,8 @@ SIGMA_FLOOR = 1e-4
 JOINT_SLOTS = 5
 #: Standard deviation of the position map's bumps, as a fraction of the image side.
 MAP_WIDTH = 0.05
+#: What an ε-parameterised net's output means (see :class:`SceneUNet`).
+PREDICTIONS = ("epsilon", "v")
 
 
 class ConditionEncoder(nn.Module):
@@ -128,6 +130,9 @@ class SceneUNet(nn.Module):
     condition_map : bool
         Append the position map of the condition as one more input channel (position and joint
         families only; see module notes).
+    prediction : {"epsilon", "v"}
+        What the output means for an ε-parameterised model: the noise ``ε``, or the velocity
+        ``v = α_t ε − σ_t x_0`` (Salimans & Ho 2022; :class:`VelocityToEpsilon` converts).
     seed : int
         Seeds the initialisation.
 
@@ -148,6 +153,7 @@ class SceneUNet(nn.Module):
         n_frequencies: int = 6,
         coord_channels: bool = True,
         condition_map: bool = False,
+        prediction: str = "epsilon",
         seed: int = 0,
     ):
         super().__init__()
@@ -161,6 +167,8 @@ class SceneUNet(nn.Module):
         if any(c % norm_groups for c in channels):
             raise ValueError(f"norm_groups={norm_groups} must divide every channel count {channels}")
         cond_dim = CONDITION_DIMS[family] if cond_dim is None else int(cond_dim)
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if condition_map and family == "attribute":
             raise ValueError("condition_map draws positions; an attribute model has none (use condition_map=False)")
         self.config: Dict[str, Any] = {
@@ -173,6 +181,7 @@ class SceneUNet(nn.Module):
             "n_frequencies": int(n_frequencies),
             "coord_channels": bool(coord_channels),
             "condition_map": bool(condition_map),
+            "prediction": prediction,
             "seed": int(seed),
         }
         dim = 4 * channels[0]
@@ -249,6 +258,28 @@ def position_map(cond: Tensor, coords: Tensor, width: float = MAP_WIDTH) -> Tens
     return bumps.amax(dim=1, keepdim=True)
 
 
+class VelocityToEpsilon(nn.Module):
+    """``ε̂ = α_t v̂ + σ_t x`` from a velocity net ``v̂(x, t, c)`` (exact when ``α_t² + σ_t² = 1``).
+
+    A velocity net's ``x_0`` estimate ``α_t x − σ_t v̂`` stays accurate at high noise, where an
+    ε-net's ``(x − σ_t ε̂) / α_t`` amplifies its error by ``σ_t / α_t`` and sets the images'
+    global colours wrong. No parameters of its own.
+    """
+
+    def __init__(self, net: nn.Module, schedule: ec.VPSchedule):
+        super().__init__()
+        self.net = net
+        self.schedule = schedule
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        """``ε̂ (B, 3, H, W)``."""
+        t = torch.as_tensor(t, device=x.device)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        alpha = self.schedule.alpha(t).to(x.dtype).reshape(shape)
+        sigma = self.schedule.sigma(t).to(x.dtype).reshape(shape)
+        return alpha * self.net(x, t, cond) + sigma * x
+
+
 class ImageResidualDenoiser(nn.Module):
     """The denoiser ``f(x, t, c) = x − σ_t g(x, t, c)`` of an energy-parameterised scene model.
 
@@ -292,9 +323,12 @@ def build_model(parameterisation: str, net: SceneUNet, schedule: ec.VPSchedule, 
         Name in printed formulas.
     """
     kw = dict(null_condition=net.null_condition, max_batch=max_batch, name=name or f"scene_{net.family}")
+    v = net.config.get("prediction", "epsilon") == "v"
     if parameterisation in ("epsilon", "eps"):
-        return ec.EpsilonModel(net, schedule, timestep="continuous", **kw)
+        return ec.EpsilonModel(VelocityToEpsilon(net, schedule) if v else net, schedule, timestep="continuous", **kw)
     if parameterisation == "energy":
+        if v:
+            raise ec.InputError("an energy-parameterised model is trained through its gradient; it has no velocity output (use prediction='epsilon')")
         return ec.DiffusionEnergy(
             ImageResidualDenoiser(net, schedule), schedule, form="denoiser", timestep="continuous", sigma_floor=SIGMA_FLOOR, **kw
         )

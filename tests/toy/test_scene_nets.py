@@ -118,3 +118,24 @@ def test_condition_map_changes_the_input_and_old_configs_load_without_it():
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="attribute"):
         _net("attribute", condition_map=True)
+
+
+def test_velocity_net_gives_the_epsilon_of_the_same_x0_estimate():
+    """ε̂ = α v̂ + σ x, so a velocity net that outputs the true v = α ε − σ x0 yields the true ε."""
+    from toy.scene_nets import VelocityToEpsilon
+
+    sched = ec.VPSchedule.cosine()
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0.05, 0.4, 0.8, 0.99])
+    a, s = sched.alpha(t).float().reshape(-1, 1, 1, 1), sched.sigma(t).float().reshape(-1, 1, 1, 1)
+    xt = a * x0 + s * eps
+    oracle = lambda x, tt, c: a * eps - s * x0  # noqa: E731  (the exact velocity)
+    assert torch.allclose(VelocityToEpsilon(oracle, sched)(xt, t), eps, atol=1e-5)
+    net = _net(prediction="v")
+    model = build_model("epsilon", net, sched)
+    assert any(isinstance(m, VelocityToEpsilon) for m in model.modules())
+    with pytest.raises(ec.InputError, match="velocity"):
+        build_model("energy", net, sched)
+    with pytest.raises(ValueError, match="prediction"):
+        _net(prediction="x0")
