@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from .checks import as_batch_t
-from .errors import DetachedEnergyError, InputError, InputTypeError
+from .errors import InputError, InputTypeError
+from .leaf_output import check_constant_in_x, check_energy_output, check_grad_output
 
 __all__ = [
     "Energy",
@@ -202,13 +203,13 @@ class Energy(nn.Module):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             e = self._energy(xg, t)
-            _check_energy_output(self, e, x)
+            check_energy_output(self, e, x)
             if e.requires_grad:
                 (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph, allow_unused=True)
             else:
                 g = None
         if g is None:  # no autograd path from x: a constant energy (zero gradient), or a detached one
-            _check_constant_in_x(self, e, x, t)
+            check_constant_in_x(self, e, x, t)
             g = torch.zeros_like(x)
         if not create_graph:
             e, g = e.detach(), g.detach()
@@ -512,8 +513,6 @@ def _module_device(module: nn.Module) -> Optional[torch.device]:
     return None
 
 
-
-
 def _evaluate_plan(plan, x, t, create_graph):
     """Evaluate every leaf of ``plan`` once; grouped leaves in one call per group."""
     results: Dict[int, Tuple[Optional[Tensor], Optional[Tensor]]] = {}
@@ -540,74 +539,16 @@ def _evaluate_leaf(leaf, need, x, t, create_graph):
     """One leaf's ``(energy, grad)`` for ``need``; an energy-only call keeps the ambient grad mode."""
     if need == ENERGY:
         e = leaf._energy(x, t)
-        _check_energy_output(leaf, e, x)
+        check_energy_output(leaf, e, x)
         return e, None
     if need == GRAD:
         g = leaf._grad(x, t, create_graph)
-        _check_grad_output(leaf, g, x)
+        check_grad_output(leaf, g, x)
         return None, g
     e, g = leaf._energy_and_grad(x, t, create_graph)
-    _check_energy_output(leaf, e, x)
-    _check_grad_output(leaf, g, x)
+    check_energy_output(leaf, e, x)
+    check_grad_output(leaf, g, x)
     return e, g
-
-
-def _check_energy_output(leaf, e, x):
-    """A leaf's energies must be a floating ``(B,)`` tensor (not a number, an array or integers)."""
-    if not isinstance(e, Tensor):
-        raise InputTypeError(
-            f"{leaf.label} returned a {type(e).__name__}, not a torch.Tensor: an energy function must "
-            f"return a floating tensor of shape ({x.shape[0]},), one energy per sample, computed from x "
-            "with torch operations so that its gradient exists, e.g. (x ** 2).sum(-1) / 2"
-        )
-    if not e.is_floating_point():
-        raise InputTypeError(
-            f"{leaf.label} returned energies of dtype {e.dtype}: energies must be floating point and "
-            "computed from x with torch operations (an integer energy has no gradient)"
-        )
-    if e.shape != x.shape[:1]:
-        raise InputError(
-            f"{leaf.label} returned energies of shape {tuple(e.shape)}; expected ({x.shape[0]},): "
-            "one energy per sample (sum over the event dimensions)"
-        )
-
-
-def _check_grad_output(leaf, g, x):
-    """A leaf's gradient/score must be a floating tensor shaped like ``x``."""
-    if not isinstance(g, Tensor) or not g.is_floating_point():
-        what = type(g).__name__ if not isinstance(g, Tensor) else f"a tensor of dtype {g.dtype}"
-        raise InputTypeError(
-            f"{leaf.label} returned {what} as its gradient/score: return a floating torch.Tensor "
-            f"shaped like x, {tuple(x.shape)}"
-        )
-    if g.shape != x.shape:
-        raise InputError(
-            f"{leaf.label} returned a gradient/score of shape {tuple(g.shape)}; expected the "
-            f"shape of x, {tuple(x.shape)}"
-        )
-
-
-def _check_constant_in_x(leaf, e, x, t):
-    """Raise :class:`DetachedEnergyError` when energies without an autograd path from ``x`` still change with ``x``.
-
-    Called only when autograd found no path (a constant energy, or a detached computation): the
-    energy is evaluated once more at moved points, and any change means its gradient is not zero.
-    """
-    with torch.no_grad():
-        moved = leaf._energy(x.detach() * 1.5 + 0.25, t)
-    if not isinstance(moved, Tensor) or moved.shape != e.shape:
-        return
-    e = e.detach()
-    both = torch.isfinite(e) & torch.isfinite(moved)
-    if bool((both & (moved != e)).any()):
-        raise DetachedEnergyError(
-            f"{leaf.label} returned energies that change with x but have no gradient with respect to x "
-            "(the output does not require grad although x does), so every gradient would silently be "
-            "zero. The energy was computed outside autograd: .detach(), .numpy()/.item()/.tolist(), "
-            "torch.no_grad(), or another library. Compute it with torch operations on x itself; for a "
-            "gradient you compute yourself, subclass ec.Energy and implement _grad/_energy_and_grad, or "
-            "wrap the score in ec.ScoreFunction"
-        )
 
 
 # Re-exported so that ``ebmcompose.energy.Sum`` etc. keep working (they import Energy from here).
