@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from .checks import as_batch_t
 from .errors import InputError, InputTypeError
+from .leaf_output import check_constant_in_x, check_energy_output, check_grad_output
 
 __all__ = [
     "Energy",
@@ -178,6 +179,9 @@ class Energy(nn.Module):
     has_energy: bool = True
     #: Whether the energy depends on ``t``; time-dependent energies require ``t``.
     time_dependent: bool = False
+    #: Whether the leaf reads ``t`` when given one (``None``: same as ``time_dependent``); a
+    #: function ``fn(x, t=None)`` reads an optional ``t`` without requiring it.
+    _reads_t: Optional[bool] = None
     #: Event shape the energy expects (e.g. ``(2,)``), or ``None`` if any shape is fine.
     event_shape: Optional[Tuple[int, ...]] = None
     #: Leaves evaluate themselves; algebra nodes (``Sum``, ``Mixture``) set this to ``False``.
@@ -199,17 +203,14 @@ class Energy(nn.Module):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             e = self._energy(xg, t)
-            if e.shape != x.shape[:1]:
-                raise ValueError(
-                    f"{self.label} returned energies of shape {tuple(e.shape)}; expected "
-                    f"({x.shape[0]},): one energy per sample, summed over event dimensions"
-                )
+            check_energy_output(self, e, x)
             if e.requires_grad:
                 (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph, allow_unused=True)
             else:
                 g = None
-            if g is None:  # the energy does not depend on x (e.g. a flat prior): zero gradient
-                g = torch.zeros_like(x)
+        if g is None:  # no autograd path from x: a constant energy (zero gradient), or a detached one
+            check_constant_in_x(self, e, x, t)
+            g = torch.zeros_like(x)
         if not create_graph:
             e, g = e.detach(), g.detach()
         return e, g
@@ -217,6 +218,20 @@ class Energy(nn.Module):
     def leaf_group(self) -> Optional[LeafGroup]:
         """The group this leaf is evaluated jointly with, or ``None`` (evaluated alone)."""
         return None
+
+    @property
+    def reads_t(self) -> bool:
+        """Whether this leaf uses ``t`` when given one (time-dependent, or a function with an optional ``t``)."""
+        return self.time_dependent if self._reads_t is None else bool(self._reads_t)
+
+    @property
+    def is_static(self) -> bool:
+        """Whether no leaf of the expression reads ``t``: the same energy at every diffusion time.
+
+        Diffusion samplers refuse static energies unless told ``static_ok=True``: a static energy
+        is the data density at every noise level, not the noised density they step through.
+        """
+        return not any(leaf.reads_t for leaf in self.leaves())
 
     # ----------------------------------------------------------------- tree protocol
     def leaves(self) -> Iterator["Energy"]:
@@ -364,6 +379,10 @@ class Energy(nn.Module):
             )
         if x.dim() < 1:
             raise InputError("x must have a batch dimension: shape (B, *event), got a scalar")
+        if x.shape[0] == 0:
+            raise InputError(
+                f"x is an empty batch (shape {tuple(x.shape)}): pass at least one point, shape (B, *event) with B >= 1"
+            )
         if not x.is_floating_point():
             raise InputTypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; use x.float()")
         for leaf in self.leaves():
@@ -494,8 +513,6 @@ def _module_device(module: nn.Module) -> Optional[torch.device]:
     return None
 
 
-
-
 def _evaluate_plan(plan, x, t, create_graph):
     """Evaluate every leaf of ``plan`` once; grouped leaves in one call per group."""
     results: Dict[int, Tuple[Optional[Tensor], Optional[Tensor]]] = {}
@@ -522,32 +539,16 @@ def _evaluate_leaf(leaf, need, x, t, create_graph):
     """One leaf's ``(energy, grad)`` for ``need``; an energy-only call keeps the ambient grad mode."""
     if need == ENERGY:
         e = leaf._energy(x, t)
-        _check_energy_shape(leaf, e, x)
+        check_energy_output(leaf, e, x)
         return e, None
     if need == GRAD:
         g = leaf._grad(x, t, create_graph)
-        _check_grad_shape(leaf, g, x)
+        check_grad_output(leaf, g, x)
         return None, g
     e, g = leaf._energy_and_grad(x, t, create_graph)
-    _check_energy_shape(leaf, e, x)
-    _check_grad_shape(leaf, g, x)
+    check_energy_output(leaf, e, x)
+    check_grad_output(leaf, g, x)
     return e, g
-
-
-def _check_energy_shape(leaf, e, x):
-    if e.shape != x.shape[:1]:
-        raise ValueError(
-            f"{leaf.label} returned energies of shape {tuple(e.shape)}; expected ({x.shape[0]},): "
-            "one energy per sample (sum over the event dimensions)"
-        )
-
-
-def _check_grad_shape(leaf, g, x):
-    if g.shape != x.shape:
-        raise ValueError(
-            f"{leaf.label} returned a gradient/score of shape {tuple(g.shape)}; expected the "
-            f"shape of x, {tuple(x.shape)}"
-        )
 
 
 # Re-exported so that ``ebmcompose.energy.Sum`` etc. keep working (they import Energy from here).

@@ -1,7 +1,9 @@
 """Leaves that wrap a user's function: :class:`EnergyFunction`, :class:`ScoreFunction`, :func:`as_energy`.
 
 A leaf evaluates itself (see :class:`~ebmcompose.energy.Energy`); the wrapped function takes
-``x`` ``(B, *event)`` and, if its signature has a second parameter, ``t`` ``(B,)`` or ``None``.
+``x`` ``(B, *event)`` and, if its signature has a second parameter, ``t`` ``(B,)``. A second
+parameter with a default (``fn(x, t=None)``) makes ``t`` optional: the leaf is static unless a
+``t`` is given, and ``fn(x)`` is called without one.
 Conversions (``.to``, ``.double``, ...) of a leaf are ``nn.Module``'s: a wrapped ``nn.Module``
 is converted in place (plain functions have nothing to convert).
 """
@@ -25,23 +27,27 @@ def _accepts_t(fn: Callable) -> bool:
     A second positional parameter counts when it is required or is named ``t``: ``fn(x, t)``
     and ``fn(x, t=None)`` take ``t``; ``fn(x, radius=2.0)`` is a static energy with an option.
     """
+    return _t_parameter(fn)[0]
+
+
+def _t_parameter(fn: Callable):
+    """``(takes_t, optional)``: whether ``fn`` takes ``t`` (see :func:`_accepts_t`) and whether it has a default."""
     target = fn.forward if isinstance(fn, nn.Module) else fn
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):  # builtins: assume fn(x)
-        return False
+        return False, False
     positional = [
         p
         for p in sig.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     has_varargs = any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
-    if has_varargs:
-        return True
     if len(positional) < 2:
-        return False
+        return has_varargs, False
     second = positional[1]
-    return second.default is inspect.Parameter.empty or second.name == "t"
+    required = second.default is inspect.Parameter.empty
+    return required or second.name == "t" or has_varargs, not required
 
 
 def _fn_name(fn: Callable) -> str:
@@ -66,13 +72,19 @@ class _FunctionLeaf(Energy):
         if not callable(fn):
             raise InputTypeError(f"{type(self).__name__} needs a callable {self._expects}, got {type(fn).__name__}")
         self.fn = fn  # nn.Module fns are registered as submodules by nn.Module.__setattr__
-        self._takes_t = _accepts_t(fn)
+        self._takes_t, self._optional_t = _t_parameter(fn)
         self.name = name or _fn_name(fn)
         self.event_shape = tuple(event_shape) if event_shape is not None else None
-        self.time_dependent = self._takes_t if time_dependent is None else bool(time_dependent)
+        if time_dependent is None:  # a required t: time-dependent; an optional one: read when given
+            self.time_dependent = self._takes_t and not self._optional_t
+            self._reads_t = self._takes_t
+        else:
+            self.time_dependent = self._reads_t = bool(time_dependent)
 
     def _call(self, x, t):
-        return self.fn(x, t) if self._takes_t else self.fn(x)
+        if not self._takes_t or (t is None and self._optional_t):
+            return self.fn(x)
+        return self.fn(x, t)
 
 
 class EnergyFunction(_FunctionLeaf):
@@ -84,14 +96,17 @@ class EnergyFunction(_FunctionLeaf):
     Parameters
     ----------
     fn : callable
-        ``fn(x)`` or ``fn(x, t)`` with ``x`` ``(B, *event)`` and ``t`` ``(B,)`` (or ``None``),
-        returning energies ``(B,)``. A function of ``x`` alone is static: ``t`` is ignored.
+        ``fn(x)`` or ``fn(x, t)`` with ``x`` ``(B, *event)`` and ``t`` ``(B,)``, returning a
+        floating tensor of energies ``(B,)`` computed with torch operations on ``x`` (a detached
+        computation raises :class:`~ebmcompose.errors.DetachedEnergyError`). A function of ``x``
+        alone is static: ``t`` is ignored. ``fn(x, t=None)`` makes ``t`` optional: ``fn(x)`` is
+        called when no ``t`` is given.
     name : str, optional
         Name used when printing formulas (default: the function's name).
     event_shape : tuple of int, optional
         Expected event shape, checked on input (e.g. ``(2,)``).
     time_dependent : bool, optional
-        Whether ``fn`` needs ``t`` (default: whether it takes a second argument).
+        Whether ``fn`` needs ``t`` (default: whether it takes a second argument without a default).
 
     Examples
     --------

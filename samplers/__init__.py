@@ -22,6 +22,9 @@ _LAZY = {
     "PredictorCorrector": ".predictor_corrector",
     "DualAveraging": ".adaptation",
     "diagnostics": ".diagnostics",
+    "health": ".health",
+    "SamplingWarning": ".health",
+    "DivergenceError": ".health",
     "ULAInfo": ".ula",
     "MALAInfo": ".mala",
     "HMCInfo": ".hmc",
@@ -37,7 +40,7 @@ __all__ = ["MCMCKernel", "NonFiniteStateError", "KernelSummary", "LadderSummary"
 def __getattr__(name):
     if name in _LAZY:
         module = import_module(_LAZY[name], __name__)
-        value = module if name == "diagnostics" else getattr(module, name)
+        value = module if name in ("diagnostics", "health") else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'samplers' has no attribute {name!r}")

@@ -31,9 +31,11 @@ from torch import Tensor
 
 import ebmcompose as ec
 
+from . import health
 from .adaptation import DualAveraging
 from .base import MCMCKernel, check_positive_int, check_step_size, require_energy
-from .ladder import LadderState, check_kernel, correct, level_info, level_state, prior_sample, run_ladder, summarise
+from .ladder import (LadderState, check_kernel, check_time_dependent, correct, level_info, level_state, prior_sample,
+                     run_ladder, summarise)
 from .result import SampleResult
 
 __all__ = ["AnnealedLangevin", "step_size_exponent"]
@@ -90,6 +92,9 @@ class AnnealedLangevin:
         acceptance for MALA/HMC, ULA's gradient-only proxy for ULA); the first level starts at
         the rule's step size and each level's adapted step size is carried to the next one scaled
         by the rule's ratio ``σ_{i+1}² / σ_i²``.
+    static_ok : bool
+        Accept a static energy (one that reads no ``t``); refused by default, since every level
+        would then target the same density.
 
     Notes
     -----
@@ -106,6 +111,7 @@ class AnnealedLangevin:
     t_min: float = 1e-2
     levels: Optional[Tuple[float, ...]] = None
     adapt: bool = False
+    static_ok: bool = False
 
     def __post_init__(self):
         if not isinstance(self.schedule, ec.VPSchedule):
@@ -159,6 +165,7 @@ class AnnealedLangevin:
         progress: bool = False,
         callback: Optional[Callable] = None,
         trace_every: int = 0,
+        on_divergence: str = "warn",
     ) -> SampleResult:
         """Run the kernel down the ladder.
 
@@ -182,6 +189,9 @@ class AnnealedLangevin:
         trace_every : int
             Keep ``x`` at the end of every ``trace_every``-th level (``info["trace"]``
             ``(T, B, *event)``, ``info["trace_t"]``).
+        on_divergence : {"warn", "raise", "ignore"}
+            What to do when the run diverged or looks wrong: ``info.warnings`` lists it in every
+            case (see :func:`samplers.health.finish`).
 
         Returns
         -------
@@ -199,6 +209,8 @@ class AnnealedLangevin:
             The state became NaN/inf; names the level.
         """
         check_positive_int(trace_every, "trace_every", allow_zero=True)
+        health.check_on_divergence(on_divergence)
+        check_time_dependent(energy, "AnnealedLangevin", self.static_ok)
         kernel = default_kernel(self.kernel)
         if kernel.needs_energy:
             require_energy(energy, type(kernel).__name__ + " in AnnealedLangevin")
@@ -229,4 +241,6 @@ class AnnealedLangevin:
         )
         info = summarise(ts, infos, sum(i.n_transitions for i in infos), trace, trace_t,
                          corrected=[True] * len(ts), log_weights=final.log_weights)
-        return SampleResult(samples=final.x, info=info, state=final.kernel_state)
+        return health.finish(SampleResult(samples=final.x, info=info, state=final.kernel_state), x,
+                             sampler="AnnealedLangevin", on_divergence=on_divergence, metropolis=metropolis,
+                             adapted=self.adapt)

@@ -273,13 +273,16 @@ class MCMCKernel:
         raise NotImplementedError
 
     def sample(self, energy: ec.Energy, x0: Tensor, t=None, *, generator=None, progress: bool = False,
-               callback=None, trace_every: int = 0):
+               callback=None, trace_every: int = 0, on_divergence: str = "warn"):
         """Draw ``(B, *event)`` samples: warm-up (adapting a ``None`` step size), then ``n_steps``.
 
         See :func:`samplers.run.sample_kernel` for the parameters and the returned
-        :class:`~samplers.result.SampleResult`.
+        :class:`~samplers.result.SampleResult`. ``on_divergence`` (``"warn"``, ``"raise"``,
+        ``"ignore"``): what to do when the run diverged or looks wrong (``res.info.warnings``
+        lists it in every case; see :func:`samplers.health.finish`).
         """
         from .run import RunConfig, sample_kernel
 
-        cfg = RunConfig.for_kernel(self, progress=progress, callback=callback, trace_every=trace_every)
+        cfg = RunConfig.for_kernel(self, progress=progress, callback=callback, trace_every=trace_every,
+                                   on_divergence=on_divergence)
         return sample_kernel(self, energy, x0, t, cfg, generator=generator)

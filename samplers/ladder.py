@@ -24,8 +24,8 @@ from .record import Recorder
 from .result import LadderSummary
 from .run import run_adaptive, run_steps
 
-__all__ = ["LadderState", "LevelInfo", "prior_sample", "check_kernel", "level_state", "correct", "run_ladder",
-           "summarise"]
+__all__ = ["LadderState", "LevelInfo", "prior_sample", "check_kernel", "check_time_dependent", "level_state",
+           "correct", "run_ladder", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,23 @@ def check_kernel(kernel, role: str) -> None:
             f"{role} must be an MCMC kernel instance such as ULA(...), MALA(...) or HMC(...), "
             f"got {type(kernel).__name__}"
         )
+
+
+def check_time_dependent(energy: ec.Energy, sampler: str, static_ok: bool) -> None:
+    """Refuse a static energy (no leaf reads ``t``) unless ``static_ok``: a ladder steps through noised densities.
+
+    A static energy is the data density at every level, so a diffusion sampler would follow the
+    wrong path (reverse diffusion returns wrong samples; annealing anneals nothing).
+    """
+    if static_ok or not isinstance(energy, ec.Energy) or not energy.is_static:
+        return
+    raise ec.InputError(
+        f"{sampler} steps down a ladder of noised densities p_t, but the energy {energy!r} is static (no "
+        "part of it reads t), so every level would see the data density and the samples would be wrong. "
+        "Give it a time-dependent energy (fn(x, t), a diffused toy density such as gm.diffused(schedule), "
+        f"an epsilon model), sample a static target with ULA, MALA or HMC, or pass {sampler}(..., "
+        "static_ok=True) if a static energy is what you mean"
+    )
 
 
 def level_state(kernel: MCMCKernel, energy: ec.Energy, x: Tensor, t: float, previous: Optional[State] = None,

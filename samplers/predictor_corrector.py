@@ -37,10 +37,12 @@ from torch import Tensor
 
 import ebmcompose as ec
 
+from . import health
 from .adaptation import DualAveraging
 from .annealed_langevin import step_size_exponent
 from .base import MCMCKernel, check_positive_int, require_energy
-from .ladder import LadderState, check_kernel, correct, level_info, level_state, prior_sample, run_ladder, summarise
+from .ladder import (LadderState, check_kernel, check_time_dependent, correct, level_info, level_state, prior_sample,
+                     run_ladder, summarise)
 from .result import SampleResult
 from .reverse_diffusion import ddim_coefficients, ddim_update
 from .run import search_step_size
@@ -118,6 +120,9 @@ class PredictorCorrector:
         (e.g. ``t_max=0.98``) or use ``clip_x0``.
     corrector_steps : int, optional
         Old spelling of ``n_corrector_steps``.
+    static_ok : bool
+        Accept a static energy (one that reads no ``t``); refused by default, since the predictor
+        steps through noised densities that a static energy does not describe.
     """
 
     schedule: ec.VPSchedule
@@ -131,6 +136,7 @@ class PredictorCorrector:
     clip_x0: Optional[float] = None
     t_max: float = 1.0
     corrector_steps: Optional[int] = None
+    static_ok: bool = False
 
     def __post_init__(self):
         if not isinstance(self.schedule, ec.VPSchedule):
@@ -189,7 +195,7 @@ class PredictorCorrector:
         lo, hi = self.window
         final = self.final_correction
         if final is None:
-            final = energy is not None and not energy.time_dependent
+            final = energy is not None and energy.is_static
         out = [False]
         for i, t in enumerate(ts[1:], start=1):
             ok = self.n_corrector_steps > 0 and lo <= t <= hi
@@ -224,6 +230,7 @@ class PredictorCorrector:
         progress: bool = False,
         callback: Optional[Callable] = None,
         trace_every: int = 0,
+        on_divergence: str = "warn",
     ) -> SampleResult:
         """Run predictor and corrector down the ladder to ``t = 0``.
 
@@ -245,6 +252,9 @@ class PredictorCorrector:
         trace_every : int
             Keep ``x`` after every ``trace_every``-th step (``info["trace"]`` ``(T, B, *event)``,
             ``info["trace_t"]``).
+        on_divergence : {"warn", "raise", "ignore"}
+            What to do when the run diverged or looks wrong: ``info.warnings`` lists it in every
+            case (see :func:`samplers.health.finish`).
 
         Returns
         -------
@@ -263,6 +273,8 @@ class PredictorCorrector:
             The state became NaN/inf; names the level.
         """
         check_positive_int(trace_every, "trace_every", allow_zero=True)
+        health.check_on_divergence(on_divergence)
+        check_time_dependent(energy, "PredictorCorrector", self.static_ok)
         kernel, K = self.corrector, self.n_corrector_steps
         corrected = self.corrected_levels(energy)
         if kernel.needs_energy and any(corrected):
@@ -307,4 +319,6 @@ class PredictorCorrector:
         )
         info = summarise(ts, infos, len(steps), trace, trace_t, corrected=corrected, extra_nfe=nfe0,
                          corrector_steps=0, eta=self.eta)
-        return SampleResult(samples=final.x, info=info, state=final.kernel_state)
+        return health.finish(SampleResult(samples=final.x, info=info, state=final.kernel_state), x,
+                             sampler="PredictorCorrector", on_divergence=on_divergence,
+                             metropolis=kernel.needs_energy, adapted=self.step_rule == "adapt", moves_every_chain=True)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import State, StepInfo, check_positive_int
+from .health import divergent
 
 __all__ = ["Recorder"]
 
@@ -22,7 +23,8 @@ class Recorder:
     acc_sum : Tensor or None
         ``(B,)`` sum of the per-chain acceptance.
     divergences : list of Tensor
-        0-d count of divergent proposals of each step.
+        0-d count of divergent proposals of each step (:func:`samplers.health.divergent`: non-finite,
+        or an energy error above the threshold).
     energy_error : list of Tensor
         0-d mean ``|energy_error|`` of each step (kernels whose info has one).
     trace, energy_trace : list of Tensor
@@ -49,7 +51,7 @@ class Recorder:
         acc = info.acceptance
         self.acceptance.append(acc.mean())
         self.acc_sum = acc.clone() if self.acc_sum is None else self.acc_sum.add_(acc)
-        self.divergences.append(info.divergent.sum())
+        self.divergences.append(divergent(info).sum())
         err = getattr(info, "energy_error", None)
         if err is not None:
             self.energy_error.append(torch.linalg.vector_norm(err, ord=1) / err.numel())

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 __all__ = ["SampleResult", "KernelSummary", "LadderSummary"]
@@ -54,13 +55,17 @@ class KernelSummary(_ReadsLikeADict):
     acceptance_per_chain : Tensor or None
         ``(B,)`` mean acceptance per chain.
     divergences : int or None
-        Divergent (rejected non-finite) proposals.
+        Divergent proposals of the kept steps: a non-finite energy or gradient, or an energy
+        error above ``samplers.health.DIVERGENCE_THRESHOLD`` (1000) in magnitude.
     energy_error : Tensor or None
         ``(T,)`` mean ``|log Metropolis ratio|`` (MALA) or ``|ΔH|`` (HMC) per step.
     warmup_acceptance : Tensor or None
         0-d mean acceptance of the warm-up (``None`` without warm-up).
     trace, energy_trace : Tensor or None
         ``(K, B, *event)`` positions and ``(K, B)`` energies every ``trace_every`` kept steps.
+    warnings : tuple of samplers.health.Problem
+        What is wrong with the run (divergences, escaped samples, acceptance near 0 or 1, frozen
+        chains); empty when nothing is. Each prints as one line; ``.kind`` names it.
     """
 
     nfe: int
@@ -74,6 +79,12 @@ class KernelSummary(_ReadsLikeADict):
     warmup_acceptance: Optional[Tensor] = None
     trace: Optional[Tensor] = None
     energy_trace: Optional[Tensor] = None
+    warnings: Tuple[Any, ...] = ()
+
+    @property
+    def mean_acceptance(self) -> Optional[float]:
+        """Mean acceptance over the kept steps (``None`` without any); never NaN."""
+        return _finite_mean(self.acceptance)
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +107,7 @@ class LadderSummary(_ReadsLikeADict):
     acceptance_per_chain : Tensor or None
         ``(B,)`` mean acceptance per chain over all transitions.
     divergences : int or None
-        Divergent proposals over all transitions.
+        Divergent proposals over all transitions (non-finite, or ``|energy error| > 1000``).
     corrector_steps : int or None
         Transitions over all levels.
     eta : float or None
@@ -107,6 +118,8 @@ class LadderSummary(_ReadsLikeADict):
         ``(K, B, *event)`` positions every ``trace_every`` levels and their times ``(K,)``.
     timesteps : Tensor or None
         Integer timesteps of a diffusers scheduler run.
+    warnings : tuple of samplers.health.Problem
+        What is wrong with the run (see :class:`KernelSummary`); empty when nothing is.
     """
 
     nfe: int
@@ -123,6 +136,12 @@ class LadderSummary(_ReadsLikeADict):
     trace: Optional[Tensor] = None
     trace_t: Optional[Tensor] = None
     timesteps: Optional[Tensor] = None
+    warnings: Tuple[Any, ...] = ()
+
+    @property
+    def mean_acceptance(self) -> Optional[float]:
+        """Mean acceptance over the corrected levels (``None`` without any); never NaN."""
+        return _finite_mean(self.acceptance)
 
 
 @dataclass(frozen=True)
@@ -142,3 +161,16 @@ class SampleResult:
     samples: Tensor
     info: Any
     state: Optional[Any] = None
+
+    @property
+    def warnings(self) -> Tuple[Any, ...]:
+        """``info.warnings``: what is wrong with the run (empty when nothing is)."""
+        return getattr(self.info, "warnings", ())
+
+
+def _finite_mean(v: Optional[Tensor]) -> Optional[float]:
+    if v is None:
+        return None
+    v = v.detach().double().flatten()
+    v = v[torch.isfinite(v)]
+    return float(v.mean()) if v.numel() else None

@@ -31,8 +31,9 @@ from torch import Tensor
 
 import ebmcompose as ec
 
+from . import health
 from .base import check_positive_int, evaluate, randn_like
-from .ladder import LadderState, level_info, prior_sample, run_ladder, summarise
+from .ladder import LadderState, check_time_dependent, level_info, prior_sample, run_ladder, summarise
 from .result import SampleResult
 
 __all__ = ["ReverseDiffusion", "DiffusionStep", "ddim_coefficients", "ddim_update"]
@@ -177,6 +178,8 @@ class ReverseDiffusion:
         mutated.
     scheduler_step_kwargs : tuple of (str, value)
         Extra keyword arguments for ``scheduler.step`` (e.g. ``(("eta", 0.5),)`` for DDIM).
+    static_ok : bool
+        Accept a static energy (one that reads no ``t``); refused by default (wrong samples).
 
     Notes
     -----
@@ -198,6 +201,7 @@ class ReverseDiffusion:
     t_max: float = 1.0
     scheduler: Any = None
     scheduler_step_kwargs: Tuple[Tuple[str, Any], ...] = ()
+    static_ok: bool = False
 
     def __post_init__(self):
         if not isinstance(self.schedule, ec.VPSchedule):
@@ -270,6 +274,7 @@ class ReverseDiffusion:
         progress: bool = False,
         callback: Optional[Callable] = None,
         trace_every: int = 0,
+        on_divergence: str = "warn",
     ) -> SampleResult:
         """Run the reverse process from ``x_T`` to ``t = 0``.
 
@@ -293,6 +298,9 @@ class ReverseDiffusion:
         trace_every : int
             Keep ``x`` after every ``trace_every``-th step in ``info["trace"]``
             ``(T, B, *event)`` with times ``info["trace_t"]`` ``(T,)``.
+        on_divergence : {"warn", "raise", "ignore"}
+            What to do when the samples escaped: ``info.warnings`` lists it in every case
+            (see :func:`samplers.health.finish`).
 
         Returns
         -------
@@ -306,6 +314,8 @@ class ReverseDiffusion:
             If the state becomes NaN/inf; names the first such level.
         """
         check_positive_int(trace_every, "trace_every", allow_zero=True)
+        health.check_on_divergence(on_divergence)
+        check_time_dependent(energy, "ReverseDiffusion", self.static_ok)
         scheduler = None if self.scheduler is None else copy.deepcopy(self.scheduler)
         x = prior_sample(x0, shape, generator, device, dtype, "ReverseDiffusion")
         if x0 is None and scheduler is not None:
@@ -331,7 +341,8 @@ class ReverseDiffusion:
             callback=callback, trace_every=trace_every, hint=_NONFINITE_HINT,
         )
         info = summarise(ts, infos, n, trace, trace_t, **extra)
-        return SampleResult(samples=final.x, info=info, state=None)
+        return health.finish(SampleResult(samples=final.x, info=info, state=None), x, sampler="ReverseDiffusion",
+                             on_divergence=on_divergence, metropolis=False, adapted=True, moves_every_chain=True)
 
     def _scheduler_move(self, scheduler, energy, x, generator):
         """Ladder times, integer timesteps and the level move of a diffusers scheduler run."""

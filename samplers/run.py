@@ -15,6 +15,7 @@ from torch import Tensor
 
 import ebmcompose as ec
 
+from . import health
 from .adaptation import DualAveraging, DualAveragingState, find_initial_step_size
 from .base import MCMCKernel, State, check_generator, check_positive_int, init_state, progress_bar
 from .record import Recorder
@@ -44,6 +45,8 @@ class RunConfig:
         tqdm progress bar.
     callback : callable or None
         ``callback(i, state, info)`` after every step (warm-up included, ``i`` from 0).
+    on_divergence : {"warn", "raise", "ignore"}
+        What to do when the run diverged or looks wrong (see :func:`samplers.health.finish`).
     """
 
     n_steps: int
@@ -52,11 +55,13 @@ class RunConfig:
     trace_every: int = 0
     progress: bool = False
     callback: Optional[Callback] = None
+    on_divergence: str = "warn"
 
     def __post_init__(self):
         check_positive_int(self.n_steps, "n_steps", allow_zero=True)
         check_positive_int(self.n_warmup, "n_warmup", allow_zero=True)
         check_positive_int(self.trace_every, "trace_every", allow_zero=True)
+        health.check_on_divergence(self.on_divergence)
 
     @classmethod
     def for_kernel(cls, kernel: MCMCKernel, **kwargs) -> "RunConfig":
@@ -144,7 +149,13 @@ def sample_kernel(kernel: MCMCKernel, energy: ec.Energy, x0: Tensor, t, config: 
     Returns
     -------
     SampleResult
-        ``samples`` ``(B, *event)``, ``state``, ``info`` a :class:`KernelSummary`.
+        ``samples`` ``(B, *event)``, ``state``, ``info`` a :class:`KernelSummary` whose
+        ``warnings`` list what is wrong with the run (warned or raised per ``config.on_divergence``).
+
+    Raises
+    ------
+    samplers.health.DivergenceError
+        With ``on_divergence="raise"``, when the run diverged.
     """
     if isinstance(x0, Tensor):
         check_generator(generator, x0)
@@ -176,4 +187,6 @@ def sample_kernel(kernel: MCMCKernel, energy: ec.Energy, x0: Tensor, t, config: 
         trace=torch.stack(rec.trace) if rec.trace else None,
         energy_trace=torch.stack(rec.energy_trace) if rec.energy_trace else None,
     )
-    return SampleResult(samples=state.x, info=info, state=state)
+    return health.finish(SampleResult(samples=state.x, info=info, state=state), x0, sampler=type(kernel).__name__,
+                         on_divergence=config.on_divergence, metropolis=kernel.needs_energy,
+                         adapted=config.adapt is not None)

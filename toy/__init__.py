@@ -9,17 +9,20 @@ sets (:mod:`toy.datasets`). Imports ``ebmcompose`` only (never ``samplers``).
 from . import datasets, tasks
 from .box import DiffusedSmoothBox, SmoothBox
 from .gaussian import DiffusedGaussianMixture, GaussianMixture, bar, gmm_product, ring
-from .reference import reference_sample
+from .reference import ImproperTargetError, check_fits_bounds, edge_mass, reference_sample
 from .tasks import Task
 
 __all__ = [
     "DiffusedGaussianMixture",
     "DiffusedSmoothBox",
     "GaussianMixture",
+    "ImproperTargetError",
     "SmoothBox",
     "Task",
     "bar",
+    "check_fits_bounds",
     "datasets",
+    "edge_mass",
     "gmm_product",
     "reference_sample",
     "ring",

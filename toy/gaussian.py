@@ -79,6 +79,20 @@ def _mixture_energy(
     return energy, grad
 
 
+def _symmetry_tolerance(covs) -> float:
+    """Relative asymmetry allowed in ``covs``: a few rounding errors of its own dtype (1e-8 at most strict)."""
+    dtype = getattr(covs, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        eps = torch.finfo(dtype).eps
+    elif dtype is not None and getattr(dtype, "kind", "") == "f":  # a NumPy array
+        import numpy as np
+
+        eps = float(np.finfo(dtype).eps)
+    else:
+        eps = 0.0  # Python numbers: float64
+    return max(1e-8, 16.0 * eps)
+
+
 class GaussianMixture(ClosedForm):
     """A Gaussian mixture ``p(x) = Σ_k w_k N(x; μ_k, Σ_k)`` with closed-form energy and gradient.
 
@@ -159,7 +173,7 @@ class GaussianMixture(ClosedForm):
                 )
             asym = (cov - cov.mT).abs().amax(dim=(-2, -1))
             scale = cov.abs().amax(dim=(-2, -1)).clamp_min(1e-300)
-            bad = (asym > 1e-8 * scale).nonzero().flatten()
+            bad = (asym > _symmetry_tolerance(covs) * scale).nonzero().flatten()
             if bad.numel():
                 i = int(bad[0])
                 raise ValueError(

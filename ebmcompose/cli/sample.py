@@ -18,8 +18,6 @@ __all__ = ["add_parser", "run", "FILES"]
 
 #: Files ``ebmcompose sample`` writes (other files in ``--out`` are kept).
 FILES = ("samples.pt", "samples.npy", "samples.png", "metrics.json", "metrics.md")
-#: A sample farther out than this is a divergence, not a sample (the toy targets live in [-6, 6]²).
-DIVERGED_ABS = 1e6
 
 #: Which options each sampler uses (an option given to a sampler that ignores it is an error).
 _OPTION_USERS = {
@@ -62,8 +60,9 @@ OUT/samples.npy (the same as a NumPy array), OUT/samples.png (exact density, the
 samples), OUT/metrics.json and OUT/metrics.md (TV against the exact density with its noise floor,
 MMD², energy distance against ground-truth samples, NFE, acceptance, divergences, time). The files
 move into OUT only after the run succeeded: other files in OUT are kept, and after an error or
-Ctrl-C nothing is written. A run that diverges (non-finite or exploding samples, everything
-rejected) is an error, not a result.
+Ctrl-C nothing is written. A target that does not fit the bounds (flat, improper, e.g. "NOT ring")
+is refused before the run; a run that diverges (non-finite or exploding samples, Langevin
+divergences, everything rejected) is an error, not a result (exit status 2 for both).
 """
 
 EPILOG = """\
@@ -137,21 +136,17 @@ def check_options(args) -> None:
         raise UsageError(f"--step-rule {rule} scales a base step size: give --step-size too (or use --step-rule adapt)")
 
 
-def _diverged(args, samples, summary: ex.RunSummary) -> "str | None":
-    """Why a run's output is not a sample (non-finite, blown up, all rejected), or ``None``."""
-    import torch
+def _fatal_problems(res) -> "str | None":
+    """Why a run's output is not a sample (the samplers' own checks, ``res.warnings``), or ``None``.
 
-    bad = ~torch.isfinite(samples).all(dim=-1)
-    if bool(bad.any()):
-        return f"{int(bad.sum())} of {samples.shape[0]} samples are NaN or infinite"
-    if not ex.needs_energy(args.sampler, args.kernel) and summary.divergences > 0:
-        return f"{summary.divergences} Langevin steps produced a non-finite energy gradient (divergences)"
-    big = float(samples.abs().max()) if samples.numel() else 0.0
-    if big > DIVERGED_ABS:
-        return f"samples reached |x| = {big:.3g} (the toy targets live in [-6, 6]^2)"
-    acc = summary.acceptance
-    if ex.needs_energy(args.sampler, args.kernel) and acc is not None and acc < 0.01:
-        return f"the Metropolis acceptance rate was {acc:.3g}: almost every proposal was rejected"
+    When it is a sample, the problems that make it suspect are printed as warnings.
+    """
+    fatal = [p.what for p in res.warnings if p.fatal]
+    if fatal:
+        return "; ".join(fatal)
+    for p in res.warnings:
+        fix = "a larger --step-size" if p.kind == "high_acceptance" else "a smaller --step-size"
+        print(f"ebmcompose sample: warning: {p.what}; use {fix}, or leave it out so that it is adapted", file=sys.stderr)
     return None
 
 
@@ -217,15 +212,18 @@ def _sample(args, dev):
             "pc-ula, ddpm, ddim or annealed with --kernel ula), or --model energy (energy-parameterised "
             "checkpoints) or --model exact."
         )
+    _check_fits_bounds(target)
     sampler = ex.make_sampler(ex.SamplerOptions.from_args(args), target.schedule, exact=args.model == "exact")
     g = ex.generator(args.seed, dev)
     t0 = time.perf_counter()
     try:
         if args.sampler in ex.STATIC_SAMPLERS:
             x0 = args.init_scale * torch.randn(args.n, 2, generator=g, device=dev)
-            res = sampler.sample(target.energy, x0, target.t, generator=g, progress=progress(args.progress))
+            res = sampler.sample(target.energy, x0, target.t, generator=g, progress=progress(args.progress),
+                                 on_divergence="ignore")
         else:
-            res = sampler.sample(target.energy, shape=(args.n, 2), generator=g, device=dev, progress=progress(args.progress))
+            res = sampler.sample(target.energy, shape=(args.n, 2), generator=g, device=dev,
+                                 progress=progress(args.progress), on_divergence="ignore")
     except samplers.NonFiniteStateError as exc:
         raise UsageError(
             f"--sampler {args.sampler} diverged: {str(exc).rstrip('.')}. Use a smaller --step-size (or leave "
@@ -236,7 +234,7 @@ def _sample(args, dev):
     summary = ex.summarize(res.info)
     if not ex.needs_energy(args.sampler, args.kernel):
         summary = ex.RunSummary(summary.nfe, None, summary.divergences, summary.step_size)
-    why = _diverged(args, x, summary)
+    why = _fatal_problems(res)
     if why is not None:
         hint = "Use a smaller --step-size, or leave it out so that it is adapted."
         if args.sampler in ("ddpm", "ddim"):
@@ -264,6 +262,16 @@ def _sample(args, dev):
         "metrics": metrics,
     }
     return record, x.to("cpu"), exact, target
+
+
+def _check_fits_bounds(target) -> None:
+    """Refuse, before the run, a target whose exact density has its mass at the edge of the bounds."""
+    import toy
+
+    try:
+        toy.check_fits_bounds(target.static, target.bounds, what=f"the target {target.label!r}")
+    except toy.ImproperTargetError as exc:
+        raise UsageError(f"{exc} Nothing was run or written.") from None
 
 
 def _write(folder, args, record, x, exact, target) -> None:

@@ -345,7 +345,10 @@ def test_signature_detection():
     torch.testing.assert_close(td.energy(x, tt), (1 + tt) * (x**2).sum(-1))
     torch.testing.assert_close(td.grad(x, tt), 2 * (1 + tt)[:, None] * x)
 
-    assert ec.EnergyFunction(opt_t).time_dependent
+    o = ec.EnergyFunction(opt_t)  # an optional t: read when given, not required (issue 14)
+    assert not o.time_dependent and o.reads_t and not o.is_static
+    torch.testing.assert_close(o.energy(x), (x**2).sum(-1))
+    torch.testing.assert_close(o.energy(x, 0.5), 1.5 * (x**2).sum(-1))
     r = ec.EnergyFunction(with_option)  # a defaulted option is not t
     assert not r.time_dependent
     torch.testing.assert_close(r.energy(x), (x.norm(dim=-1) - 2.0) ** 2)

@@ -106,7 +106,7 @@ def test_window_and_final_correction():
     assert not torch.isnan(res.info["acceptance"]).any() and not torch.isnan(res.info["step_size"]).any()
     # final correction at t = 0: automatic for a static energy, +1 evaluation +K transitions
     static = ec.EnergyFunction(lambda x: 0.5 * x.square().sum(1), name="static")
-    res = PredictorCorrector(SCHEDULE, 10, corrector=MALA(step_size=0.1, n_steps=2)).sample(
+    res = PredictorCorrector(SCHEDULE, 10, corrector=MALA(step_size=0.1, n_steps=2), static_ok=True).sample(
         static, shape=(4, 2), generator=torch.Generator()
     )
     assert res.info["corrected"][-1] and res.info["nfe"] == 10 + 2 * 10 + 1
