@@ -148,9 +148,13 @@ class VPSchedule:
         grid_t = torch.cat([torch.zeros(1, dtype=torch.float64), torch.arange(1, n + 1, dtype=torch.float64) / n])
         grid_log = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(ac)])
 
+        grids = {}  # (device, dtype) -> the two grids there: converted once, not per evaluation
+
         def log_ab(t: Tensor) -> Tensor:
-            gt = grid_t.to(device=t.device, dtype=t.dtype)
-            gl = grid_log.to(device=t.device, dtype=t.dtype)
+            key = (t.device, t.dtype)
+            if key not in grids:
+                grids[key] = (grid_t.to(device=t.device, dtype=t.dtype), grid_log.to(device=t.device, dtype=t.dtype))
+            gt, gl = grids[key]
             tc = t.clamp(0.0, 1.0)
             idx = torch.searchsorted(gt, tc.contiguous(), right=True).clamp(1, n)
             t0, t1 = gt[idx - 1], gt[idx]
@@ -268,7 +272,27 @@ class VPSchedule:
         if self.alphas_cumprod is None:
             return torch.round(t * 999).long()
         big_n = self.num_train_timesteps
-        return (torch.round(t * big_n) - 1).clamp(0, big_n - 1).long()
+        wide = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+        return (torch.round(wide * big_n) - 1).clamp(0, big_n - 1).long()
+
+    def to_timestep(self, t: TLike) -> Tensor:
+        """Map continuous ``t`` to a diffusers model's timestep ``t N − 1`` as float32, shaped like ``t``.
+
+        Unlike :meth:`to_discrete` it keeps fractional timesteps (LMS, Euler with "linspace"
+        spacing step between training steps); values within ``N · 1e-6`` of an integer are
+        snapped to it, so grid times give exact integer timesteps whatever ``t``'s float
+        precision. Computed in float64 (float32 on devices without float64). For continuous
+        schedules it returns ``to_discrete(t)`` as float32.
+        """
+        t = _as_tensor(t)
+        if self.alphas_cumprod is None:
+            return self.to_discrete(t).to(torch.float32)
+        big_n = self.num_train_timesteps
+        wide = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+        k = (wide * big_n - 1.0).clamp(0.0, big_n - 1.0)
+        r = torch.round(k)
+        k = torch.where((k - r).abs() <= big_n * 1e-6, r, k)
+        return k.to(torch.float32)
 
     def __repr__(self) -> str:
         return f"VPSchedule.{self.name}"

@@ -14,8 +14,10 @@ evaluated at ``ts[:-1]`` of the ladder ``schedule.timesteps(n_steps)`` only; the
 on ``t = 0`` where ``alpha_bar = 1`` and ``σ_η = 0``, so it returns the x0-prediction.
 
 A diffusers scheduler can be used as the stepping rule instead
-(:meth:`ReverseDiffusion.from_diffusers`): integer timestep ``k`` of a scheduler trained with
-``N`` steps is time ``t = (k + 1) / N`` (see :meth:`ebmcompose.VPSchedule.from_diffusers`).
+(:meth:`ReverseDiffusion.from_diffusers`): timestep ``k`` of a scheduler trained with ``N`` steps
+is time ``t = (k + 1) / N`` (see :meth:`ebmcompose.VPSchedule.from_diffusers`); fractional
+timesteps (LMS, Euler) are kept as they are, and σ-space schedulers (Euler, Euler-ancestral, LMS)
+get their input scaling from ``scheduler.scale_model_input``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor
 
 import ebmcompose as ec
+from ebmcompose.pipelines.schedulers import epsilon_scheduler
 
 from .base import check_positive_int, evaluate, randn_like
 from .ladder import LadderState, level_info, prior_sample, run_ladder, summarise
@@ -223,10 +226,14 @@ class ReverseDiffusion:
     def from_diffusers(cls, scheduler, n_steps: int, eta: Optional[float] = None, **kwargs) -> "ReverseDiffusion":
         """Step with a diffusers scheduler (``DDPMScheduler``, ``DDIMScheduler``, ...).
 
-        Each step calls ``scheduler.set_timesteps(n_steps)`` once, then for every integer
-        timestep ``k`` of ``scheduler.timesteps`` evaluates ``ε̂ = sigma(t) ∇x E(x, t)`` at
-        ``t = (k + 1) / N`` and takes
+        Each sample calls ``scheduler.set_timesteps(n_steps)`` once, then for every timestep
+        ``k`` of ``scheduler.timesteps`` (as the scheduler holds it: integer or fractional)
+        evaluates ``ε̂ = sigma(t) ∇x E(x_in, t)`` at ``t = (k + 1) / N`` and
+        ``x_in = scheduler.scale_model_input(x, k)`` (``x`` itself for DDPM/DDIM/PNDM; ``x`` in
+        σ-space scaled back to the VP scale for Euler, Euler-ancestral, LMS), and takes
         ``scheduler.step(model_output=ε̂, timestep=k, sample=x, generator=g).prev_sample``.
+        A scheduler configured for another ``prediction_type`` (v-prediction) is rebuilt with
+        ``"epsilon"``: the energy's score is always an ε.
 
         Parameters
         ----------
@@ -280,7 +287,8 @@ class ReverseDiffusion:
         x0 : Tensor, optional
             Starting noise ``x_T`` ``(B, *event)``, used as given. When omitted, ``x_T ~ N(0, I)``
             of ``shape`` is drawn from ``generator`` (times ``scheduler.init_noise_sigma`` in
-            diffusers mode), on ``device`` (default: the generator's) with ``dtype``.
+            diffusers mode), on ``device`` (default: the generator's) with ``dtype`` (default:
+            the dtype of the energy's parameters, e.g. a float16 UNet's, else torch's default).
         generator : torch.Generator, optional
             Source of all randomness (``x_T`` first, then the steps' noise in order).
         shape : tuple of int, optional
@@ -306,7 +314,9 @@ class ReverseDiffusion:
             If the state becomes NaN/inf; names the first such level.
         """
         check_positive_int(trace_every, "trace_every", allow_zero=True)
-        scheduler = None if self.scheduler is None else copy.deepcopy(self.scheduler)
+        scheduler = None if self.scheduler is None else epsilon_scheduler(copy.deepcopy(self.scheduler))
+        if x0 is None and dtype is None:
+            dtype = parameter_dtype(energy)
         x = prior_sample(x0, shape, generator, device, dtype, "ReverseDiffusion")
         if x0 is None and scheduler is not None:
             x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
@@ -324,7 +334,7 @@ class ReverseDiffusion:
             extra = dict(eta=self.eta)
         else:
             ts, timesteps, move = self._scheduler_move(scheduler, energy, x, generator)
-            extra = dict(eta=dict(self.scheduler_step_kwargs).get("eta"), timesteps=torch.tensor(timesteps))
+            extra = dict(eta=dict(self.scheduler_step_kwargs).get("eta"), timesteps=timesteps.detach().cpu().clone())
         n = len(ts) - 1
         final, infos, trace, trace_t = run_ladder(
             "ReverseDiffusion", n, LadderState(x=x, t=ts[0], level=0), move, progress=progress,
@@ -334,23 +344,32 @@ class ReverseDiffusion:
         return SampleResult(samples=final.x, info=info, state=None)
 
     def _scheduler_move(self, scheduler, energy, x, generator):
-        """Ladder times, integer timesteps and the level move of a diffusers scheduler run."""
+        """Ladder times, the scheduler's timesteps and the level move of a diffusers scheduler run."""
         big_n = self.schedule.num_train_timesteps
         scheduler.set_timesteps(self.n_steps, device=x.device)
-        timesteps = [int(k) for k in scheduler.timesteps.detach().cpu().tolist()]
+        timesteps = scheduler.timesteps
+        ks = timesteps.detach().cpu().to(torch.float64).tolist()
         step_kwargs = dict(self.scheduler_step_kwargs)
         if "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = generator
         scale = getattr(scheduler, "scale_model_input", None)
-        ts = [(k + 1) / big_n for k in timesteps] + [0.0]
+        ts = [(k + 1) / big_n for k in ks] + [0.0]
         sigmas = self.schedule.sigma(torch.tensor(ts, dtype=torch.float64)).tolist()
         energy.check_input(x, ts[0])
 
         def move(i: int, state: LadderState):
             k = timesteps[i]
-            model_in = scale(state.x, k) if scale is not None else state.x
+            model_in = scale(state.x, k) if scale is not None else state.x  # k: the scheduler's own entry
             _, grad, nfe = evaluate(energy, model_in, ts[i], False)
             x_new = scheduler.step(model_output=sigmas[i] * grad, timestep=k, sample=state.x, **step_kwargs).prev_sample
             return LadderState(x=x_new, t=ts[i + 1], level=i + 1), level_info(ts[i + 1], nfe)
 
         return ts, timesteps, move
+
+
+def parameter_dtype(energy: ec.Energy) -> Optional[torch.dtype]:
+    """The dtype of the energy's first floating-point parameter (a UNet's), or ``None``."""
+    for p in energy.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
