@@ -318,8 +318,10 @@ class ReverseDiffusion:
         if x0 is None and dtype is None:
             dtype = parameter_dtype(energy)
         x = prior_sample(x0, shape, generator, device, dtype, "ReverseDiffusion")
-        if x0 is None and scheduler is not None:
-            x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
+        if scheduler is not None:
+            scheduler.set_timesteps(self.n_steps, device=x.device)
+            if x0 is None:  # read after set_timesteps: σ-space schedulers set it from their first σ
+                x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
         if scheduler is None:
             steps = self.coefficients()
             ts = [st.t for st in steps] + [steps[-1].s]
@@ -344,9 +346,9 @@ class ReverseDiffusion:
         return SampleResult(samples=final.x, info=info, state=None)
 
     def _scheduler_move(self, scheduler, energy, x, generator):
-        """Ladder times, the scheduler's timesteps and the level move of a diffusers scheduler run."""
+        """Ladder times, the scheduler's timesteps and the level move of a diffusers scheduler run
+        (``scheduler.set_timesteps`` already called)."""
         big_n = self.schedule.num_train_timesteps
-        scheduler.set_timesteps(self.n_steps, device=x.device)
         timesteps = scheduler.timesteps
         ks = timesteps.detach().cpu().to(torch.float64).tolist()
         step_kwargs = dict(self.scheduler_step_kwargs)
