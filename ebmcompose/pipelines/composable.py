@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -173,9 +174,11 @@ class ComposablePipeline:
         import diffusers
 
         try:
-            pipe = diffusers.DiffusionPipeline.from_pretrained(
-                str(folder), torch_dtype=torch_dtype, local_files_only=True, **kwargs
-            )
+            with warnings.catch_warnings():  # newer diffusers rename torch_dtype to dtype; both work
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+                pipe = diffusers.DiffusionPipeline.from_pretrained(
+                    str(folder), torch_dtype=torch_dtype, local_files_only=True, **kwargs
+                )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(
                 f"cannot load the pipeline in {folder}: {exc}. Check that every component named in "
@@ -382,7 +385,7 @@ class ComposablePipeline:
         ts = [(k + 1.0) / big_n for k in ks]
         sigmas = schedule.sigma(torch.tensor(ts, dtype=torch.float64)).tolist()
         nfe = 0
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         for i in tqdm(range(len(ts)), disable=not progress, desc="t2i", leave=False):
             k = timesteps[i]
