@@ -180,6 +180,15 @@ class ReverseDiffusion:
         mutated.
     scheduler_step_kwargs : tuple of (str, value)
         Extra keyword arguments for ``scheduler.step`` (e.g. ``(("eta", 0.5),)`` for DDIM).
+    spacing : {"leading", "trailing", "linspace"}, optional
+        Take the ladder of diffusers' ``timestep_spacing`` on a discrete schedule
+        (:meth:`ebmcompose.VPSchedule.discrete_ladder`) instead of ``schedule.timesteps``; with
+        ``steps_offset`` and ``set_alpha_to_one`` the native sampler then matches e.g. SD v1's
+        ``DDIMScheduler(steps_offset=1, set_alpha_to_one=False)``.
+    steps_offset : int
+        Added to every timestep (with ``spacing``).
+    set_alpha_to_one : bool
+        With ``spacing``: end at ``alpha_bar = 1`` (``t = 0``), or at ``alphas_cumprod[0]``.
 
     Notes
     -----
@@ -201,6 +210,9 @@ class ReverseDiffusion:
     t_max: float = 1.0
     scheduler: Any = None
     scheduler_step_kwargs: Tuple[Tuple[str, Any], ...] = ()
+    spacing: Optional[str] = None
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
 
     def __post_init__(self):
         if not isinstance(self.schedule, ec.VPSchedule):
@@ -214,6 +226,10 @@ class ReverseDiffusion:
             raise ec.InputError(f"clip_x0 must be None (no clipping) or a positive number, got {self.clip_x0!r}")
         if not (0.0 < float(self.t_max) <= 1.0):
             raise ec.InputError(f"t_max must be in (0, 1], got {self.t_max!r}")
+        if self.spacing is not None:
+            if float(self.t_max) != 1.0:
+                raise ec.InputError("spacing sets the whole ladder; leave t_max at 1.0 when you pass spacing")
+            self.schedule.discrete_ladder(self.n_steps, self.spacing, self.steps_offset, self.set_alpha_to_one)
         if self.scheduler is not None:
             for attr in ("set_timesteps", "step", "alphas_cumprod"):
                 if not hasattr(self.scheduler, attr):
@@ -257,7 +273,11 @@ class ReverseDiffusion:
 
     # ------------------------------------------------------------------ pieces
     def ladder(self, device=None, dtype=None) -> Tensor:
-        """The descending ladder ``(n_steps + 1,)`` from ``t_max`` to 0."""
+        """The descending ladder ``(n_steps + 1,)`` from ``t_max`` to 0 (or diffusers' spacing)."""
+        if self.spacing is not None:
+            return self.schedule.discrete_ladder(
+                self.n_steps, self.spacing, self.steps_offset, self.set_alpha_to_one, device=device, dtype=dtype
+            )
         return self.schedule.timesteps(self.n_steps, t_max=float(self.t_max), device=device, dtype=dtype)
 
     def coefficients(self) -> List[DiffusionStep]:

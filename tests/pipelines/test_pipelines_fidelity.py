@@ -123,3 +123,48 @@ def test_from_diffusers_with_sigma_space_schedulers_equals_diffusers(tiny_cp, na
     sched = make_scheduler(name, tiny_cp.pipe.scheduler.config)
     sched.set_timesteps(5)
     assert torch.equal(res.info["timesteps"], sched.timesteps)  # fractional timesteps kept
+
+
+@pytest.mark.parametrize(
+    "spacing, offset, to_one, eta",
+    [("leading", 1, False, 0.0), ("leading", 1, False, 1.0), ("trailing", 0, True, 0.0), ("trailing", 0, False, 0.5)],
+)
+def test_native_reverse_diffusion_matches_diffusers_ddim_spacing(spacing, offset, to_one, eta):
+    """SD v1's DDIMScheduler (leading spacing, steps_offset=1, final alpha_bar = alphas_cumprod[0])
+    and others, reproduced by the native sampler's ladder, step for step with shared noise."""
+    import diffusers
+    import toy
+    from samplers import ReverseDiffusion
+
+    sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                    timestep_spacing=spacing, steps_offset=offset, set_alpha_to_one=to_one)
+    schedule = ec.VPSchedule.from_diffusers(sched)
+    energy = toy.GaussianMixture(torch.tensor([[-1.0, 0.5], [1.5, 0.0]]), stds=torch.tensor([0.3, 0.5])).diffused(schedule)
+    x_t = torch.randn(64, 2, generator=gen(0), dtype=torch.float64)
+    sched.set_timesteps(25)
+    x, g = x_t.clone(), gen(1)
+    for k in sched.timesteps:
+        t = (int(k) + 1) / 1000
+        eps = schedule.sigma(torch.tensor(t, dtype=torch.float64)).item() * energy.grad(x, t)
+        x = sched.step(eps, k, x, eta=eta, generator=g).prev_sample
+    rd = ReverseDiffusion(schedule, 25, eta=eta, spacing=spacing, steps_offset=offset, set_alpha_to_one=to_one)
+    torch.testing.assert_close(rd.ladder(dtype=torch.float64)[:-1] * 1000 - 1, sched.timesteps.double())
+    res = rd.sample(energy, x_t, generator=gen(1))
+    torch.testing.assert_close(res.samples, x, atol=1e-4, rtol=1e-4)  # diffusers steps in float32 coefficients
+    plain = ReverseDiffusion(schedule, 25, eta=eta).sample(energy, x_t, generator=gen(1)).samples
+    assert (plain - x).abs().max() > 1e-2 or (spacing == "trailing" and to_one)  # the old ladder differs
+
+
+def test_discrete_ladder_linspace_and_errors():
+    import diffusers
+
+    sched = diffusers.DDIMScheduler(timestep_spacing="linspace")
+    sched.set_timesteps(30)
+    ladder = ec.VPSchedule.from_diffusers(sched).discrete_ladder(30, "linspace")
+    torch.testing.assert_close(ladder[:-1] * 1000 - 1, sched.timesteps.double().to(ladder.dtype))
+    with pytest.raises(ec.InputError, match="spacing must be"):
+        ec.VPSchedule.from_diffusers(sched).discrete_ladder(10, "even")
+    with pytest.raises(ec.InputError, match="discrete schedule"):
+        ec.VPSchedule.cosine().discrete_ladder(10)
+    with pytest.raises(ec.InputError, match="distinct"):
+        ec.VPSchedule.from_diffusers(sched).discrete_ladder(10, "leading", steps_offset=950)
