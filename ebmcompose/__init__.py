@@ -43,5 +43,6 @@ __all__ = [
     "parse",
 ]
 
-# Submodules reached as ec.metrics / ec.plot (plot imports matplotlib only when called).
-from . import checks, checkpoint, consistency, metrics, plot  # noqa: E402
+# Submodules reached as ec.metrics / ec.plot / ec.pipelines (plot imports matplotlib, pipelines
+# diffusers and transformers, only when called).
+from . import checks, checkpoint, consistency, metrics, pipelines, plot  # noqa: E402

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .errors import InputError, InputTypeError
 
-__all__ = ["check_positive_int", "check_generator", "as_batch_t", "as_scalar_t"]
+__all__ = ["check_positive_int", "check_generator", "as_batch_t", "as_scalar_t", "time_dtype"]
 
 TimeLike = Union[None, float, int, Tensor]
 
@@ -87,6 +87,9 @@ def check_generator(
 def as_batch_t(t: TimeLike, x: Tensor) -> Optional[Tensor]:
     """``t`` as a ``(B,)`` tensor on ``x``'s device and dtype (``None`` stays ``None``).
 
+    For 16-bit ``x`` (float16, bfloat16) ``t`` is float32: a 16-bit ``t`` cannot tell neighbouring
+    training steps apart (bfloat16 holds ~3 significant digits), so the diffusion time stays exact.
+
     A number, a 0-d tensor or a ``(1,)`` tensor is broadcast to the batch ``B = x.shape[0]``;
     a ``(B,)`` tensor is used as it is. Values are not range-checked (see
     :meth:`ebmcompose.Energy.check_input`), so this is cheap enough for a sampler's inner loop.
@@ -99,8 +102,9 @@ def as_batch_t(t: TimeLike, x: Tensor) -> Optional[Tensor]:
     if t is None:
         return None
     b = x.shape[0]
+    dtype = time_dtype(x.dtype)
     if isinstance(t, Tensor):
-        t = t.to(device=x.device, dtype=x.dtype)
+        t = t.to(device=x.device, dtype=dtype)
         if t.dim() == 0:
             return t.expand(b)
         t = t.reshape(-1)
@@ -109,7 +113,12 @@ def as_batch_t(t: TimeLike, x: Tensor) -> Optional[Tensor]:
         if t.shape[0] != b:
             raise InputError(f"t has {t.shape[0]} entries but x has batch size {b}; pass a scalar or (B,)")
         return t
-    return torch.full((b,), float(t), device=x.device, dtype=x.dtype)
+    return torch.full((b,), float(t), device=x.device, dtype=dtype)
+
+
+def time_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of diffusion time for samples of ``dtype``: itself, or float32 for 16-bit floats."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def as_scalar_t(t: TimeLike, what: str = "t") -> float:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .energy import ENERGY, ScoreOnlyError
 from .errors import InputError
-from .network import NO_CONDITION, NetworkModel, expand_condition
+from .network import NO_CONDITION, NetworkModel, as_condition, expand_condition
 from .schedule import VPSchedule
 
 __all__ = ["EpsilonModel"]
@@ -89,7 +89,12 @@ class EpsilonModel(NetworkModel):
         tt = self.check_input(x, t)
         if cond is NO_CONDITION and self.null_condition is not None:
             cond = self.null_condition
-        cs = None if cond is NO_CONDITION else expand_condition(cond, x.shape[0], x.device, per_sample)
+        if cond is NO_CONDITION:
+            self.check_unconditional()
+            cs = None
+        else:
+            c = self.shared_condition(as_condition(cond), per_sample)
+            cs = expand_condition(c, x.shape[0], x.device, per_sample, x.dtype)
         with torch.no_grad():
             return self._eps(x, tt, cs)
 

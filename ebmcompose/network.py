@@ -14,6 +14,7 @@ Subclasses implement :meth:`NetworkModel._outputs`: energies and/or gradients of
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
@@ -59,9 +60,25 @@ def as_condition(c: Any) -> Tensor:
     return c
 
 
-def expand_condition(c: Any, b: int, device, per_sample: bool = False) -> Tensor:
-    """A condition as a ``(B, *cond)`` tensor: a shared condition is repeated ``B`` times."""
-    c = as_condition(c).to(device)
+def requires_condition(net, kwarg: Optional[str]) -> bool:
+    """Whether ``net`` cannot be called without its condition keyword ``kwarg`` (no default)."""
+    if kwarg is None:
+        return False
+    try:
+        params = inspect.signature(net.forward if isinstance(net, nn.Module) else net).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get(kwarg)
+    return p is not None and p.default is inspect.Parameter.empty
+
+
+def expand_condition(c: Any, b: int, device, per_sample: bool = False, dtype=None) -> Tensor:
+    """A condition as a ``(B, *cond)`` tensor: a shared condition is repeated ``B`` times.
+
+    A floating condition is cast to ``dtype`` when given (the samples' dtype); labels stay ints.
+    """
+    c = as_condition(c)
+    c = c.to(device=device, dtype=dtype) if dtype is not None and c.is_floating_point() else c.to(device)
     if per_sample:
         if c.dim() == 0 or c.shape[0] != b:
             raise InputError(
@@ -92,9 +109,11 @@ class NetworkModel(Energy, LeafGroup):
         Keyword for the condition (``"encoder_hidden_states"``, ``"class_labels"``); default:
         detected for diffusers models, else passed positionally.
     null_condition : Tensor or int, optional
-        The condition meaning "no condition" (a null label, an empty-prompt embedding) for
-        models trained with condition dropout. With it, unconditional and conditional leaves
-        share one forward; without it the unconditional leaf calls ``net(x, t)``.
+        The condition meaning "no condition" (a null label, an empty-prompt embedding
+        ``(seq, dim)`` or ``(1, seq, dim)``) for models trained with condition dropout. With it,
+        unconditional and conditional leaves share one forward; without it the unconditional
+        leaf calls ``net(x, t)``, which a cross-attention UNet cannot do (a clear error says so).
+        Registered as a (non-persistent) buffer, so ``.to()`` moves and casts it.
     sigma_floor : float
         Lower bound on ``σ_t`` wherever it divides (no division by zero at ``t = 0``).
     max_batch : int, optional
@@ -141,12 +160,39 @@ class NetworkModel(Energy, LeafGroup):
         self.timestep = timestep
         self.time_scale = float(time_scale)
         self.condition_kwarg = condition_kwarg or (_diffusers_condition_kwarg(net) if diffusers_net else None)
-        self.null_condition = None if null_condition is None else as_condition(null_condition)
+        # diffusers models take float timesteps: fractional ones (LMS, Euler) are passed as they are
+        self._fractional_timesteps = diffusers_net and schedule.is_discrete
+        self._condition_required = requires_condition(net, self.condition_kwarg)
+        null = None if null_condition is None else self.shared_condition(as_condition(null_condition))
+        self.register_buffer("null_condition", null, persistent=False)
         self.sigma_floor = float(sigma_floor)
         self.max_batch = max_batch
         self.name = name or (type(net).__name__ if isinstance(net, nn.Module) else kind)
 
     # ------------------------------------------------------------------ leaves
+    def shared_condition(self, c: Tensor, per_sample: bool = False) -> Tensor:
+        """``c`` as one shared condition: a cross-attention model's ``(1, seq, dim)`` embedding
+        (what a text encoder returns for one prompt) becomes ``(seq, dim)``."""
+        if per_sample or self.condition_kwarg != "encoder_hidden_states" or c.dim() != 3:
+            return c
+        if c.shape[0] != 1:
+            raise InputError(
+                f"{self.name}: a shared prompt embedding is (seq, dim) or (1, seq, dim), got "
+                f"{tuple(c.shape)}; for one embedding per sample pass per_sample=True, or make one "
+                "leaf per prompt with model.condition(embedding[i])"
+            )
+        return c[0]
+
+    def check_unconditional(self) -> None:
+        """Raise a clear error if the network cannot run without a condition and has no null_condition."""
+        if self._condition_required and self.null_condition is None:
+            raise InputError(
+                f"{self.name} needs {self.condition_kwarg} on every call (a cross-attention network), so "
+                "its unconditional leaf needs a null_condition: pass EpsilonModel(..., null_condition=E) "
+                "with E the text encoder's embedding of the empty prompt \"\" ((seq, dim) or (1, seq, dim)), "
+                "or use ebmcompose.pipelines.ComposablePipeline, which makes it"
+            )
+
     def condition(self, c: Any, name: Optional[str] = None, per_sample: bool = False) -> "Conditioned":
         """The conditional leaf ``E(x, t | c)``.
 
@@ -198,6 +244,8 @@ class NetworkModel(Energy, LeafGroup):
         b = x.shape[0]
         conds = [self._condition_of(leaf) for leaf in leaves]
         plain = [i for i, (c, _) in enumerate(conds) if c is NO_CONDITION]
+        if plain:
+            self.check_unconditional()
         conditioned = [i for i, (c, _) in enumerate(conds) if c is not NO_CONDITION]
         results: List[Tuple[Optional[Tensor], Optional[Tensor]]] = [(None, None)] * len(leaves)
         nfe = 0
@@ -209,7 +257,7 @@ class NetworkModel(Energy, LeafGroup):
             ts = t if n == 1 else t.repeat(n)
             cs = None
             if idx is conditioned:
-                parts = [expand_condition(conds[i][0], b, x.device, conds[i][1]) for i in idx]
+                parts = [expand_condition(conds[i][0], b, x.device, conds[i][1], x.dtype) for i in idx]
                 cs = parts[0] if n == 1 else torch.cat(parts, 0)
             e, g, k = self._chunked(xs, ts, cs, need, create_graph)
             nfe += k
@@ -236,7 +284,9 @@ class NetworkModel(Energy, LeafGroup):
 
     def _call_net(self, x: Tensor, t: Tensor, cond) -> Tensor:
         """The raw network output at ``(x, t[, cond])`` (diffusers outputs unwrapped)."""
-        if self.timestep == "discrete":
+        if self.timestep == "discrete" and self._fractional_timesteps:
+            tin = self.schedule.to_timestep(t).to(x.device)
+        elif self.timestep == "discrete":
             tin = self.schedule.to_discrete(t).to(x.device)
         else:
             tin = t * self.time_scale if self.time_scale != 1.0 else t
@@ -264,7 +314,8 @@ class NetworkModel(Energy, LeafGroup):
 class Conditioned(Energy):
     """A conditional leaf ``E(x, t | c)`` of a :class:`NetworkModel` (see ``model.condition``).
 
-    Evaluated jointly with the other leaves of the same model in one forward pass.
+    Evaluated jointly with the other leaves of the same model in one forward pass. The condition
+    is a (non-persistent) buffer, so ``.to()`` moves and casts it with the expression.
     """
 
     time_dependent = True
@@ -274,7 +325,7 @@ class Conditioned(Energy):
         if not isinstance(model, NetworkModel):
             raise InputTypeError("a conditional leaf needs an EpsilonModel or DiffusionEnergy; use model.condition(c)")
         self.model = model
-        self.cond = as_condition(cond)
+        self.register_buffer("cond", model.shared_condition(as_condition(cond), per_sample), persistent=False)
         self.per_sample = bool(per_sample)
         if name is None:
             c = self.cond

@@ -148,9 +148,13 @@ class VPSchedule:
         grid_t = torch.cat([torch.zeros(1, dtype=torch.float64), torch.arange(1, n + 1, dtype=torch.float64) / n])
         grid_log = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(ac)])
 
+        grids = {}  # (device, dtype) -> the two grids there: converted once, not per evaluation
+
         def log_ab(t: Tensor) -> Tensor:
-            gt = grid_t.to(device=t.device, dtype=t.dtype)
-            gl = grid_log.to(device=t.device, dtype=t.dtype)
+            key = (t.device, t.dtype)
+            if key not in grids:
+                grids[key] = (grid_t.to(device=t.device, dtype=t.dtype), grid_log.to(device=t.device, dtype=t.dtype))
+            gt, gl = grids[key]
             tc = t.clamp(0.0, 1.0)
             idx = torch.searchsorted(gt, tc.contiguous(), right=True).clamp(1, n)
             t0, t1 = gt[idx - 1], gt[idx]
@@ -258,6 +262,53 @@ class VPSchedule:
             ts = snapped
         return ts.to(device=device, dtype=dtype)
 
+    def discrete_ladder(
+        self,
+        n: int,
+        spacing: str = "trailing",
+        steps_offset: int = 0,
+        set_alpha_to_one: bool = True,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> Tensor:
+        """diffusers' inference timesteps as a descending ladder ``(n + 1,)`` of times ``(k + 1) / N``.
+
+        The timesteps ``k`` follow diffusers' ``timestep_spacing``: ``"leading"``
+        (``k = i · (N // n) + steps_offset``, SD v1's DDIM/PNDM), ``"trailing"``
+        (``k = round(N − i · N / n) − 1``) or ``"linspace"`` (``round(linspace(0, N − 1, n))``).
+        The ladder ends at ``t = 0`` (``alpha_bar = 1``, diffusers' ``set_alpha_to_one=True``) or
+        at ``t = 1 / N`` (``alpha_bar = alphas_cumprod[0]``, ``set_alpha_to_one=False``). A reverse
+        sampler steps between consecutive entries; DDIM and DDPM step to ``k − N // n``, the same
+        whenever ``n`` divides ``N`` (leading, trailing).
+
+        Raises
+        ------
+        InputError
+            A continuous schedule, an unknown spacing, or timesteps outside ``[0, N − 1]``.
+        """
+        check_positive_int(n, "number of steps n")
+        if self.alphas_cumprod is None:
+            raise InputError("discrete_ladder needs a discrete schedule (VPSchedule.from_diffusers(scheduler))")
+        big_n = self.num_train_timesteps
+        if spacing == "leading":
+            ks = torch.arange(n - 1, -1, -1, dtype=torch.float64) * (big_n // n) + steps_offset
+        elif spacing == "trailing":
+            ks = torch.round(torch.arange(big_n, 0, -big_n / n, dtype=torch.float64)) - 1 + steps_offset
+        elif spacing == "linspace":
+            ks = torch.linspace(0, big_n - 1, n, dtype=torch.float64).round().flip(0) + steps_offset
+        else:
+            raise InputError(f"spacing must be 'leading', 'trailing' or 'linspace' (diffusers' timestep_spacing), got {spacing!r}")
+        if ks.numel() != n or float(ks.max()) > big_n - 1 or float(ks.min()) < 0 or bool((ks[1:] >= ks[:-1]).any()):
+            raise InputError(
+                f"{n} steps with spacing={spacing!r} and steps_offset={steps_offset} do not give {n} distinct "
+                f"timesteps in [0, {big_n - 1}]; use fewer steps or another spacing"
+            )
+        end = torch.tensor([0.0 if set_alpha_to_one else 1.0 / big_n], dtype=torch.float64)
+        ts = torch.cat([(ks + 1) / big_n, end])
+        if float(ts[-2]) <= float(end):
+            raise InputError("the last timestep must lie above the final level; use set_alpha_to_one=True")
+        return ts.to(device=device, dtype=dtype or torch.get_default_dtype())
+
     def to_discrete(self, t: Tensor) -> Tensor:
         """Map continuous ``t`` to the integer timestep ``k = round(t N) − 1`` of a discrete
         schedule (clamped to ``[0, N − 1]``); ``long`` tensor shaped like ``t``.
@@ -268,7 +319,27 @@ class VPSchedule:
         if self.alphas_cumprod is None:
             return torch.round(t * 999).long()
         big_n = self.num_train_timesteps
-        return (torch.round(t * big_n) - 1).clamp(0, big_n - 1).long()
+        wide = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+        return (torch.round(wide * big_n) - 1).clamp(0, big_n - 1).long()
+
+    def to_timestep(self, t: TLike) -> Tensor:
+        """Map continuous ``t`` to a diffusers model's timestep ``t N − 1`` as float32, shaped like ``t``.
+
+        Unlike :meth:`to_discrete` it keeps fractional timesteps (LMS, Euler with "linspace"
+        spacing step between training steps); values within ``N · 1e-6`` of an integer are
+        snapped to it, so grid times give exact integer timesteps whatever ``t``'s float
+        precision. Computed in float64 (float32 on devices without float64). For continuous
+        schedules it returns ``to_discrete(t)`` as float32.
+        """
+        t = _as_tensor(t)
+        if self.alphas_cumprod is None:
+            return self.to_discrete(t).to(torch.float32)
+        big_n = self.num_train_timesteps
+        wide = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+        k = (wide * big_n - 1.0).clamp(0.0, big_n - 1.0)
+        r = torch.round(k)
+        k = torch.where((k - r).abs() <= big_n * 1e-6, r, k)
+        return k.to(torch.float32)
 
     def __repr__(self) -> str:
         return f"VPSchedule.{self.name}"

@@ -14,8 +14,10 @@ evaluated at ``ts[:-1]`` of the ladder ``schedule.timesteps(n_steps)`` only; the
 on ``t = 0`` where ``alpha_bar = 1`` and ``σ_η = 0``, so it returns the x0-prediction.
 
 A diffusers scheduler can be used as the stepping rule instead
-(:meth:`ReverseDiffusion.from_diffusers`): integer timestep ``k`` of a scheduler trained with
-``N`` steps is time ``t = (k + 1) / N`` (see :meth:`ebmcompose.VPSchedule.from_diffusers`).
+(:meth:`ReverseDiffusion.from_diffusers`): timestep ``k`` of a scheduler trained with ``N`` steps
+is time ``t = (k + 1) / N`` (see :meth:`ebmcompose.VPSchedule.from_diffusers`); fractional
+timesteps (LMS, Euler) are kept as they are, and σ-space schedulers (Euler, Euler-ancestral, LMS)
+get their input scaling from ``scheduler.scale_model_input``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor
 
 import ebmcompose as ec
+from ebmcompose.pipelines.schedulers import epsilon_scheduler
 
 from . import health
 from .base import check_positive_int, evaluate, randn_like
@@ -180,6 +183,15 @@ class ReverseDiffusion:
         Extra keyword arguments for ``scheduler.step`` (e.g. ``(("eta", 0.5),)`` for DDIM).
     static_ok : bool
         Accept a static energy (one that reads no ``t``); refused by default (wrong samples).
+    spacing : {"leading", "trailing", "linspace"}, optional
+        Take the ladder of diffusers' ``timestep_spacing`` on a discrete schedule
+        (:meth:`ebmcompose.VPSchedule.discrete_ladder`) instead of ``schedule.timesteps``; with
+        ``steps_offset`` and ``set_alpha_to_one`` the native sampler then matches e.g. SD v1's
+        ``DDIMScheduler(steps_offset=1, set_alpha_to_one=False)``.
+    steps_offset : int
+        Added to every timestep (with ``spacing``).
+    set_alpha_to_one : bool
+        With ``spacing``: end at ``alpha_bar = 1`` (``t = 0``), or at ``alphas_cumprod[0]``.
 
     Notes
     -----
@@ -202,6 +214,9 @@ class ReverseDiffusion:
     scheduler: Any = None
     scheduler_step_kwargs: Tuple[Tuple[str, Any], ...] = ()
     static_ok: bool = False
+    spacing: Optional[str] = None
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
 
     def __post_init__(self):
         if not isinstance(self.schedule, ec.VPSchedule):
@@ -215,6 +230,10 @@ class ReverseDiffusion:
             raise ec.InputError(f"clip_x0 must be None (no clipping) or a positive number, got {self.clip_x0!r}")
         if not (0.0 < float(self.t_max) <= 1.0):
             raise ec.InputError(f"t_max must be in (0, 1], got {self.t_max!r}")
+        if self.spacing is not None:
+            if float(self.t_max) != 1.0:
+                raise ec.InputError("spacing sets the whole ladder; leave t_max at 1.0 when you pass spacing")
+            self.schedule.discrete_ladder(self.n_steps, self.spacing, self.steps_offset, self.set_alpha_to_one)
         if self.scheduler is not None:
             for attr in ("set_timesteps", "step", "alphas_cumprod"):
                 if not hasattr(self.scheduler, attr):
@@ -227,10 +246,14 @@ class ReverseDiffusion:
     def from_diffusers(cls, scheduler, n_steps: int, eta: Optional[float] = None, **kwargs) -> "ReverseDiffusion":
         """Step with a diffusers scheduler (``DDPMScheduler``, ``DDIMScheduler``, ...).
 
-        Each step calls ``scheduler.set_timesteps(n_steps)`` once, then for every integer
-        timestep ``k`` of ``scheduler.timesteps`` evaluates ``ε̂ = sigma(t) ∇x E(x, t)`` at
-        ``t = (k + 1) / N`` and takes
+        Each sample calls ``scheduler.set_timesteps(n_steps)`` once, then for every timestep
+        ``k`` of ``scheduler.timesteps`` (as the scheduler holds it: integer or fractional)
+        evaluates ``ε̂ = sigma(t) ∇x E(x_in, t)`` at ``t = (k + 1) / N`` and
+        ``x_in = scheduler.scale_model_input(x, k)`` (``x`` itself for DDPM/DDIM/PNDM; ``x`` in
+        σ-space scaled back to the VP scale for Euler, Euler-ancestral, LMS), and takes
         ``scheduler.step(model_output=ε̂, timestep=k, sample=x, generator=g).prev_sample``.
+        A scheduler configured for another ``prediction_type`` (v-prediction) is rebuilt with
+        ``"epsilon"``: the energy's score is always an ε.
 
         Parameters
         ----------
@@ -254,7 +277,11 @@ class ReverseDiffusion:
 
     # ------------------------------------------------------------------ pieces
     def ladder(self, device=None, dtype=None) -> Tensor:
-        """The descending ladder ``(n_steps + 1,)`` from ``t_max`` to 0."""
+        """The descending ladder ``(n_steps + 1,)`` from ``t_max`` to 0 (or diffusers' spacing)."""
+        if self.spacing is not None:
+            return self.schedule.discrete_ladder(
+                self.n_steps, self.spacing, self.steps_offset, self.set_alpha_to_one, device=device, dtype=dtype
+            )
         return self.schedule.timesteps(self.n_steps, t_max=float(self.t_max), device=device, dtype=dtype)
 
     def coefficients(self) -> List[DiffusionStep]:
@@ -285,7 +312,8 @@ class ReverseDiffusion:
         x0 : Tensor, optional
             Starting noise ``x_T`` ``(B, *event)``, used as given. When omitted, ``x_T ~ N(0, I)``
             of ``shape`` is drawn from ``generator`` (times ``scheduler.init_noise_sigma`` in
-            diffusers mode), on ``device`` (default: the generator's) with ``dtype``.
+            diffusers mode), on ``device`` (default: the generator's) with ``dtype`` (default:
+            the dtype of the energy's parameters, e.g. a float16 UNet's, else torch's default).
         generator : torch.Generator, optional
             Source of all randomness (``x_T`` first, then the steps' noise in order).
         shape : tuple of int, optional
@@ -316,10 +344,14 @@ class ReverseDiffusion:
         check_positive_int(trace_every, "trace_every", allow_zero=True)
         health.check_on_divergence(on_divergence)
         check_time_dependent(energy, "ReverseDiffusion", self.static_ok)
-        scheduler = None if self.scheduler is None else copy.deepcopy(self.scheduler)
+        scheduler = None if self.scheduler is None else epsilon_scheduler(copy.deepcopy(self.scheduler))
+        if x0 is None and dtype is None:
+            dtype = parameter_dtype(energy)
         x = prior_sample(x0, shape, generator, device, dtype, "ReverseDiffusion")
-        if x0 is None and scheduler is not None:
-            x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
+        if scheduler is not None:
+            scheduler.set_timesteps(self.n_steps, device=x.device)
+            if x0 is None:  # read after set_timesteps: σ-space schedulers set it from their first σ
+                x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
         if scheduler is None:
             steps = self.coefficients()
             ts = [st.t for st in steps] + [steps[-1].s]
@@ -334,7 +366,7 @@ class ReverseDiffusion:
             extra = dict(eta=self.eta)
         else:
             ts, timesteps, move = self._scheduler_move(scheduler, energy, x, generator)
-            extra = dict(eta=dict(self.scheduler_step_kwargs).get("eta"), timesteps=torch.tensor(timesteps))
+            extra = dict(eta=dict(self.scheduler_step_kwargs).get("eta"), timesteps=timesteps.detach().cpu().clone())
         n = len(ts) - 1
         final, infos, trace, trace_t = run_ladder(
             "ReverseDiffusion", n, LadderState(x=x, t=ts[0], level=0), move, progress=progress,
@@ -345,23 +377,32 @@ class ReverseDiffusion:
                              on_divergence=on_divergence, metropolis=False, adapted=True, moves_every_chain=True)
 
     def _scheduler_move(self, scheduler, energy, x, generator):
-        """Ladder times, integer timesteps and the level move of a diffusers scheduler run."""
+        """Ladder times, the scheduler's timesteps and the level move of a diffusers scheduler run
+        (``scheduler.set_timesteps`` already called)."""
         big_n = self.schedule.num_train_timesteps
-        scheduler.set_timesteps(self.n_steps, device=x.device)
-        timesteps = [int(k) for k in scheduler.timesteps.detach().cpu().tolist()]
+        timesteps = scheduler.timesteps
+        ks = timesteps.detach().cpu().to(torch.float64).tolist()
         step_kwargs = dict(self.scheduler_step_kwargs)
         if "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = generator
         scale = getattr(scheduler, "scale_model_input", None)
-        ts = [(k + 1) / big_n for k in timesteps] + [0.0]
+        ts = [(k + 1) / big_n for k in ks] + [0.0]
         sigmas = self.schedule.sigma(torch.tensor(ts, dtype=torch.float64)).tolist()
         energy.check_input(x, ts[0])
 
         def move(i: int, state: LadderState):
             k = timesteps[i]
-            model_in = scale(state.x, k) if scale is not None else state.x
+            model_in = scale(state.x, k) if scale is not None else state.x  # k: the scheduler's own entry
             _, grad, nfe = evaluate(energy, model_in, ts[i], False)
             x_new = scheduler.step(model_output=sigmas[i] * grad, timestep=k, sample=state.x, **step_kwargs).prev_sample
             return LadderState(x=x_new, t=ts[i + 1], level=i + 1), level_info(ts[i + 1], nfe)
 
         return ts, timesteps, move
+
+
+def parameter_dtype(energy: ec.Energy) -> Optional[torch.dtype]:
+    """The dtype of the energy's first floating-point parameter (a UNet's), or ``None``."""
+    for p in energy.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None

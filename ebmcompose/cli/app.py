@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import List, Optional
 
-from . import bench, demo, sample, scenes, train
+from . import bench, demo, sample, scenes, t2i, train
 from .errors import ParserError, UsageError
 from .options import Formatter, Parser, positive_int
 
@@ -24,6 +24,7 @@ COMMANDS = (
     train.add_parser,
     bench.add_parser,
     scenes.add_parser,
+    t2i.add_parser,
     # A new command adds its module to the `from . import ...` line above and one line here.
 )
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  ebmcompose sample --task product --sampler pc-mala --out product-pc\n"
             "  ebmcompose train --tasks product --quick --out my-checkpoints\n"
             "  ebmcompose bench speed --quick --out speed-quick\n"
+            "  ebmcompose t2i --pipeline SD_FOLDER --prompt \"a red cube AND NOT a table\" --out cubes\n"
             "Run `ebmcompose COMMAND --help` for what each command writes."
         ),
     )
