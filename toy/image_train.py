@@ -95,8 +95,9 @@ class TrainConfig:
         Give position and joint nets the position map input (see :class:`~toy.scene_nets.SceneUNet`);
         ignored for attributes.
     prediction : {"v", "epsilon"}, optional
-        Output of an ε-parameterised net (default ``"v"``: the loss is ``‖v̂ − v‖²``, ``v = α_t ε − σ_t x_0``);
-        energy models are always ``"epsilon"`` (their loss is on ``σ_t ∇E``).
+        What the net's output means (default ``"v"``, see :class:`~toy.scene_nets.SceneUNet`). An
+        ε-model's loss is then ``‖v̂ − v‖²`` (``v = α_t ε − σ_t x_0``); an energy model's is always
+        ``‖σ_t ∇E − ε‖²``, with ``E = ½‖σ_t x + α_t g‖²`` for a velocity net.
     """
 
     family: str = "position"
@@ -135,9 +136,9 @@ class TrainConfig:
         if not 0.0 < self.t_min < 1.0:
             raise ec.InputError(f"t_min must be in (0, 1), got {self.t_min}")
         if self.prediction is None:
-            object.__setattr__(self, "prediction", "v" if self.parameterisation == "epsilon" else "epsilon")
-        if self.prediction not in ("epsilon", "v") or self.prediction == "v" and self.parameterisation == "energy":
-            raise ec.InputError(f"prediction must be 'v' or 'epsilon' ('epsilon' for energy models), got {self.prediction!r}")
+            object.__setattr__(self, "prediction", "v")
+        if self.prediction not in ("epsilon", "v"):
+            raise ec.InputError(f"prediction must be 'v' or 'epsilon', got {self.prediction!r}")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         object.__setattr__(self, "n_objects", tuple(int(c) for c in self.n_objects))
 
@@ -427,7 +428,7 @@ def train(
         alpha = schedule.alpha(t).reshape(-1, 1, 1, 1)
         sigma = schedule.sigma(t).reshape(-1, 1, 1, 1)
         xt = alpha * x0 + sigma * eps
-        target = alpha * eps - sigma * x0 if config.prediction == "v" else eps
+        target = alpha * eps - sigma * x0 if config.prediction == "v" and config.parameterisation == "epsilon" else eps
         if config.parameterisation == "epsilon":
             pred = net(xt, t, cond)
         else:

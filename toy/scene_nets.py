@@ -285,8 +285,10 @@ class ImageResidualDenoiser(nn.Module):
 
     With :class:`ebmcompose.DiffusionEnergy` (``form="denoiser"``, ``sigma_floor=SIGMA_FLOOR``)
     ``E(x, t | c) = ½‖g(x, t, c)‖²``: the net outputs a whitened residual of size ``O(1)``
-    at every noise level (the image analogue of :class:`toy.train.ResidualDenoiser`). No
-    parameters of its own.
+    at every noise level (the image analogue of :class:`toy.train.ResidualDenoiser`). A
+    velocity net (``prediction="v"``) gives ``f = α_t x̂_0`` with ``x̂_0 = α_t x − σ_t g``, so
+    ``E = ½‖σ_t x + α_t g‖²``: the prior's ``½‖x‖²`` at ``t = 1`` is built in and the net
+    need not learn it (the energy analogue of :class:`VelocityToEpsilon`). No parameters of its own.
 
     Parameters
     ----------
@@ -302,9 +304,14 @@ class ImageResidualDenoiser(nn.Module):
         self.schedule = schedule
 
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """``f = x − σ_t g(x, t, cond)``, ``(B, 3, H, W)``."""
-        sigma = self.schedule.sigma(t, floor=SIGMA_FLOOR).to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
-        return x - sigma * self.net(x, t, cond)
+        """``f = x − σ_t g``, or ``f = α_t (α_t x − σ_t g)`` for a velocity net; ``(B, 3, H, W)``."""
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        sigma = self.schedule.sigma(t, floor=SIGMA_FLOOR).to(x.dtype).reshape(shape)
+        g = self.net(x, t, cond)
+        if getattr(self.net, "config", {}).get("prediction", "epsilon") != "v":
+            return x - sigma * g
+        alpha = self.schedule.alpha(torch.as_tensor(t, device=x.device)).to(x.dtype).reshape(shape)
+        return alpha * (alpha * x - sigma * g)
 
 
 def build_model(parameterisation: str, net: SceneUNet, schedule: ec.VPSchedule, *, max_batch: Optional[int] = None, name: Optional[str] = None):
@@ -327,8 +334,6 @@ def build_model(parameterisation: str, net: SceneUNet, schedule: ec.VPSchedule, 
     if parameterisation in ("epsilon", "eps"):
         return ec.EpsilonModel(VelocityToEpsilon(net, schedule) if v else net, schedule, timestep="continuous", **kw)
     if parameterisation == "energy":
-        if v:
-            raise ec.InputError("an energy-parameterised model is trained through its gradient; it has no velocity output (use prediction='epsilon')")
         return ec.DiffusionEnergy(
             ImageResidualDenoiser(net, schedule), schedule, form="denoiser", timestep="continuous", sigma_floor=SIGMA_FLOOR, **kw
         )

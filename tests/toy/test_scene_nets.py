@@ -135,7 +135,14 @@ def test_velocity_net_gives_the_epsilon_of_the_same_x0_estimate():
     net = _net(prediction="v")
     model = build_model("epsilon", net, sched)
     assert any(isinstance(m, VelocityToEpsilon) for m in model.modules())
-    with pytest.raises(ec.InputError, match="velocity"):
-        build_model("energy", net, sched)
+    # the energy of a velocity net: E = ½‖σ x + α g‖², so σ∇E = σ(σ I + α J)ᵀ(σ x + α g)
+    energy = build_model("energy", net.double(), sched)
+    x = torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    tt = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    with torch.no_grad():
+        gx = net(x, tt, None)
+    a2, s2 = sched.alpha(tt).reshape(-1, 1, 1, 1), sched.sigma(tt).reshape(-1, 1, 1, 1)
+    expected = 0.5 * (s2 * x + a2 * gx).pow(2).flatten(1).sum(1)
+    assert torch.allclose(energy.energy(x, tt), expected, rtol=1e-9)
     with pytest.raises(ValueError, match="prediction"):
         _net(prediction="x0")
