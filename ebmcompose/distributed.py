@@ -136,17 +136,16 @@ def session(device="cpu", backend: Optional[str] = None) -> Iterator[Session]:
     import torch.distributed as dist
 
     device = torch.device(device)
-    if dist.is_available() and dist.is_initialized():
-        yield _session_of(device, dist.get_backend())
-        return
-    if not launched_by_torchrun():
+    if not launched_by_torchrun() and not (dist.is_available() and dist.is_initialized()):
         yield Session(device=device)
         return
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if device.index is None:
-            device = torch.device("cuda", local)
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    if dist.is_initialized():  # joined by the caller: use it, leave it
+        yield _session_of(device, dist.get_backend())
+        return
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     if backend not in ("gloo", "nccl"):
         raise InputError(f"backend must be 'gloo' (CPU) or 'nccl' (CUDA), got {backend!r}")

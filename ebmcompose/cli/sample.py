@@ -65,11 +65,11 @@ Ctrl-C nothing is written. A target that does not fit the bounds (flat, improper
 is refused before the run; a run that diverges (non-finite or exploding samples, Langevin
 divergences, everything rejected) is an error, not a result (exit status 2 for both).
 
-Several processes: `torchrun --nproc_per_node=P --no-python ebmcompose sample ...` splits the
+Several processes: `torchrun --nproc_per_node=P --no-python -- ebmcompose sample ...` splits the
 chains into blocks of --block chains (each seeded from --seed and its index) over the P processes
 and writes the same files as the plain command; rank 0 writes them, and an error on any rank
-writes nothing. The samples depend on --seed and --block, not on P. Put `--` before the command
-(torchrun reads `--n` as a prefix of its own options otherwise).
+writes nothing. The samples depend on --seed and --block, not on P. The `--` keeps torchrun from
+reading `--n` as a prefix of its own options.
 """
 
 EPILOG = """\
@@ -193,6 +193,7 @@ def run(args) -> int:
 
     check_options(args)
     dev = device(args.device)
+    args.block = args.block or distributed.DEFAULT_BLOCK
     with distributed.session(dev) as session:
         with distributed.all_or_none(session):  # a bad --out stops every rank before the run
             if session.is_main:
@@ -238,7 +239,7 @@ def _sample(args, session):
         )
     _check_fits_bounds(target)
     sampler = ex.make_sampler(ex.SamplerOptions.from_args(args), target.schedule, exact=args.model == "exact")
-    run = dict(seed=args.seed, block=args.block or distributed.DEFAULT_BLOCK, session=session,
+    run = dict(seed=args.seed, block=args.block, session=session,
                progress=progress(args.progress), on_divergence="ignore")
     t0 = time.perf_counter()
     try:
