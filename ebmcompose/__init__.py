@@ -43,6 +43,6 @@ __all__ = [
     "parse",
 ]
 
-# Submodules reached as ec.metrics / ec.plot / ec.pipelines (plot imports matplotlib, pipelines
+# Submodules reached as ec.metrics / ec.plot / ec.pipelines / ec.distributed (plot imports matplotlib, pipelines
 # diffusers and transformers, only when called).
-from . import checks, checkpoint, consistency, metrics, pipelines, plot  # noqa: E402
+from . import checks, checkpoint, consistency, distributed, metrics, pipelines, plot  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -12,7 +13,7 @@ from .options import (
     Formatter, common_options, device, diffusion_time, nonnegative_float, nonnegative_int, positive_float,
     positive_int, progress,
 )
-from .outputs import staged_output
+from .outputs import staged_output, writable_base
 
 __all__ = ["add_parser", "run", "FILES"]
 
@@ -63,6 +64,12 @@ move into OUT only after the run succeeded: other files in OUT are kept, and aft
 Ctrl-C nothing is written. A target that does not fit the bounds (flat, improper, e.g. "NOT ring")
 is refused before the run; a run that diverges (non-finite or exploding samples, Langevin
 divergences, everything rejected) is an error, not a result (exit status 2 for both).
+
+Several processes: `torchrun --nproc_per_node=P --no-python -- ebmcompose sample ...` splits the
+chains into blocks of --block chains (each seeded from --seed and its index) over the P processes
+and writes the same files as the plain command; rank 0 writes them, and an error on any rank
+writes nothing. The samples depend on --seed and --block, not on P. The `--` keeps torchrun from
+reading `--n` as a prefix of its own options.
 """
 
 EPILOG = """\
@@ -71,6 +78,7 @@ examples:
   ebmcompose sample --expr "ring AND NOT 0.5*bar" --sampler mala --n 4000 --out ring-not-bar
   ebmcompose sample --task negation --model epsilon --sampler pc-ula --levels 100 --out neg-eps
   ebmcompose sample --task mixture --model energy --sampler ddpm --device cuda --out mix
+  torchrun --nproc_per_node=2 --no-python -- ebmcompose sample --task product --n 4000 --out product-2
 """
 
 
@@ -101,6 +109,9 @@ def add_parser(subparsers) -> None:
     run_ = s.add_argument_group("run")
     run_.add_argument("--n", type=positive_int, default=1000, help="number of samples (chains) (default: %(default)s)")
     run_.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    run_.add_argument("--block", type=positive_int, default=None,
+                      help="chains per block, each with its own random stream, spread over torchrun "
+                      "processes; the samples depend on it like on --seed (default: 512)")
     run_.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     run_.add_argument("--out", default="sample-output", help="output folder (default: %(default)s; other files in it are kept)")
     run_.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
@@ -136,15 +147,15 @@ def check_options(args) -> None:
         raise UsageError(f"--step-rule {rule} scales a base step size: give --step-size too (or use --step-rule adapt)")
 
 
-def _fatal_problems(res) -> "str | None":
+def _fatal_problems(res, quiet: bool = False) -> "str | None":
     """Why a run's output is not a sample (the samplers' own checks, ``res.warnings``), or ``None``.
 
-    When it is a sample, the problems that make it suspect are printed as warnings.
+    When it is a sample, the problems that make it suspect are printed as warnings (unless ``quiet``).
     """
     fatal = [p.what for p in res.warnings if p.fatal]
     if fatal:
         return "; ".join(fatal)
-    for p in res.warnings:
+    for p in () if quiet else res.warnings:
         fix = "a larger --step-size" if p.kind == "high_acceptance" else "a smaller --step-size"
         print(f"ebmcompose sample: warning: {p.what}; use {fix}, or leave it out so that it is adapted", file=sys.stderr)
     return None
@@ -172,17 +183,27 @@ def _markdown(record: dict) -> str:
 
 _CONFIG_KEYS = (
     "task", "expr", "model", "checkpoint_dir", "sampler", "n", "seed", "device", "steps", "step_size",
-    "leapfrog", "levels", "corrector_steps", "kernel", "step_rule", "clip_x0", "t", "init_scale",
+    "leapfrog", "levels", "corrector_steps", "kernel", "step_rule", "clip_x0", "t", "init_scale", "block",
 )
 
 
 def run(args) -> int:
     """Run ``ebmcompose sample``; returns the exit status."""
+    from ebmcompose import distributed
+
     check_options(args)
     dev = device(args.device)
-    with staged_output(args.out, "sample") as staging:
-        record, x, exact, target = _sample(args, dev)
-        _write(staging, args, record, x, exact, target)
+    args.block = args.block or distributed.DEFAULT_BLOCK
+    with distributed.session(dev) as session:
+        with distributed.all_or_none(session):  # a bad --out stops every rank before the run
+            if session.is_main:
+                writable_base(args.out)
+        with staged_output(args.out, "sample") if session.is_main else contextlib.nullcontext() as staging:
+            record, x, exact, target = _sample(args, session)
+            if session.is_main:
+                _write(staging, args, record, x, exact, target)
+    if not session.is_main:
+        return 0
     m = record["metrics"]
     if m["outside_bounds"] > 0.5:
         hint = " (try --clip-x0 6 or more --levels)" if args.sampler in ("ddpm", "ddim") + ex.PC_SAMPLERS else ""
@@ -195,14 +216,18 @@ def run(args) -> int:
     return 0
 
 
-def _sample(args, dev):
+def _sample(args, session):
+    """Every rank samples its blocks; rank 0 gets ``(record, x, exact, target)``, the others ``Nones``."""
     import torch
 
     import samplers
+    from ebmcompose import distributed
+
+    dev = session.device
 
     target = ex.build_target(
         task=args.task, expr=args.expr, model=args.model, static_sampler=args.sampler in ex.STATIC_SAMPLERS,
-        checkpoint_dir=args.checkpoint_dir, t=args.t, device=dev,
+        checkpoint_dir=args.checkpoint_dir, t=args.t, device=str(dev),
     )
     if ex.needs_energy(args.sampler, args.kernel) and not target.energy.has_energy:
         kind = f"{args.sampler} with --kernel {args.kernel}" if args.sampler == "annealed" else args.sampler
@@ -214,16 +239,17 @@ def _sample(args, dev):
         )
     _check_fits_bounds(target)
     sampler = ex.make_sampler(ex.SamplerOptions.from_args(args), target.schedule, exact=args.model == "exact")
-    g = ex.generator(args.seed, dev)
+    run = dict(seed=args.seed, block=args.block, session=session,
+               progress=progress(args.progress), on_divergence="ignore")
     t0 = time.perf_counter()
     try:
         if args.sampler in ex.STATIC_SAMPLERS:
-            x0 = args.init_scale * torch.randn(args.n, 2, generator=g, device=dev)
-            res = sampler.sample(target.energy, x0, target.t, generator=g, progress=progress(args.progress),
-                                 on_divergence="ignore")
+            def init(m, g):
+                return args.init_scale * torch.randn(m, 2, generator=g, device=dev)
+
+            res = distributed.sample(sampler, target.energy, args.n, init=init, t=target.t, **run)
         else:
-            res = sampler.sample(target.energy, shape=(args.n, 2), generator=g, device=dev,
-                                 progress=progress(args.progress), on_divergence="ignore")
+            res = distributed.sample(sampler, target.energy, args.n, event_shape=(2,), device=dev, **run)
     except samplers.NonFiniteStateError as exc:
         raise UsageError(
             f"--sampler {args.sampler} diverged: {str(exc).rstrip('.')}. Use a smaller --step-size (or leave "
@@ -231,15 +257,16 @@ def _sample(args, dev):
         ) from None
     seconds = time.perf_counter() - t0
     x = res.samples.detach()
-    summary = ex.summarize(res.info)
-    if not ex.needs_energy(args.sampler, args.kernel):
-        summary = ex.RunSummary(summary.nfe, None, summary.divergences, summary.step_size)
-    why = _fatal_problems(res)
+    acceptance = res.acceptance if ex.needs_energy(args.sampler, args.kernel) else None
+    summary = ex.RunSummary(res.nfe, acceptance, res.divergences, res.step_size)
+    why = _fatal_problems(res, quiet=not session.is_main)
     if why is not None:
         hint = "Use a smaller --step-size, or leave it out so that it is adapted."
         if args.sampler in ("ddpm", "ddim"):
             hint = "Use more --levels, or --clip-x0 6 to clamp the x0-prediction."
         raise UsageError(f"--sampler {args.sampler} diverged: {why}. {hint} Nothing was written.")
+    if not session.is_main:
+        return None, None, None, None
 
     t1 = time.perf_counter()
     exact = target.sample_exact(args.n, generator=ex.generator(args.seed + 10)).detach().to("cpu", torch.float64)

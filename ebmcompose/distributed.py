@@ -1,0 +1,561 @@
+"""Sampling on several processes (``torchrun``) with the same samples whatever their number.
+
+The chain-block scheme (the one place that decides how randomness is split):
+
+- the global batch of ``n`` chains is cut into fixed-size **blocks** of ``block`` chains
+  (``ceil(n / block)`` blocks, the last one possibly shorter); the cut does not depend on the
+  number of processes;
+- block ``b`` draws all its randomness (starting point and every step) from its own
+  ``torch.Generator`` seeded with :func:`block_seed` ``(seed, b)``: the first 63 bits of
+  ``BLAKE2b("<seed>/<b>", person="ebmc-chain-block")``, so nearby seeds and blocks give
+  unrelated streams;
+- block ``b`` runs on rank ``b % world_size``; a rank runs its blocks one after another, each as
+  one batched ``sampler.sample`` call;
+- results are gathered in block order on every rank.
+
+A single process runs the same blocks, so ``P = 1`` and ``P = 2`` give identical samples (on the
+same device type: CPU and CUDA generators draw different numbers).
+
+Processes: :func:`session` joins the process group when launched by ``torchrun`` (the
+``RANK``/``WORLD_SIZE`` variables are set): NCCL for a CUDA device, gloo for the CPU. Without
+them it is a one-process session and nothing here touches ``torch.distributed``.
+
+Failures: :func:`all_or_none` makes every rank agree on an error before anything is written,
+so a rank that raises ends every rank with that error (rank 0 writes nothing).
+
+SMC (global resampling across ranks) uses :func:`gather_rows`, :func:`resample_indices` and
+:func:`take_rows`; see :func:`take_rows` for the recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+__all__ = [
+    "DEFAULT_BLOCK", "block_seed", "block_generator", "shared_generator", "launched_by_torchrun", "Session",
+    "session", "BlockPlan", "RankError", "agree", "all_or_none", "all_gather_objects", "gather_rows",
+    "BlockReport", "ShardedResult", "sample", "resample_indices", "take_rows",
+]
+
+#: Chains per block when none is given: big enough for a well-filled batch and a stable
+#: step-size adaptation, small enough that a default CLI run (n = 1000) spreads over 2 ranks.
+DEFAULT_BLOCK = 512
+
+
+# ----------------------------------------------------------------------------- seeds
+def _hash63(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8, person=b"ebmc-chain-block").digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The seed of chain block ``block`` of a run seeded with ``seed``: a 63-bit hash of both."""
+    return _hash63(f"{int(seed)}/{int(block)}")
+
+
+def block_generator(seed: int, block: int, device="cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with :func:`block_seed` ``(seed, block)``."""
+    return torch.Generator(device=device).manual_seed(block_seed(seed, block))
+
+
+def shared_generator(seed: int, stream: str, device="cpu") -> torch.Generator:
+    """A generator every rank builds identically (e.g. ``stream="resample"`` for SMC's global
+    resampling); its numbers never coincide with a block's (another hash input)."""
+    return torch.Generator(device=device).manual_seed(_hash63(f"{int(seed)}/shared/{stream}"))
+
+
+# ----------------------------------------------------------------------------- processes
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` are set)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where this process stands among the ranks of a run.
+
+    Attributes
+    ----------
+    rank, world_size, local_rank : int
+        This process's rank, the number of processes, its rank on its node (``0, 1, 1`` alone).
+    device : torch.device
+        The device this rank samples on (``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun).
+    backend : str or None
+        ``"gloo"`` or ``"nccl"`` (``None`` for one process without a process group).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: Optional[str] = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether collectives go through ``torch.distributed``."""
+        return self.backend is not None
+
+    @property
+    def comm_device(self) -> torch.device:
+        """Where tensors must be for collectives (NCCL: this rank's GPU; gloo: the CPU)."""
+        return self.device if self.backend == "nccl" else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def session(device="cpu", backend: Optional[str] = None) -> Iterator[Session]:
+    """Join the ``torchrun`` process group for the block (one-process session otherwise).
+
+    Parameters
+    ----------
+    device : str or torch.device
+        The run's device; under torchrun a bare ``"cuda"`` becomes ``cuda:LOCAL_RANK``.
+    backend : str, optional
+        ``"gloo"`` or ``"nccl"``; default NCCL for CUDA, gloo for the CPU.
+
+    Yields
+    ------
+    Session
+        The process group is destroyed on exit if this call created it.
+    """
+    import torch.distributed as dist
+
+    device = torch.device(device)
+    if not launched_by_torchrun() and not (dist.is_available() and dist.is_initialized()):
+        yield Session(device=device)
+        return
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if dist.is_initialized():  # joined by the caller: use it, leave it
+        yield _session_of(device, dist.get_backend())
+        return
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise InputError(f"backend must be 'gloo' (CPU) or 'nccl' (CUDA), got {backend!r}")
+    if backend == "nccl" and device.type != "cuda":
+        raise InputError("the nccl backend needs a CUDA device; use backend='gloo' on the CPU")
+    dist.init_process_group(backend=backend)
+    try:
+        yield _session_of(device, backend)
+    finally:
+        dist.destroy_process_group()
+
+
+def _session_of(device: torch.device, backend: str) -> Session:
+    import torch.distributed as dist
+
+    return Session(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device, backend=backend)
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class BlockPlan:
+    """How ``n`` chains are cut into blocks and which blocks a rank runs.
+
+    Attributes
+    ----------
+    n : int
+        Chains in all.
+    block : int
+        Chains per block (the last block may be shorter).
+    world_size, rank : int
+        Processes, and the rank this plan is for.
+    """
+
+    n: int
+    block: int = DEFAULT_BLOCK
+    world_size: int = 1
+    rank: int = 0
+
+    def __post_init__(self):
+        for name in ("n", "block", "world_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if not 0 <= self.rank < self.world_size:
+            raise InputError(f"rank must be in [0, {self.world_size}), got {self.rank!r}")
+
+    @property
+    def n_blocks(self) -> int:
+        return math.ceil(self.n / self.block)
+
+    def bounds(self, b: int) -> Tuple[int, int]:
+        """Global rows ``[start, stop)`` of block ``b``."""
+        return b * self.block, min(self.n, (b + 1) * self.block)
+
+    def blocks_of(self, rank: int) -> Tuple[int, ...]:
+        """The blocks ``rank`` runs (``b % world_size == rank``), in order."""
+        return tuple(range(rank, self.n_blocks, self.world_size))
+
+    @property
+    def blocks(self) -> Tuple[int, ...]:
+        """This rank's blocks."""
+        return self.blocks_of(self.rank)
+
+    def rows_of(self, rank: int) -> Tensor:
+        """``(m,)`` int64 global rows held by ``rank``, in its local order (its blocks one after another)."""
+        parts = [torch.arange(*self.bounds(b)) for b in self.blocks_of(rank)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    @property
+    def rows(self) -> Tensor:
+        """``(m,)`` global rows of this rank."""
+        return self.rows_of(self.rank)
+
+    def for_rank(self, rank: int) -> "BlockPlan":
+        return BlockPlan(self.n, self.block, self.world_size, rank)
+
+    @classmethod
+    def of(cls, n: int, block: int, s: Session) -> "BlockPlan":
+        return cls(n, block, s.world_size, s.rank)
+
+
+# ----------------------------------------------------------------------------- agreement
+class RankError(RuntimeError):
+    """Another rank raised an error that cannot be rebuilt here; the message names rank and error."""
+
+
+def all_gather_objects(obj: Any, s: Session) -> List[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (small picklable objects only).
+
+    The objects travel pickled between the run's own processes, never through a file.
+    """
+    if not s.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out: List[Any] = [None] * s.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a :class:`RankError` with its type and message."""
+    try:
+        return pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RankError(f"{type(exc).__name__}: {exc}")
+
+
+def agree(s: Session, error: Optional[BaseException]) -> None:
+    """Collective: every rank passes its error (or ``None``); if any rank failed, every rank raises.
+
+    A failed rank raises its own error; the others raise the error of the lowest failed rank,
+    with a note naming that rank.
+    """
+    if not s.distributed:
+        if error is not None:
+            raise error
+        return
+    errors = all_gather_objects(None if error is None else _portable(error), s)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if not failed:
+        return
+    if error is not None:
+        raise error
+    rank, remote = failed[0]
+    remote.add_note(f"(raised on rank {rank} of {s.world_size}; every rank stopped and nothing was written)")
+    raise remote
+
+
+@contextlib.contextmanager
+def all_or_none(s: Session) -> Iterator[None]:
+    """Run the block on every rank, then :func:`agree`: an error on any rank is raised on all."""
+    try:
+        yield
+    except Exception as exc:
+        agree(s, exc)
+        raise
+    agree(s, None)
+
+
+# ----------------------------------------------------------------------------- gathering rows
+def gather_rows(local: Tensor, plan: BlockPlan, s: Session) -> Tensor:
+    """Collective: the ``(n, *rest)`` tensor whose rows each rank holds part of, on every rank.
+
+    Parameters
+    ----------
+    local : Tensor
+        ``(m, *rest)`` this rank's rows in its local order (``plan.rows``); every rank passes the
+        same ``rest``, dtype and device.
+    plan : BlockPlan
+        The run's blocks.
+
+    Returns
+    -------
+    Tensor
+        ``(n, *rest)`` in global (block) order, on ``local``'s device.
+    """
+    if local.shape[0] != plan.rows.numel():
+        raise InputError(f"rank {plan.rank} holds {plan.rows.numel()} rows but passed {local.shape[0]}")
+    if not s.distributed:
+        return local
+    import torch.distributed as dist
+
+    counts = [plan.rows_of(r).numel() for r in range(plan.world_size)]
+    width = max(counts)
+    send = local.detach().to(s.comm_device)
+    if send.dtype == torch.bool:
+        send = send.to(torch.uint8)
+    pad = send.new_zeros((width - send.shape[0],) + tuple(send.shape[1:]))
+    send = torch.cat([send, pad]).contiguous()
+    parts = [torch.empty_like(send) for _ in range(plan.world_size)]
+    dist.all_gather(parts, send)
+    out = send.new_empty((plan.n,) + tuple(send.shape[1:]))
+    for r, part in enumerate(parts):
+        out[plan.rows_of(r).to(out.device)] = part[:counts[r]]
+    return out.to(device=local.device, dtype=local.dtype)
+
+
+# ----------------------------------------------------------------------------- the driver
+@dataclass(frozen=True)
+class BlockReport:
+    """What one block's run reported (from its ``res.info`` and ``res.warnings``).
+
+    Attributes
+    ----------
+    block, n : int
+        The block and its number of chains.
+    nfe : int
+        Evaluations of the block's run (each one a batched call over its chains).
+    acceptance : float or None
+        Its mean acceptance (``None`` without a Metropolis or proxy acceptance).
+    divergences : int
+        Its divergent proposals.
+    step_size : float or None
+        Its final step size when it is one number (each block adapts its own).
+    warnings : tuple
+        Its ``res.warnings`` (``samplers.health.Problem``).
+    """
+
+    block: int
+    n: int
+    nfe: int
+    acceptance: Optional[float]
+    divergences: int
+    step_size: Optional[float]
+    warnings: Tuple[Any, ...] = ()
+
+    @classmethod
+    def of(cls, block: int, res) -> "BlockReport":
+        info = res.info
+        h = info.get("step_size")
+        h = float(torch.as_tensor(h)) if h is not None and torch.as_tensor(h).numel() == 1 else None
+        return cls(block=block, n=int(res.samples.shape[0]), nfe=int(info["nfe"]),
+                   acceptance=getattr(info, "mean_acceptance", None),
+                   divergences=int(info.get("divergences", 0) or 0), step_size=h,
+                   warnings=tuple(getattr(res, "warnings", ())))
+
+
+def _weighted(values: Sequence[Tuple[float, int]]) -> Optional[float]:
+    if not values:
+        return None
+    return sum(v * k for v, k in values) / sum(k for _, k in values)
+
+
+@dataclass(frozen=True)
+class ShardedResult:
+    """What :func:`sample` returns on every rank.
+
+    Attributes
+    ----------
+    samples : Tensor
+        ``(n, *event)`` all chains in global order, on the run's device.
+    blocks : tuple of BlockReport
+        One per block, in block order.
+    plan : BlockPlan
+        The blocks and this rank's share.
+    """
+
+    samples: Tensor
+    blocks: Tuple[BlockReport, ...]
+    plan: BlockPlan
+
+    @property
+    def nfe(self) -> int:
+        """Evaluations each chain went through (the most over the blocks)."""
+        return max(b.nfe for b in self.blocks)
+
+    @property
+    def acceptance(self) -> Optional[float]:
+        """Mean acceptance over the chains (blocks weighted by size); ``None`` without one."""
+        return _weighted([(b.acceptance, b.n) for b in self.blocks if b.acceptance is not None])
+
+    @property
+    def divergences(self) -> int:
+        return sum(b.divergences for b in self.blocks)
+
+    @property
+    def step_size(self) -> Optional[float]:
+        """Mean final step size over the chains (blocks weighted by size); ``None`` if not one number."""
+        return _weighted([(b.step_size, b.n) for b in self.blocks if b.step_size is not None])
+
+    @property
+    def warnings(self) -> Tuple[Any, ...]:
+        """Every block's warnings, in block order, each kind once."""
+        seen, out = set(), []
+        for b in self.blocks:
+            for p in b.warnings:
+                key = (getattr(p, "kind", None), getattr(p, "fatal", None))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(p)
+        return tuple(out)
+
+
+def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence[int]] = None,
+           init: Optional[Callable[[int, torch.Generator], Tensor]] = None, block: int = DEFAULT_BLOCK,
+           session: Optional[Session] = None, device=None, dtype: Optional[torch.dtype] = None,
+           progress: bool = False, **kwargs) -> ShardedResult:
+    """Collective: ``n`` chains of ``sampler`` on ``energy``, split into blocks over the ranks.
+
+    Every rank calls it with the same arguments; the samples depend on ``seed`` and ``block``,
+    never on the number of processes.
+
+    Parameters
+    ----------
+    sampler
+        Any sampler (``sampler.sample(energy, x0, ..., generator=g)``): ULA, MALA, HMC,
+        reverse diffusion, annealed Langevin, predictor–corrector.
+    energy : Energy
+        The target, on the run's device.
+    n : int
+        Chains in all.
+    seed : int
+        The run's seed; block ``b`` draws from :func:`block_generator` ``(seed, b)``.
+    event_shape : sequence of int, optional
+        Shape of one sample; a block of ``m`` chains calls
+        ``sampler.sample(energy, shape=(m, *event_shape), generator=g, device=device)``.
+    init : callable, optional
+        Instead of ``event_shape``: ``init(m, g) -> x0`` ``(m, *event)``, the block's starting
+        points (drawn from the block's generator ``g``), passed as ``sampler.sample(energy, x0, ...)``.
+    block : int
+        Chains per block (part of what the samples depend on, like the seed).
+    session : Session, optional
+        From :func:`session`; default: one process.
+    device, dtype
+        Where ``event_shape`` starting points are drawn (default: the session's device).
+    progress : bool
+        Progress bars (on rank 0 only).
+    **kwargs
+        Passed to every ``sampler.sample`` call (e.g. ``t=``, ``on_divergence=``).
+
+    Returns
+    -------
+    ShardedResult
+        Gathered samples and per-block reports, identical on every rank.
+
+    Raises
+    ------
+    Exception
+        Whatever a block raised on any rank, raised on every rank (see :func:`agree`).
+    """
+    s = session or Session()
+    if (event_shape is None) == (init is None):
+        raise InputError("pass exactly one of event_shape=(...) (start from the sampler's prior) or init=fn(m, g) -> x0")
+    plan = BlockPlan.of(n, block, s)
+    dev = torch.device(device) if device is not None else s.device
+    results = []
+    with all_or_none(s):
+        for b in plan.blocks:
+            start, stop = plan.bounds(b)
+            g = block_generator(seed, b, dev)
+            show = progress and s.is_main
+            if init is not None:
+                res = sampler.sample(energy, init(stop - start, g), generator=g, progress=show, **kwargs)
+            else:
+                extra = {} if dtype is None else {"dtype": dtype}
+                res = sampler.sample(energy, shape=(stop - start, *event_shape), generator=g, device=dev,
+                                     progress=show, **extra, **kwargs)
+            results.append((b, res))
+    reports = [BlockReport.of(b, res) for b, res in results]
+    like = results[0][1].samples if results else None
+    meta = all_gather_objects((reports, None if like is None else (tuple(like.shape[1:]), like.dtype)), s)
+    blocks = tuple(sorted((r for rs, _ in meta for r in rs), key=lambda r: r.block))
+    rest, dt = next(m for _, m in meta if m is not None)
+    if results:
+        local = torch.cat([res.samples.detach() for _, res in results])
+    else:
+        local = torch.zeros((0,) + rest, dtype=dt, device=dev)
+    return ShardedResult(samples=gather_rows(local, plan, s), blocks=blocks, plan=plan)
+
+
+# ----------------------------------------------------------------------------- SMC collectives
+def resample_indices(log_weights: Tensor, generator: torch.Generator, method: str = "systematic") -> Tensor:
+    """``(N,)`` int64 ancestor indices from ``(N,)`` global log-weights.
+
+    Computed in float64 on the CPU, so every rank that passes the same weights and an identically
+    seeded generator (:func:`shared_generator`) gets the same indices.
+
+    Parameters
+    ----------
+    log_weights : Tensor
+        ``(N,)`` unnormalised log-weights (``-inf`` allowed, not all).
+    generator : torch.Generator
+        A CPU generator in the same state on every rank.
+    method : {"systematic", "multinomial"}
+        Systematic: one uniform, particle ``i`` gets ``floor`` or ``ceil`` of ``N w_i`` copies;
+        multinomial: ``N`` independent draws.
+    """
+    lw = log_weights.detach().to("cpu", torch.float64).flatten()
+    if lw.numel() == 0 or not bool(torch.isfinite(lw).any()) or bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):
+        raise InputError("log_weights must be non-empty, without NaN or +inf, with at least one finite entry")
+    w = torch.softmax(lw, dim=0)
+    n = w.numel()
+    if method == "multinomial":
+        return torch.multinomial(w, n, replacement=True, generator=generator)
+    if method != "systematic":
+        raise InputError(f"method must be 'systematic' or 'multinomial', got {method!r}")
+    u = (torch.arange(n, dtype=torch.float64) + torch.rand((), generator=generator, dtype=torch.float64)) / n
+    cdf = torch.cumsum(w, 0)
+    cdf[-1] = 1.0
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+
+
+def take_rows(local: Tensor, indices: Tensor, plan: BlockPlan, s: Session) -> Tensor:
+    """Collective: this rank's rows of the resampled population ``global[indices]``.
+
+    Every rank gathers the whole population (``O(N · event)`` traffic per rank) and keeps the
+    rows it holds, ``global[indices[plan.rows]]``.
+
+    How SMC resamples globally, on every rank at each resampling step::
+
+        lw = gather_rows(local_log_weights, plan, s)           # (N,) same on every rank
+        if ess(lw) < threshold * N:                            # same decision everywhere
+            idx = resample_indices(lw, resample_gen)           # resample_gen = shared_generator(seed, "resample")
+            x_local = take_rows(x_local, idx, plan, s)         # and any other per-particle tensor
+            local_log_weights = zeros like before
+
+    and mutates each block with its own :func:`block_generator`, so that the population does not
+    depend on the number of ranks.
+
+    Parameters
+    ----------
+    local : Tensor
+        ``(m, *rest)`` this rank's rows (``plan.rows``).
+    indices : Tensor
+        ``(N,)`` ancestor indices, the same on every rank.
+    """
+    indices = indices.to(torch.long).cpu()
+    if indices.shape != (plan.n,):
+        raise InputError(f"indices must have shape ({plan.n},), got {tuple(indices.shape)}")
+    whole = gather_rows(local, plan, s)
+    return whole[indices[plan.rows].to(whole.device)]

@@ -1,0 +1,118 @@
+"""The program the distributed tests launch with ``torchrun`` (and the runs they compare it with).
+
+``python _distributed_worker.py OUT``: every rank runs :func:`runs` through ``ec.distributed``;
+rank 0 writes each result to ``OUT/<name>.npy``. Then every rank runs :func:`fail`, where block 1
+raises and rank 0 would write ``OUT/failed/samples.npy`` through ``staged_output`` only if every
+rank succeeded; each rank writes the error it ended with to ``OUT/error-<rank>.txt``.
+(One launch for all: starting two processes costs tens of seconds on a loaded machine.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ebmcompose as ec
+
+ROOT = Path(__file__).resolve().parents[1]
+N, BLOCK, SEED = 10, 3, 7  # 4 blocks (3, 3, 3, 1): rank 0 runs blocks 0 and 2, rank 1 blocks 1 and 3
+SCHEDULE = ec.VPSchedule.cosine()
+
+
+def target():
+    import toy
+
+    return toy.GaussianMixture(torch.tensor([[-1.5, 0.0], [1.5, 0.5]]), stds=torch.tensor([0.5, 0.7]))
+
+
+def start(m, g):
+    return 2.0 * torch.randn(m, 2, generator=g)
+
+
+def runs(s: ec.distributed.Session) -> dict:
+    """name -> array: sampler runs and SMC resampling collectives on a fixed population."""
+    from samplers import MALA, ULA, ReverseDiffusion
+
+    gm = target()
+    static = ec.EnergyFunction(lambda x: -gm.log_prob(x))
+    out = {}
+    for name, sampler in [("ula", ULA(step_size=0.1, n_steps=15)), ("mala", MALA(step_size=0.3, n_steps=15))]:
+        res = ec.distributed.sample(sampler, static, N, seed=SEED, init=start, block=BLOCK, session=s,
+                                    on_divergence="ignore")
+        out[name] = res.samples
+        out[name + "_acceptance"] = torch.tensor([b.acceptance for b in res.blocks], dtype=torch.float64)
+    res = ec.distributed.sample(ReverseDiffusion(SCHEDULE, n_steps=12), gm.diffused(SCHEDULE), N, seed=SEED,
+                                event_shape=(2,), block=BLOCK, session=s)
+    out["reverse_diffusion"] = res.samples
+
+    plan = ec.distributed.BlockPlan.of(N, BLOCK, s)
+    pop = torch.Generator().manual_seed(3)
+    x, lw = torch.randn(N, 2, generator=pop), 2.0 * torch.randn(N, generator=pop)
+    local_x, local_lw = x[plan.rows], lw[plan.rows]
+    for method in ("systematic", "multinomial"):
+        g = ec.distributed.shared_generator(SEED, "resample")
+        glw = ec.distributed.gather_rows(local_lw, plan, s)
+        idx = ec.distributed.resample_indices(glw, g, method)
+        new_local = ec.distributed.take_rows(local_x, idx, plan, s)
+        out["resampled_" + method] = ec.distributed.gather_rows(new_local, plan, s)
+    return out
+
+
+def fail(s: ec.distributed.Session, out: Path) -> None:
+    from samplers import ULA
+
+    from ebmcompose.cli.outputs import staged_output
+
+    def start_or_break(m, g):
+        if g.initial_seed() == ec.distributed.block_seed(SEED, 1):
+            raise ValueError("block 1 is broken on purpose")
+        return start(m, g)
+
+    gm = target()
+    static = ec.EnergyFunction(lambda x: -gm.log_prob(x))
+    with staged_output(out, "worker") if s.is_main else _nothing() as staging:
+        res = ec.distributed.sample(ULA(step_size=0.1, n_steps=5), static, N, seed=SEED, init=start_or_break,
+                                    block=BLOCK, session=s)
+        if s.is_main:
+            np.save(staging / "samples.npy", res.samples.numpy())
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def torchrun(args, nproc: int = 2, timeout: float = 240.0) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=nproc ARGS`` on the CPU (one thread per rank)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def main(argv) -> None:
+    out = Path(argv[0])
+    torch.set_num_threads(1)
+    with ec.distributed.session("cpu") as s:
+        results = runs(s)
+        if s.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, v in results.items():
+                np.save(out / f"{name}.npy", v.numpy())
+        try:
+            fail(s, out / "failed")
+        except Exception as exc:
+            notes = "".join("\n" + n for n in getattr(exc, "__notes__", []))
+            (out / f"error-{s.rank}.txt").write_text(f"{type(exc).__name__}: {exc}{notes}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,156 @@
+"""ec.distributed: chain blocks, 2 real processes (torchrun, gloo) against 1, failures, SMC collectives."""
+
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import _distributed_worker as worker
+import ebmcompose as ec
+from ebmcompose import distributed as dist_
+from samplers import MALA, ULA
+
+
+# ------------------------------------------------------------------------------ the scheme
+def test_block_seed_is_the_documented_hash_and_separates_seeds_and_blocks():
+    def documented(seed, block):
+        d = hashlib.blake2b(f"{seed}/{block}".encode(), digest_size=8, person=b"ebmc-chain-block").digest()
+        return int.from_bytes(d, "little") >> 1
+
+    pairs = [(s, b) for s in (-1, 0, 1, 2**40) for b in range(4)]
+    seeds = [dist_.block_seed(s, b) for s, b in pairs]
+    assert seeds == [documented(s, b) for s, b in pairs]
+    assert len(set(seeds)) == len(seeds) and all(0 <= v < 2**63 for v in seeds)
+    assert dist_.shared_generator(0, "resample").initial_seed() not in seeds
+
+
+@pytest.mark.parametrize("n, block", [(1, 1), (10, 3), (7, 7), (8, 100), (1000, 512)])
+def test_every_chain_is_in_exactly_one_block_and_one_rank(n, block):
+    one = dist_.BlockPlan(n, block)
+    assert torch.equal(one.rows, torch.arange(n))
+    for world in (1, 2, 3, 5):
+        plan = dist_.BlockPlan(n, block, world)
+        assert plan.n_blocks == one.n_blocks == math.ceil(n / block)  # the cut ignores the ranks
+        rows = torch.cat([plan.rows_of(r) for r in range(world)])
+        assert torch.equal(rows.sort().values, torch.arange(n))
+        assert all(plan.bounds(b) == one.bounds(b) for b in range(plan.n_blocks))
+
+
+def test_bad_plan_and_arguments_are_input_errors():
+    with pytest.raises(ec.InputError, match="block must be a positive integer"):
+        dist_.BlockPlan(10, 0)
+    with pytest.raises(ec.InputError, match="rank must be in"):
+        dist_.BlockPlan(10, 3, world_size=2, rank=2)
+    with pytest.raises(ec.InputError, match="exactly one of event_shape"):
+        dist_.sample(ULA(step_size=0.1, n_steps=1), ec.EnergyFunction(lambda x: (x**2).sum(1)), 4, seed=0)
+
+
+def test_one_process_runs_each_block_with_its_own_generator():
+    gm = worker.target()
+    energy = ec.EnergyFunction(lambda x: -gm.log_prob(x))
+    kernel = MALA(step_size=0.3, n_steps=10)
+    res = dist_.sample(kernel, energy, 7, seed=5, init=worker.start, block=3)
+    expected = []
+    for b, (lo, hi) in enumerate([(0, 3), (3, 6), (6, 7)]):
+        g = dist_.block_generator(5, b)
+        expected.append(kernel.sample(energy, worker.start(hi - lo, g), generator=g).samples)
+    assert torch.equal(res.samples, torch.cat(expected))
+    assert [b.block for b in res.blocks] == [0, 1, 2] and [b.n for b in res.blocks] == [3, 3, 1]
+    acc = sum(b.acceptance * b.n for b in res.blocks) / 7
+    assert res.acceptance == pytest.approx(acc) and res.nfe == max(b.nfe for b in res.blocks)
+
+
+def test_sharded_mala_is_an_independent_sample_of_a_gaussian():
+    """Blocks must not share noise: with copies, the sample mean's error would be sqrt(8) SE larger."""
+    cov = torch.tensor([[1.0, 0.5], [0.5, 2.0]])
+    prec = torch.linalg.inv(cov)
+    energy = ec.EnergyFunction(lambda x: 0.5 * ((x @ prec) * x).sum(1))
+    res = dist_.sample(MALA(step_size=0.5, n_steps=150), energy, 800, seed=1, block=100,
+                       init=lambda m, g: torch.randn(m, 2, generator=g))
+    x = res.samples.double()
+    se = (cov.diagonal().double() / 800).sqrt()
+    assert (x.mean(0).abs() <= 4.5 * se).all(), x.mean(0)
+    var_se = cov.diagonal().double() * math.sqrt(2 / 800)
+    assert ((x.var(0) - cov.diagonal()).abs() <= 4.5 * var_se).all(), x.var(0)
+    first = [res.samples[b * 100:(b + 1) * 100] for b in range(2)]
+    assert not torch.equal(first[0], first[1])
+
+
+# ------------------------------------------------------------------------------ 2 processes
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "runs"
+    proc = worker.torchrun(["tests/_distributed_worker.py", out])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_two_processes_give_the_samples_of_one(two_process_runs):
+    torch.set_num_threads(1)
+    one = worker.runs(dist_.Session())
+    names = ["ula", "ula_acceptance", "mala", "mala_acceptance", "reverse_diffusion",
+             "resampled_systematic", "resampled_multinomial"]
+    assert sorted(one) == sorted(names)
+    for name in names:
+        two = np.load(two_process_runs / f"{name}.npy", allow_pickle=False)
+        assert two.shape == tuple(one[name].shape)
+        np.testing.assert_array_equal(two, one[name].numpy(), err_msg=name)
+
+
+def test_a_rank_that_raises_stops_every_rank_and_writes_nothing(two_process_runs):
+    errors = [(two_process_runs / f"error-{r}.txt").read_text() for r in (0, 1)]
+    assert errors[1] == "ValueError: block 1 is broken on purpose"
+    assert errors[0].startswith("ValueError: block 1 is broken on purpose")  # rank 0 ran fine but stopped
+    assert "raised on rank 1 of 2" in errors[0]
+    assert not (two_process_runs / "failed").exists()
+    assert not list(two_process_runs.glob(".ebmcompose-*"))  # no staging folder left
+
+
+# ------------------------------------------------------------------------------ one-process agreement
+def test_all_or_none_reraises_in_one_process():
+    with pytest.raises(KeyError, match="boom"):
+        with dist_.all_or_none(dist_.Session()):
+            raise KeyError("boom")
+
+
+# ------------------------------------------------------------------------------ resampling
+def test_systematic_resampling_gives_floor_or_ceil_copies():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        lw = 3.0 * torch.randn(20, generator=g)
+        lw[3] = -math.inf
+        idx = dist_.resample_indices(lw, g)
+        counts = torch.bincount(idx, minlength=20).double()
+        expected = 20 * torch.softmax(lw.double(), 0)
+        assert ((counts >= expected.floor() - 1e-9) & (counts <= expected.ceil() + 1e-9)).all()
+        assert counts[3] == 0
+    assert torch.equal(dist_.resample_indices(torch.zeros(9), g), torch.arange(9))
+
+
+def test_multinomial_resampling_is_unbiased():
+    g = torch.Generator().manual_seed(1)
+    lw = torch.tensor([0.0, 1.0, -1.0, 2.0, 0.5])
+    w = torch.softmax(lw.double(), 0)
+    reps = 2000
+    counts = torch.stack([torch.bincount(dist_.resample_indices(lw, g, "multinomial"), minlength=5)
+                          for _ in range(reps)]).double()
+    se = (5 * w * (1 - w) / reps).sqrt()  # Var of a multinomial count, over reps
+    assert ((counts.mean(0) - 5 * w).abs() <= 4.5 * se).all(), counts.mean(0)
+
+
+def test_resampling_refuses_bad_weights():
+    g = torch.Generator().manual_seed(0)
+    for bad in (torch.tensor([0.0, math.nan]), torch.full((3,), -math.inf), torch.tensor([math.inf, 0.0])):
+        with pytest.raises(ec.InputError, match="log_weights"):
+            dist_.resample_indices(bad, g)
+    with pytest.raises(ec.InputError, match="method"):
+        dist_.resample_indices(torch.zeros(3), g, "residual")
+
+
+def test_take_rows_in_one_process_is_indexing():
+    plan = dist_.BlockPlan(6, 4)
+    x = torch.arange(12.0).reshape(6, 2)
+    idx = torch.tensor([5, 5, 0, 1, 2, 2])
+    assert torch.equal(dist_.take_rows(x, idx, plan, dist_.Session()), x[idx])
