@@ -10,10 +10,13 @@ that local MCMC at one noise level cannot (Thornton et al. 2025; Skreta et al. 2
 Start. ``x ~ N(0, I)`` with log weight ``log w_0 = −E(x, t_0) − log N(x; 0, I)``.
 
 Proposal ``M_k(x' | x)``, from ``t = t_k`` to ``s = t_{k+1}``: the reverse-diffusion step
-(:func:`samplers.reverse_diffusion.ddim_update`, DDIM-η with ``η > 0``; ``η = 1`` is DDPM
-ancestral), a Gaussian ``N(x'; m(x), σ_η² I)`` with ``m(x)`` the noise-free update from
-``∇x E(x, t)``. The step landing on ``s = 0`` has ``σ_η = 0`` under DDIM; it uses the
-forward kernel's variance ``1 − ᾱ_t`` instead (DDPM's "fixed_large") around the x0-prediction.
+(:func:`samplers.reverse_diffusion.ddim_update`), a Gaussian ``N(x'; m(x), σ² I)`` with ``m(x)``
+the noise-free DDPM update from ``∇x E(x, t)`` (the posterior mean ``q(x_s | x_t, x̂0)``).
+``proposal_variance="large"`` (default): ``σ² = b² = 1 − ᾱ_t/ᾱ_s`` (DDPM's "fixed_large",
+Ho et al. 2020), right where the data spread exceeds the noise (low ``t``); ``"small"``: DDIM-η's
+``σ_η²`` (``η = 1``: the posterior variance ``β̃``), which collapses the weights at low ``t``
+(its variance is far below the true reverse variance there) and is exact only for point masses.
+The step landing on ``s = 0`` has ``β̃ = 0``; it always uses ``b² = 1 − ᾱ_t``.
 
 Backward kernel ``L_k(x | x')``: the forward noising kernel
 ``q(x_t | x_s) = N(x_t; a x_s, b² I)`` with ``a = sqrt(ᾱ_t / ᾱ_s)``, ``b² = 1 − ᾱ_t / ᾱ_s``.
@@ -131,13 +134,13 @@ class SMCSummary(LadderSummary):
     scheme: Optional[str] = None
 
 
-def smc_steps(schedule: ec.VPSchedule, ts: Tensor, eta: float) -> List[DiffusionStep]:
-    """The proposal's steps along ``ts``: DDIM-η coefficients, the step landing on ``t = 0`` with
-    the forward kernel's std ``sqrt(1 − ᾱ_t)`` around the x0-prediction (a density exists)."""
+def smc_steps(schedule: ec.VPSchedule, ts: Tensor, eta: float, variance: str = "large") -> List[DiffusionStep]:
+    """The proposal's steps along ``ts``: DDIM-η coefficients (the mean), with the noise std
+    ``sqrt(1 − ᾱ_t/ᾱ_s)`` for ``variance="large"`` and on the step landing on ``t = 0``."""
     out = []
     for st in ddim_coefficients(schedule, ts, eta):
-        if st.sigma_s == 0.0:
-            st = dataclasses.replace(st, noise_std=st.sigma_t, eps_coef=0.0)
+        if variance == "large" or st.sigma_s == 0.0:
+            st = dataclasses.replace(st, noise_std=math.sqrt(-math.expm1(2.0 * (math.log(st.alpha_t) - math.log(st.alpha_s)))))
         out.append(st)
     return out
 
@@ -182,7 +185,10 @@ class SMC:
     resampling : {"systematic", "stratified", "multinomial"}
         Scheme (:mod:`samplers.resampling`).
     eta : float
-        DDIM η ``> 0`` of the proposal (1: DDPM ancestral).
+        DDIM η ``> 0`` of the proposal's ``"small"`` variance (1: DDPM ancestral).
+    proposal_variance : {"large", "small"}
+        The proposal's noise (module notes): ``"large"`` (default) ``1 − ᾱ_t/ᾱ_s`` around DDPM's
+        posterior mean; ``"small"`` DDIM-η's ``σ_η²``.
     step_rule : {"sigma2", "fixed", "adapt"} or None
         Rejuvenation step size at level ``t`` (``h = rejuvenate.step_size``): ``h σ(t)²``, ``h``,
         or dual averaging per level towards ``rejuvenate.target_accept`` carried down the ladder
@@ -219,6 +225,7 @@ class SMC:
     ess_threshold: float = 0.5
     resampling: str = "systematic"
     eta: float = 1.0
+    proposal_variance: str = "large"
     step_rule: Optional[str] = None
     t_max: float = 1.0
     t_min: float = 0.0
@@ -245,6 +252,10 @@ class SMC:
                 f"eta must be > 0 (1: DDPM ancestral); SMC weights need a stochastic proposal with a density, "
                 f"so deterministic DDIM (eta=0) cannot be weighted; got {eta!r}"
             )
+        if self.proposal_variance not in ("large", "small"):
+            raise ec.InputError(f"proposal_variance must be 'large' or 'small', got {self.proposal_variance!r}")
+        if self.proposal_variance == "large" and float(eta) != 1.0:
+            raise ec.InputError("eta sets the 'small' proposal variance; pass proposal_variance='small' with eta != 1")
         k = self.rejuvenate
         if k is not None:
             check_kernel(k, "rejuvenate")
@@ -345,7 +356,7 @@ class SMC:
         ts_t = self.ladder()
         ts = ts_t.tolist()
         energy.check_input(x, ts[0])
-        steps = smc_steps(self.schedule, ts_t, float(self.eta))
+        steps = smc_steps(self.schedule, ts_t, float(self.eta), self.proposal_variance)
         back = _backward(self.schedule, ts_t)
         factors = self.rule_factors() if kernel is not None else None
         adapt = DualAveraging(kernel.target_accept) if kernel is not None and self.step_rule == "adapt" else None
