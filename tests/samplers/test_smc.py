@@ -198,3 +198,20 @@ def test_errors_name_the_fix():
         SMC(SCHEDULE, 5, rejuvenate="mala")
     with pytest.raises(ec.InputError, match="static"):
         SMC(SCHEDULE, 5).sample(toy.gmm_product(a, b), shape=(4, 2), generator=seed(0))
+
+
+# ------------------------------------------------------------------------------ devices
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_log_z_and_samples_on_the_device(device):
+    """The whole run (proposals, weights, resampling decisions, rejuvenation) stays on the device."""
+    a, b, product = product_task()
+    exact = exact_log_z(a, b, product)
+    energy = (a.diffused(SCHEDULE) + b.diffused(SCHEDULE)).to(device)
+    smc = SMC(SCHEDULE, 25, rejuvenate=MALA(step_size=0.5, n_steps=1), t_max=0.9)
+    res = [smc.sample(energy, shape=(500, 2), generator=torch.Generator(device=device).manual_seed(s)) for s in range(6)]
+    assert all(r.samples.device.type == device for r in res)
+    again = smc.sample(energy, shape=(500, 2), generator=torch.Generator(device=device).manual_seed(0))
+    assert torch.equal(again.samples, res[0].samples)
+    lz = torch.tensor([r.info.log_z for r in res], dtype=torch.float64)
+    se = float(lz.std() / math.sqrt(len(lz)))
+    assert abs(float(lz.mean()) - exact) < 3 * se + 0.01, f"{lz.tolist()} vs {exact}"
