@@ -20,15 +20,18 @@ The step landing on ``s = 0`` has ``β̃ = 0``; it always uses ``b² = 1 − ᾱ
 
 Backward kernel ``L_k(x | x')``: the forward noising kernel
 ``q(x_t | x_s) = N(x_t; a x_s, b² I)`` with ``a = sqrt(ᾱ_t / ᾱ_s)``, ``b² = 1 − ᾱ_t / ᾱ_s``.
-The incremental weight (Del Moral et al. 2006, eq. 31) is then, with ``x' = m(x) + σ_η ξ``
-and ``d`` the event size::
+The incremental weight of an SMC sampler with backward kernel ``L_k = q`` (Del Moral, Doucet &
+Jasra 2006) is then, with ``x' = m(x) + σ ξ`` and ``d`` the event size::
 
     log w_k = [−E(x', s) + log q(x | x')] − [−E(x, t) + log M_k(x' | x)]
-            = E(x, t) − E(x', s) − |x − a x'|² / (2 b²) + |ξ|² / 2 + d · log(σ_η / b)
+            = E(x, t) − E(x', s) − |x − a x'|² / (2 b²) + |ξ|² / 2 + d · log(σ / b)
+
+(the Gaussians' ``(2π)^{d/2}`` cancel; with the default ``σ = b`` the last term is 0).
 
 It needs energy values (one evaluation of ``E`` and ``∇E`` at ``(x', s)`` per level: the same
-evaluation feeds the next proposal), never a Jacobian. Products of the running weights are
-unbiased for ``Z_L / Z_{N(0,I)}`` with ``Z_k = ∫ exp(−E(x, t_k)) dx``; ``info.log_z`` is
+evaluation feeds the next proposal), never a Jacobian. The product over levels of the mean
+incremental weights is unbiased for ``Z_L = ∫ exp(−E(x, t_L)) dx`` (the start density ``N(0, I)``
+is normalised); ``info.log_z`` is
 ``log Ẑ_L`` (with normalised components, ``t_min = 0`` and an exact energy, the log of the
 product's normaliser ``∫ Π_i p_i(x) dx``).
 
