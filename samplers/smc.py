@@ -42,8 +42,9 @@ targeting ``π_{k+1}``. MALA and HMC leave it invariant, so the weights stay val
 Resampling. When ``ESS / B < ess_threshold`` after a level's reweighting, ancestors are drawn
 (:mod:`samplers.resampling`, systematic by default), the weights reset to equal and ``log Ẑ``
 takes the level's ``log mean w``. The decision is made on the device (no synchronisation): the
-scheme is drawn every level and applied where the ESS is low. After the last level the
-population is always resampled, so ``samples`` are equally weighted.
+scheme is drawn every level and applied where the ESS is low. The last level is always
+resampled, *before* its rejuvenation (so the MCMC moves spread the duplicates resampling makes),
+and ``samples`` are equally weighted.
 
 Score-only energies (ε-networks) have no energy values, so these weights are unavailable; a
 :class:`ec.ScoreOnlyError` names the fix (an energy-parameterised model, or a score-only sampler).
@@ -119,8 +120,8 @@ class SMCSummary(LadderSummary):
         ``(n_steps + 1,)`` effective sample size in ``(0, B]`` at each level after reweighting
         (level 0: the start), before resampling.
     resampled : Tensor
-        ``(n_steps + 1,)`` bool: levels where the population was resampled (the final resampling
-        of every run is not listed).
+        ``(n_steps + 1,)`` bool: levels where the population was resampled (``ESS < threshold · B``;
+        the last level always).
     n_resampled : int
         Resampling events (``resampled.sum()``).
     particles : int
@@ -379,12 +380,12 @@ class SMC:
                 return state_type(x=xs, energy=e, grad=g, t=tt), nfe
             return previous.replace(x=xs, energy=e, grad=g, t=tt), nfe
 
-        def reweight(st: State, log_w: Tensor, log_z: Tensor):
+        def reweight(st: State, log_w: Tensor, log_z: Tensor, force: bool = False):
             """ESS, adaptive resampling (decided on the device): ``(state, log_w, log_z, ess, resampled)``."""
             log_w = torch.nan_to_num(log_w, nan=-math.inf, posinf=-math.inf)
             e = _ess(log_w)
             idx = resample(log_w, self.resampling, generator)
-            do = e < thr
+            do = torch.ones_like(e, dtype=torch.bool) if force else e < thr
             idx = torch.where(do, idx, torch.arange(b, device=idx.device))
             lse = torch.logsumexp(log_w, 0) - log_b
             log_z = torch.where(do, log_z + lse, log_z)
@@ -403,7 +404,7 @@ class SMC:
             log_m = -0.5 * sum_event(xi.square()).to(wdtype)
             inc = (prev.energy.to(wdtype) - st.energy.to(wdtype) + log_q - log_m
                    + d * (math.log(step.noise_std) - log_bb))
-            st, log_w, log_z, e, do = reweight(st, ls.log_weights + inc, ls.log_z)
+            st, log_w, log_z, e, do = reweight(st, ls.log_weights + inc, ls.log_z, force=j == len(steps))
             carry, rec, h = ls.step_size, None, None
             if kernel is not None and K:
                 if adapt is not None and ls.step_size is not None:
@@ -433,9 +434,7 @@ class SMC:
             "SMC", len(steps), start, move, progress=progress, callback=callback, trace_every=trace_every,
             hint=_NONFINITE_HINT,
         )
-        log_w = torch.nan_to_num(final.log_weights, nan=-math.inf, posinf=-math.inf)
-        log_z = final.log_z + torch.logsumexp(log_w, 0) - log_b
-        st = _gather(final.kernel_state, resample(log_w, self.resampling, generator))
+        st, log_z = final.kernel_state, final.log_z  # the last level was resampled: equal weights
         x_out = st.x
         if ts[-1] > 0.0:  # noise-free x0-prediction from t_min to 0 (cached gradient)
             last = ddim_coefficients(self.schedule, torch.tensor([ts[-1], 0.0], dtype=torch.float64), 0.0)[0]
