@@ -163,7 +163,7 @@ def format_markdown(result: dict) -> str:
         "NFE: expression evaluations per chain (3 analytic leaves = 1). PC + MALA: one MALA transition per level, "
         "step size adapted per level, final correction at t = 0. SMC + MALA: DDPM proposal (variance "
         "1 − ᾱ_t/ᾱ_s), importance weights toward the composed intermediate targets, systematic resampling "
-        "when ESS < N/2, one adapted MALA transition per level. Mode error: total variation of the 8 ring "
+        "when ESS < N/2 and always at the last level (before its MALA step), one adapted MALA transition per level. Mode error: total variation of the 8 ring "
         "modes' weights (nearest ring mean). log Ẑ is biased low for few particles (Jensen).",
         "",
     ]
