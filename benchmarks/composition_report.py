@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 __all__ = ["SAMPLERS", "SAMPLER_LABELS", "findings", "format_markdown", "plot_task", "fmt_se", "NOTES"]
 
 #: Sampler keys, in table order.
-SAMPLERS: Tuple[str, ...] = ("ddpm", "ddim", "annealed", "pc_ula", "pc_mala", "pc_hmc")
+SAMPLERS: Tuple[str, ...] = ("ddpm", "ddim", "annealed", "pc_ula", "pc_mala", "pc_hmc", "smc")
 #: Display names of :data:`SAMPLERS`.
 SAMPLER_LABELS: Dict[str, str] = {
     "ddpm": "reverse diffusion (DDPM)",
@@ -23,6 +23,7 @@ SAMPLER_LABELS: Dict[str, str] = {
     "pc_ula": "PC + ULA",
     "pc_mala": "PC + MALA",
     "pc_hmc": "PC + HMC",
+    "smc": "SMC + MALA",
 }
 
 

@@ -2,7 +2,8 @@
 
 Static MCMC kernels (``init``/``step``/``sample``): :class:`ULA`, :class:`MALA`, :class:`HMC`.
 Annealed / diffusion samplers down a noise ladder: :class:`AnnealedLangevin`,
-:class:`ReverseDiffusion`, :class:`PredictorCorrector`. See ``samplers.base`` for the kernel contract,
+:class:`ReverseDiffusion`, :class:`PredictorCorrector`; weighted particles with resampling:
+:class:`SMC` (``samplers.resampling`` holds its resampling schemes). See ``samplers.base`` for the kernel contract,
 ``samplers.run`` for the loop that drives any kernel and ``samplers.ladder`` for the noise-ladder driver.
 
 Names are resolved lazily so ``import samplers`` stays cheap.
@@ -20,8 +21,11 @@ _LAZY = {
     "AnnealedLangevin": ".annealed_langevin",
     "ReverseDiffusion": ".reverse_diffusion",
     "PredictorCorrector": ".predictor_corrector",
+    "SMC": ".smc",
+    "SMCSummary": ".smc",
     "DualAveraging": ".adaptation",
     "diagnostics": ".diagnostics",
+    "resampling": ".resampling",
     "health": ".health",
     "SamplingWarning": ".health",
     "DivergenceError": ".health",
@@ -40,7 +44,7 @@ __all__ = ["MCMCKernel", "NonFiniteStateError", "KernelSummary", "LadderSummary"
 def __getattr__(name):
     if name in _LAZY:
         module = import_module(_LAZY[name], __name__)
-        value = module if name in ("diagnostics", "health") else getattr(module, name)
+        value = module if name in ("diagnostics", "health", "resampling") else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'samplers' has no attribute {name!r}")

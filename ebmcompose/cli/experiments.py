@@ -18,7 +18,7 @@ from .errors import UsageError
 
 __all__ = [
     "TV_RESOLUTION", "SAMPLERS", "STATIC_SAMPLERS", "PC_SAMPLERS", "DIFFUSION_SAMPLERS", "KERNELS",
-    "STEP_RULES", "MODELS", "generator", "Target", "components_by_name", "used_names", "load_learned",
+    "STEP_RULES", "REJUVENATE", "MODELS", "generator", "Target", "components_by_name", "used_names", "load_learned",
     "task_energy", "learned_schedule", "build_target", "SamplerOptions", "needs_energy", "make_sampler",
     "RunSummary", "summarize", "tv_floor", "compare_to_exact", "markdown_table", "fmt",
 ]
@@ -26,11 +26,13 @@ __all__ = [
 #: Histogram cells per axis of the TV metric (32 keeps the noise floor low at n = 2000).
 TV_RESOLUTION = 32
 #: ``--sampler`` choices of ``ebmcompose sample``.
-SAMPLERS = ("ula", "mala", "hmc", "annealed", "ddpm", "ddim", "pc-ula", "pc-mala", "pc-hmc")
+SAMPLERS = ("ula", "mala", "hmc", "annealed", "ddpm", "ddim", "pc-ula", "pc-mala", "pc-hmc", "smc")
 STATIC_SAMPLERS = ("ula", "mala", "hmc")
 PC_SAMPLERS = ("pc-ula", "pc-mala", "pc-hmc")
-DIFFUSION_SAMPLERS = ("annealed", "ddpm", "ddim") + PC_SAMPLERS
+DIFFUSION_SAMPLERS = ("annealed", "ddpm", "ddim") + PC_SAMPLERS + ("smc",)
 KERNELS = ("ula", "mala", "hmc")
+#: ``--rejuvenate`` choices of ``--sampler smc``.
+REJUVENATE = ("mala", "hmc", "ula", "none")
 STEP_RULES = ("adapt", "sigma2", "beta", "fixed")
 #: ``--model`` choices: analytic energies or the learned checkpoints.
 MODELS = ("exact", "epsilon", "energy")
@@ -285,6 +287,8 @@ class SamplerOptions:
     step_rule: Optional[str] = None
     clip_x0: Optional[float] = None
     t_max: Optional[float] = None
+    ess_threshold: Optional[float] = None
+    rejuvenate: Optional[str] = None
 
     @classmethod
     def from_args(cls, args) -> "SamplerOptions":
@@ -294,7 +298,7 @@ class SamplerOptions:
 
 def needs_energy(sampler: str, kernel: Optional[str] = None) -> bool:
     """Whether the sampler's Metropolis step needs energy values (not only scores)."""
-    return sampler in ("mala", "hmc", "pc-mala", "pc-hmc") or (sampler == "annealed" and (kernel or "ula") != "ula")
+    return sampler in ("mala", "hmc", "pc-mala", "pc-hmc", "smc") or (sampler == "annealed" and (kernel or "ula") != "ula")
 
 
 def make_sampler(opts: SamplerOptions, schedule, exact: bool):
@@ -323,6 +327,8 @@ def make_sampler(opts: SamplerOptions, schedule, exact: bool):
             schedule, n_levels=opts.levels or 50, n_steps_per_level=per_level,
             step_size=default_h if h is None else h, kernel=kernel, adapt=h is None, **ladder,
         )
+    if s == "smc":
+        return _make_smc(opts, schedule, exact, ladder)
     clip = opts.clip_x0
     if clip is None:
         clip = None if exact else 6.0  # the toy bounds: tames the cosine schedule's first step
@@ -343,6 +349,30 @@ def make_sampler(opts: SamplerOptions, schedule, exact: bool):
     return samplers.PredictorCorrector(
         schedule, n_steps=opts.levels or 50, corrector=corrector, step_rule=opts.step_rule or "adapt",
         clip_x0=clip, final_correction=True if exact else None, **ladder,
+    )
+
+
+def _make_smc(opts: SamplerOptions, schedule, exact: bool, ladder: dict):
+    """``--sampler smc``: ``--levels`` [100] proposal steps, ``--rejuvenate`` [mala] with
+    ``--corrector-steps`` [1] transitions per level; learned models run the weights on ``[0.01, 0.98]``
+    (their energies are undefined at ``t = 0``, and the cosine schedule's first step from ``t = 1``
+    amplifies the x0-prediction's error ~100-fold)."""
+    import samplers
+
+    h, name = opts.step_size, opts.rejuvenate or "mala"
+    k = 1 if opts.corrector_steps is None else opts.corrector_steps
+    kernel = None
+    if name != "none" and k > 0:
+        kernel = {
+            "ula": lambda: samplers.ULA(step_size=h, n_steps=k),
+            "mala": lambda: samplers.MALA(step_size=h, n_steps=k),
+            "hmc": lambda: samplers.HMC(step_size=h, n_leapfrog=opts.leapfrog or 5, n_steps=k),
+        }[name]()
+    return samplers.SMC(
+        schedule, n_steps=opts.levels or 100, rejuvenate=kernel,
+        ess_threshold=0.5 if opts.ess_threshold is None else opts.ess_threshold,
+        step_rule=(opts.step_rule or "adapt") if kernel is not None else None,
+        t_min=0.0 if exact else 0.01, **{"t_max": 1.0 if exact else 0.98, **ladder},
     )
 
 

@@ -10,7 +10,7 @@ import time
 from . import experiments as ex
 from .errors import UsageError
 from .options import (
-    Formatter, common_options, device, diffusion_time, nonnegative_float, nonnegative_int, positive_float,
+    Formatter, _checked, common_options, device, diffusion_time, nonnegative_float, nonnegative_int, positive_float,
     positive_int, progress,
 )
 from .outputs import staged_output, writable_base
@@ -23,15 +23,22 @@ FILES = ("samples.pt", "samples.npy", "samples.png", "metrics.json", "metrics.md
 #: Which options each sampler uses (an option given to a sampler that ignores it is an error).
 _OPTION_USERS = {
     "steps": ex.STATIC_SAMPLERS,
-    "step_size": ex.STATIC_SAMPLERS + ("annealed",) + ex.PC_SAMPLERS,
-    "leapfrog": ("hmc", "pc-hmc", "annealed"),
+    "step_size": ex.STATIC_SAMPLERS + ("annealed",) + ex.PC_SAMPLERS + ("smc",),
+    "leapfrog": ("hmc", "pc-hmc", "annealed", "smc"),
     "levels": ex.DIFFUSION_SAMPLERS,
-    "corrector_steps": ("annealed",) + ex.PC_SAMPLERS,
+    "corrector_steps": ("annealed",) + ex.PC_SAMPLERS + ("smc",),
     "kernel": ("annealed",),
-    "step_rule": ex.PC_SAMPLERS,
+    "step_rule": ex.PC_SAMPLERS + ("smc",),
+    "particles": ("smc",),
+    "ess_threshold": ("smc",),
+    "rejuvenate": ("smc",),
     "clip_x0": ("ddpm", "ddim") + ex.PC_SAMPLERS,
     "t": ex.STATIC_SAMPLERS,
 }
+
+_DEFAULT_N = 1000
+#: ``--ess-threshold``: a fraction in [0, 1].
+_fraction = _checked(float, lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
 
 DESCRIPTION = """\
 Sample one composition of the toy energies with one sampler, and measure it against the exact answer.
@@ -55,6 +62,11 @@ Settings (defaults in brackets; an option a sampler does not use is an error):
   ddpm, ddim     --levels [100], --clip-x0 [6 for learned models, off for exact]
   pc-ula/mala/hmc  --levels [50] predictor steps, --corrector-steps [2] per level,
                  --step-rule [adapt] (sigma2, beta, fixed need --step-size), --leapfrog [5], --clip-x0
+  smc            sequential Monte Carlo: --particles [--n] weighted particles down --levels [100]
+                 reverse-diffusion steps, importance weights toward the composed targets, resampled
+                 when ESS/particles < --ess-threshold [0.5]; --rejuvenate [mala] (hmc, ula, none)
+                 with --corrector-steps [1] per level, --step-rule [adapt] (sigma2, fixed), --leapfrog
+                 [5]; needs energies (exact or --model energy); metrics add the log-normaliser log_z
 
 Writes OUT/samples.pt (torch tensor (n, 2); load with torch.load(..., weights_only=True)),
 OUT/samples.npy (the same as a NumPy array), OUT/samples.png (exact density, the samples, exact
@@ -79,6 +91,7 @@ examples:
   ebmcompose sample --task negation --model epsilon --sampler pc-ula --levels 100 --out neg-eps
   ebmcompose sample --task mixture --model energy --sampler ddpm --device cuda --out mix
   torchrun --nproc_per_node=2 --no-python -- ebmcompose sample --task product --n 4000 --out product-2
+  ebmcompose sample --task product --sampler smc --particles 2000 --levels 50 --out product-smc
 """
 
 
@@ -105,9 +118,12 @@ def add_parser(subparsers) -> None:
     smp.add_argument("--step-rule", choices=ex.STEP_RULES, help="corrector step-size rule of pc-* (default: adapt)")
     smp.add_argument("--clip-x0", type=nonnegative_float, help="clamp the x0-prediction to [-X, X]; 0: off")
     smp.add_argument("--t", type=diffusion_time, help="time at which static samplers evaluate learned models (default 0.01)")
+    smp.add_argument("--particles", type=positive_int, help="smc: particle population = samples written (same as --n)")
+    smp.add_argument("--ess-threshold", type=_fraction, help="smc: resample when ESS/particles falls below it, in [0, 1] (default 0.5)")
+    smp.add_argument("--rejuvenate", choices=ex.REJUVENATE, help="smc: MCMC kernel after each level's resampling (default: mala)")
     smp.add_argument("--init-scale", type=positive_float, default=3.0, help="static samplers start from N(0, s²I) (default: %(default)s)")
     run_ = s.add_argument_group("run")
-    run_.add_argument("--n", type=positive_int, default=1000, help="number of samples (chains) (default: %(default)s)")
+    run_.add_argument("--n", type=positive_int, default=_DEFAULT_N, help="number of samples (chains) (default: %(default)s)")
     run_.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     run_.add_argument("--block", type=positive_int, default=None,
                       help="chains per block, each with its own random stream, spread over torchrun "
@@ -142,8 +158,20 @@ def check_options(args) -> None:
         )
     if s == "annealed" and args.corrector_steps == 0:
         raise UsageError("--sampler annealed needs --corrector-steps >= 1 (0 turns correction off only for pc-*)")
+    if args.particles is not None:
+        if args.n not in (args.particles, _DEFAULT_N):
+            raise UsageError(f"--particles {args.particles} and --n {args.n} disagree: smc writes one sample per particle; give one of them")
+        args.n = args.particles
+    if s == "smc":
+        rej = args.rejuvenate or "mala"
+        if args.step_rule == "beta":
+            raise UsageError("--step-rule beta is not available for smc; use adapt, sigma2 or fixed")
+        if args.leapfrog is not None and rej != "hmc":
+            raise UsageError("--leapfrog applies to --sampler smc only with --rejuvenate hmc")
+        if rej == "none" and (args.step_size is not None or args.step_rule is not None or args.corrector_steps):
+            raise UsageError("--step-size, --step-rule and --corrector-steps set the rejuvenation kernel; drop them with --rejuvenate none")
     rule = args.step_rule or "adapt"
-    if s in ex.PC_SAMPLERS and rule != "adapt" and args.step_size is None:
+    if s in ex.PC_SAMPLERS + ("smc",) and rule != "adapt" and args.step_size is None:
         raise UsageError(f"--step-rule {rule} scales a base step size: give --step-size too (or use --step-rule adapt)")
 
 
@@ -184,6 +212,7 @@ def _markdown(record: dict) -> str:
 _CONFIG_KEYS = (
     "task", "expr", "model", "checkpoint_dir", "sampler", "n", "seed", "device", "steps", "step_size",
     "leapfrog", "levels", "corrector_steps", "kernel", "step_rule", "clip_x0", "t", "init_scale", "block",
+    "ess_threshold", "rejuvenate",
 )
 
 
@@ -193,7 +222,8 @@ def run(args) -> int:
 
     check_options(args)
     dev = device(args.device)
-    args.block = args.block or distributed.DEFAULT_BLOCK
+    # SMC's particles are one population (resampling is across all of them): one block unless told
+    args.block = args.block or (args.n if args.sampler == "smc" else distributed.DEFAULT_BLOCK)
     with distributed.session(dev) as session:
         with distributed.all_or_none(session):  # a bad --out stops every rank before the run
             if session.is_main:
@@ -232,7 +262,7 @@ def _sample(args, session):
     if ex.needs_energy(args.sampler, args.kernel) and not target.energy.has_energy:
         kind = f"{args.sampler} with --kernel {args.kernel}" if args.sampler == "annealed" else args.sampler
         raise UsageError(
-            f"--sampler {kind} needs energy values for its Metropolis accept/reject step, but --model "
+            f"--sampler {kind} needs energy values for its {'importance weights' if args.sampler == 'smc' else 'Metropolis accept/reject step'}, but --model "
             f"{args.model} provides scores only (epsilon networks). Use a score-only sampler (ula, "
             "pc-ula, ddpm, ddim or annealed with --kernel ula), or --model energy (energy-parameterised "
             "checkpoints) or --model exact."
@@ -279,6 +309,8 @@ def _sample(args, session):
     )
     if summary.step_size is not None:
         metrics["step_size"] = summary.step_size
+    if getattr(res.info, "log_z", None) is not None:  # smc: log-normaliser estimate and resampling events
+        metrics.update(log_z=res.info.log_z, n_resampled=res.info.n_resampled)
     record = {
         "config": {k: getattr(args, k) for k in _CONFIG_KEYS},
         "sampler": repr(sampler),

@@ -1,0 +1,453 @@
+"""Sequential Monte Carlo down the diffusion path: importance weights and resampling.
+
+A population of ``B`` particles moves down the ladder ``ts = schedule.timesteps(n_steps, t_max,
+t_min)`` (``t_0 = t_max > … > t_L = t_min``) through the sequence of *composed* intermediate
+targets ``π_k(x) ∝ exp(−E(x, t_k))`` (an SMC sampler, Del Moral, Doucet & Jasra 2006). Summing
+noised energies does not give the noised product, so reverse diffusion alone samples the
+composition with a bias; the weights below remove it, and resampling moves mass between modes
+that local MCMC at one noise level cannot (Thornton et al. 2025; Skreta et al. 2025).
+
+Start. ``x ~ N(0, I)`` with log weight ``log w_0 = −E(x, t_0) − log N(x; 0, I)``.
+
+Proposal ``M_k(x' | x)``, from ``t = t_k`` to ``s = t_{k+1}``: the reverse-diffusion step
+(:func:`samplers.reverse_diffusion.ddim_update`), a Gaussian ``N(x'; m(x), σ² I)`` with ``m(x)``
+the noise-free DDPM update from ``∇x E(x, t)`` (the posterior mean ``q(x_s | x_t, x̂0)``).
+``proposal_variance="large"`` (default): ``σ² = b² = 1 − ᾱ_t/ᾱ_s`` (DDPM's "fixed_large",
+Ho et al. 2020), right where the data spread exceeds the noise (low ``t``); ``"small"``: DDIM-η's
+``σ_η²`` (``η = 1``: the posterior variance ``β̃``), which collapses the weights at low ``t``
+(its variance is far below the true reverse variance there) and is exact only for point masses.
+The step landing on ``s = 0`` has ``β̃ = 0``; it always uses ``b² = 1 − ᾱ_t``.
+
+Backward kernel ``L_k(x | x')``: the forward noising kernel
+``q(x_t | x_s) = N(x_t; a x_s, b² I)`` with ``a = sqrt(ᾱ_t / ᾱ_s)``, ``b² = 1 − ᾱ_t / ᾱ_s``.
+The incremental weight of an SMC sampler with backward kernel ``L_k = q`` (Del Moral, Doucet &
+Jasra 2006) is then, with ``x' = m(x) + σ ξ`` and ``d`` the event size::
+
+    log w_k = [−E(x', s) + log q(x | x')] − [−E(x, t) + log M_k(x' | x)]
+            = E(x, t) − E(x', s) − |x − a x'|² / (2 b²) + |ξ|² / 2 + d · log(σ / b)
+
+(the Gaussians' ``(2π)^{d/2}`` cancel; with the default ``σ = b`` the last term is 0).
+
+It needs energy values (one evaluation of ``E`` and ``∇E`` at ``(x', s)`` per level: the same
+evaluation feeds the next proposal), never a Jacobian. The product over levels of the mean
+incremental weights is unbiased for ``Z_L = ∫ exp(−E(x, t_L)) dx`` (the start density ``N(0, I)``
+is normalised); ``info.log_z`` is
+``log Ẑ_L`` (with normalised components, ``t_min = 0`` and an exact energy, the log of the
+product's normaliser ``∫ Π_i p_i(x) dx``).
+
+Rejuvenation (optional): after reweighting (and resampling), ``K`` transitions of an MCMC kernel
+targeting ``π_{k+1}``. MALA and HMC leave it invariant, so the weights stay valid; ULA does not
+(its bias is not in the weights: use it only as a heuristic).
+
+Resampling. When ``ESS / B < ess_threshold`` after a level's reweighting, ancestors are drawn
+(:mod:`samplers.resampling`, systematic by default), the weights reset to equal and ``log Ẑ``
+takes the level's ``log mean w``. The decision is made on the device (no synchronisation): the
+scheme is drawn every level and applied where the ESS is low. The last level is always
+resampled, *before* its rejuvenation (so the MCMC moves spread the duplicates resampling makes),
+and ``samples`` are equally weighted.
+
+Score-only energies (ε-networks) have no energy values, so these weights are unavailable; a
+:class:`ec.ScoreOnlyError` names the fix (an energy-parameterised model, or a score-only sampler).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+import ebmcompose as ec
+
+from . import health
+from .adaptation import DualAveraging
+from .annealed_langevin import step_size_exponent
+from .base import MCMCKernel, State, check_positive_int, evaluate, randn_like, require_energy, sum_event
+from .ladder import LadderState, LevelInfo, check_kernel, check_time_dependent, correct, level_info, prior_sample, run_ladder, summarise
+from .resampling import SCHEMES, ess as _ess, resample
+from .result import LadderSummary, SampleResult
+from .reverse_diffusion import DiffusionStep, ddim_coefficients, ddim_update
+from .run import search_step_size
+
+__all__ = ["SMC", "SMCState", "SMCLevelInfo", "SMCSummary", "smc_steps", "STEP_RULES"]
+
+#: Valid ``step_rule`` values of the rejuvenation kernel.
+STEP_RULES = ("sigma2", "fixed", "adapt")
+_LOG_2PI = math.log(2.0 * math.pi)
+_NONFINITE_HINT = (
+    "use more steps (n_steps), a smaller rejuvenation step_size (or step_rule='adapt'), and check that "
+    "the energy is finite at every t of the ladder (ε-networks and DiffusionEnergy are not at t = 0: pass t_min > 0)"
+)
+
+
+@dataclass(frozen=True)
+class SMCState(LadderState):
+    """:class:`~samplers.ladder.LadderState` plus the particle weights.
+
+    Attributes
+    ----------
+    log_weights : Tensor
+        ``(B,)`` running log weights since the last resampling (float32 or wider).
+    log_z : Tensor
+        0-d ``log Ẑ`` accumulated at the resampling events so far (``log Ẑ`` of the level is
+        ``log_z + log mean exp(log_weights)``).
+    """
+
+    log_z: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
+class SMCLevelInfo(LevelInfo):
+    """:class:`~samplers.ladder.LevelInfo` plus ``ess`` (0-d, after reweighting, before resampling)
+    and ``resampled`` (0-d bool)."""
+
+    ess: Optional[Tensor] = None
+    resampled: Optional[Tensor] = None
+
+
+@dataclass(frozen=True, eq=False)
+class SMCSummary(LadderSummary):
+    """:class:`~samplers.result.LadderSummary` of an SMC run, plus:
+
+    Attributes
+    ----------
+    log_z : float
+        ``log Ẑ`` of the final target ``∫ exp(−E(x, t_min)) dx`` (module notes).
+    ess : Tensor
+        ``(n_steps + 1,)`` effective sample size in ``(0, B]`` at each level after reweighting
+        (level 0: the start), before resampling.
+    resampled : Tensor
+        ``(n_steps + 1,)`` bool: levels where the population was resampled (``ESS < threshold · B``;
+        the last level always).
+    n_resampled : int
+        Resampling events (``resampled.sum()``).
+    particles : int
+        ``B``.
+    scheme : str
+        Resampling scheme.
+    """
+
+    log_z: Optional[float] = None
+    ess: Optional[Tensor] = None
+    resampled: Optional[Tensor] = None
+    n_resampled: Optional[int] = None
+    particles: Optional[int] = None
+    scheme: Optional[str] = None
+
+
+def smc_steps(schedule: ec.VPSchedule, ts: Tensor, eta: float, variance: str = "large") -> List[DiffusionStep]:
+    """The proposal's steps along ``ts``: DDIM-η coefficients (the mean), with the noise std
+    ``sqrt(1 − ᾱ_t/ᾱ_s)`` for ``variance="large"`` and on the step landing on ``t = 0``."""
+    out = []
+    for st in ddim_coefficients(schedule, ts, eta):
+        if variance == "large" or st.sigma_s == 0.0:
+            st = dataclasses.replace(st, noise_std=math.sqrt(-math.expm1(2.0 * (math.log(st.alpha_t) - math.log(st.alpha_s)))))
+        out.append(st)
+    return out
+
+
+def _backward(schedule: ec.VPSchedule, ts: Tensor):
+    """Per step ``(a, log b, 1 / (2 b²))`` of the forward kernel ``q(x_t | x_s) = N(a x_s, b² I)``."""
+    log_ab = schedule.log_alpha_bar(ts.detach().to("cpu", torch.float64)).tolist()
+    out = []
+    for i in range(len(log_ab) - 1):
+        b2 = -math.expm1(log_ab[i] - log_ab[i + 1])
+        out.append((math.exp(0.5 * (log_ab[i] - log_ab[i + 1])), 0.5 * math.log(b2), 0.5 / b2))
+    return out
+
+
+def _gather(state: State, idx: Tensor) -> State:
+    """The state's per-particle tensors (``x``, energy, gradient, ``t``, HMC momentum) at ancestors ``idx``."""
+    b = state.x.shape[0]
+    changes = {f.name: getattr(state, f.name).index_select(0, idx) for f in dataclasses.fields(state)
+               if isinstance(getattr(state, f.name), Tensor) and getattr(state, f.name).dim() > 0
+               and getattr(state, f.name).shape[0] == b}
+    return state.replace(**changes)
+
+
+@dataclass(frozen=True)
+class SMC:
+    """Sequential Monte Carlo down the noise ladder with valid importance weights (module notes).
+
+    Parameters
+    ----------
+    schedule : ec.VPSchedule
+        Noise schedule the energy's ``t`` refers to.
+    n_steps : int
+        Proposal steps; the ladder ``schedule.timesteps(n_steps, t_max, t_min)`` ``(n_steps + 1,)``.
+    rejuvenate : MCMCKernel, optional
+        ``MALA(...)`` or ``HMC(...)`` (``ULA(...)`` as a heuristic: its bias is not weighted)
+        run after each level's reweighting and resampling; ``None`` (default): none.
+    n_rejuvenate : int, optional
+        Transitions per level (default: ``rejuvenate.n_steps``).
+    ess_threshold : float
+        Resample when ``ESS / B`` falls below it, in ``[0, 1]`` (0: only the final resampling;
+        1: every level). Default 0.5.
+    resampling : {"systematic", "stratified", "multinomial"}
+        Scheme (:mod:`samplers.resampling`).
+    eta : float
+        DDIM η ``> 0`` of the proposal's ``"small"`` variance (1: DDPM ancestral).
+    proposal_variance : {"large", "small"}
+        The proposal's noise (module notes): ``"large"`` (default) ``1 − ᾱ_t/ᾱ_s`` around DDPM's
+        posterior mean; ``"small"`` DDIM-η's ``σ_η²``.
+    step_rule : {"sigma2", "fixed", "adapt"} or None
+        Rejuvenation step size at level ``t`` (``h = rejuvenate.step_size``): ``h σ(t)²``, ``h``,
+        or dual averaging per level towards ``rejuvenate.target_accept`` carried down the ladder
+        (as :class:`~samplers.PredictorCorrector`); for HMC the factors enter as square roots.
+        ``None``: ``"adapt"`` for a kernel without a step size, else ``"sigma2"``.
+    t_max : float
+        Start of the ladder (default 1.0).
+    t_min : float
+        Final target time (default 0: the energy must be finite at ``t = 0``, as exact diffused
+        energies are). ``t_min > 0`` (networks): the weights target ``π(t_min)`` and, after the
+        final resampling, the samples take one noise-free x0-prediction step to ``t = 0`` (no
+        extra evaluation; ``log_z`` is that of ``π(t_min)``).
+    static_ok : bool
+        Accept a static energy (refused by default: the ladder steps through noised densities).
+
+    Notes
+    -----
+    NFE: ``n_steps + 1`` evaluations (energy and gradient) plus the kernel's NFE per transition
+    (1 for MALA/ULA, ``n_leapfrog`` for HMC) ``× n_rejuvenate × n_steps``, plus a step-size search
+    at the first level when the kernel has no step size, plus one per level after ULA transitions
+    (ULA's state holds no energy). Memory and time are those of ``B`` chains.
+
+    Examples
+    --------
+    >>> res = SMC(ec.VPSchedule.cosine(), 100, rejuvenate=MALA(step_size=0.5, n_steps=1)).sample(
+    ...     energy, shape=(2000, 2), generator=torch.Generator().manual_seed(0))
+    >>> res.samples.shape, res.info.log_z, res.info.ess.shape
+    """
+
+    schedule: ec.VPSchedule
+    n_steps: int
+    rejuvenate: Optional[MCMCKernel] = None
+    n_rejuvenate: Optional[int] = None
+    ess_threshold: float = 0.5
+    resampling: str = "systematic"
+    eta: float = 1.0
+    proposal_variance: str = "large"
+    step_rule: Optional[str] = None
+    t_max: float = 1.0
+    t_min: float = 0.0
+    static_ok: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.schedule, ec.VPSchedule):
+            raise TypeError(f"schedule must be an ebmcompose.VPSchedule, got {type(self.schedule).__name__}")
+        check_positive_int(self.n_steps, "n_steps")
+        for name in ("t_max", "t_min"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ec.InputError(f"{name} must be a number in [0, 1], got {v!r}")
+        if not 0.0 <= float(self.t_min) < float(self.t_max) <= 1.0:
+            raise ec.InputError(f"need 0 <= t_min < t_max <= 1, got t_min={self.t_min!r}, t_max={self.t_max!r}")
+        e = self.ess_threshold
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e <= 1.0:
+            raise ec.InputError(f"ess_threshold must be a fraction in [0, 1] (resample when ESS/B falls below it), got {e!r}")
+        if self.resampling not in SCHEMES:
+            raise ec.InputError(f"unknown resampling {self.resampling!r}; use one of {', '.join(SCHEMES)}")
+        eta = self.eta
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (0.0 < eta < float("inf")):
+            raise ec.InputError(
+                f"eta must be > 0 (1: DDPM ancestral); SMC weights need a stochastic proposal with a density, "
+                f"so deterministic DDIM (eta=0) cannot be weighted; got {eta!r}"
+            )
+        if self.proposal_variance not in ("large", "small"):
+            raise ec.InputError(f"proposal_variance must be 'large' or 'small', got {self.proposal_variance!r}")
+        if self.proposal_variance == "large" and float(eta) != 1.0:
+            raise ec.InputError("eta sets the 'small' proposal variance; pass proposal_variance='small' with eta != 1")
+        k = self.rejuvenate
+        if k is not None:
+            check_kernel(k, "rejuvenate")
+            n = self.n_rejuvenate if self.n_rejuvenate is not None else k.n_steps
+            check_positive_int(n, "n_rejuvenate", allow_zero=True)
+            object.__setattr__(self, "n_rejuvenate", n)
+            rule = self.step_rule or ("adapt" if k.step_size is None else "sigma2")
+            if rule not in STEP_RULES:
+                raise ec.InputError(f"unknown step_rule {rule!r}; valid: {', '.join(STEP_RULES)}")
+            if rule != "adapt" and k.step_size is None:
+                raise ec.InputError(
+                    f"step_rule={rule!r} scales rejuvenate.step_size, which is None; give the kernel a "
+                    "step_size or use step_rule='adapt'"
+                )
+            object.__setattr__(self, "step_rule", rule)
+        else:
+            if self.n_rejuvenate:
+                raise ec.InputError("n_rejuvenate > 0 needs a kernel: pass rejuvenate=MALA(...) or HMC(...)")
+            object.__setattr__(self, "n_rejuvenate", 0)
+
+    # ------------------------------------------------------------------ pieces
+    def ladder(self) -> Tensor:
+        """The ladder ``(n_steps + 1,)`` (float64, ``t_max`` → ``t_min``)."""
+        return self.schedule.timesteps(self.n_steps, t_max=float(self.t_max), t_min=float(self.t_min),
+                                       dtype=torch.float64)
+
+    def rule_factors(self) -> List[float]:
+        """``(n_steps + 1,)`` factors multiplying ``rejuvenate.step_size`` per level (``sigma(0) = 0``: the previous level's)."""
+        ts = self.ladder()
+        ts_rule = ts.clone()
+        if float(ts[-1]) == 0.0:
+            ts_rule[-1] = ts[-2]
+        f = torch.ones_like(ts) if self.step_rule == "fixed" else self.schedule.sigma(ts_rule) ** 2
+        return (f ** step_size_exponent(self.rejuvenate)).tolist()
+
+    # ------------------------------------------------------------------ the loop
+    def sample(
+        self,
+        energy: ec.Energy,
+        x0: Optional[Tensor] = None,
+        *,
+        generator: Optional[torch.Generator] = None,
+        shape: Optional[Sequence[int]] = None,
+        device=None,
+        dtype: Optional[torch.dtype] = None,
+        progress: bool = False,
+        callback: Optional[Callable] = None,
+        trace_every: int = 0,
+        on_divergence: str = "warn",
+    ) -> SampleResult:
+        """Move ``B`` weighted particles down the ladder; return them equally weighted.
+
+        Parameters
+        ----------
+        energy : ec.Energy
+            Time-dependent energy with energy values (exact diffused densities, ``DiffusionEnergy``
+            and their compositions).
+        x0 : Tensor, optional
+            ``(B, *event)`` starting particles, weighted as draws from ``N(0, I)``; when omitted they
+            are drawn from ``generator`` with ``shape`` (on the generator's device, or ``device``).
+        generator : torch.Generator, optional
+            Source of all randomness (start, proposals, resampling, rejuvenation): same seed →
+            same samples.
+        shape : tuple of int, optional
+            ``(B, *event)`` when ``x0`` is not given.
+        progress, callback, trace_every, on_divergence
+            As :meth:`samplers.PredictorCorrector.sample`; the callback gets an :class:`SMCState`
+            and an :class:`SMCLevelInfo`.
+
+        Returns
+        -------
+        SampleResult
+            ``samples`` ``(B, *event)`` at ``t = 0``, equally weighted; ``info`` an
+            :class:`SMCSummary` (``log_z``, per-level ``ess`` and ``resampled``, ``nfe``,
+            rejuvenation acceptance and step sizes like :class:`~samplers.result.LadderSummary`).
+
+        Raises
+        ------
+        ec.ScoreOnlyError
+            The energy has no energy values (score-only ε-network).
+        NonFiniteStateError
+            A particle's position, energy or gradient became NaN/inf; names the level.
+        """
+        check_positive_int(trace_every, "trace_every", allow_zero=True)
+        health.check_on_divergence(on_divergence)
+        check_time_dependent(energy, "SMC", self.static_ok)
+        if not energy.has_energy:
+            raise ec.ScoreOnlyError(
+                f"SMC needs energy values for its importance weights (E(x, t) at every level), but "
+                f"{energy.label} provides scores only: use an energy-parameterised model (ec.DiffusionEnergy, "
+                "an exact diffused density), or for score-only models a score-based sampler "
+                "(ReverseDiffusion, PredictorCorrector with a ULA corrector)"
+            )
+        kernel, K = self.rejuvenate, self.n_rejuvenate
+        if kernel is not None and kernel.needs_energy and K:
+            require_energy(energy, f"the {type(kernel).__name__} rejuvenation of SMC")
+        x = prior_sample(x0, shape, generator, device, dtype, "SMC")
+        ts_t = self.ladder()
+        ts = ts_t.tolist()
+        energy.check_input(x, ts[0])
+        steps = smc_steps(self.schedule, ts_t, float(self.eta), self.proposal_variance)
+        back = _backward(self.schedule, ts_t)
+        factors = self.rule_factors() if kernel is not None else None
+        adapt = DualAveraging(kernel.target_accept) if kernel is not None and self.step_rule == "adapt" else None
+        b = x.shape[0]
+        d = max(int(x[:1].numel()), 1)
+        wdtype = torch.promote_types(x.dtype, torch.float32)
+        log_b = math.log(b)
+        thr = float(self.ess_threshold) * b
+        state_type = kernel.state_type if kernel is not None else State
+        guess_scale = (kernel.initial_step_size_guess * d ** (-step_size_exponent(kernel) / 3.0)
+                       if kernel is not None else None)
+
+        def at(xs: Tensor, t: float, previous: Optional[State] = None):
+            tt = torch.full((xs.shape[0],), float(t), device=xs.device, dtype=xs.dtype)
+            e, g, nfe = evaluate(energy, xs, tt, True)
+            if previous is None:
+                return state_type(x=xs, energy=e, grad=g, t=tt), nfe
+            return previous.replace(x=xs, energy=e, grad=g, t=tt), nfe
+
+        def reweight(st: State, log_w: Tensor, log_z: Tensor, force: bool = False):
+            """ESS, adaptive resampling (decided on the device): ``(state, log_w, log_z, ess, resampled)``."""
+            log_w = torch.nan_to_num(log_w, nan=-math.inf, posinf=-math.inf)
+            e = _ess(log_w)
+            idx = resample(log_w, self.resampling, generator)
+            do = torch.ones_like(e, dtype=torch.bool) if force else e < thr
+            idx = torch.where(do, idx, torch.arange(b, device=idx.device))
+            lse = torch.logsumexp(log_w, 0) - log_b
+            log_z = torch.where(do, log_z + lse, log_z)
+            log_w = torch.where(do, torch.zeros_like(log_w), log_w)
+            return _gather(st, idx), log_w, log_z, e, do
+
+        def move(i: int, ls: SMCState):
+            j = i + 1
+            prev, step = ls.kernel_state, steps[i]
+            a, log_bb, inv_2b2 = back[i]
+            mean = ddim_update(prev.x, prev.grad, dataclasses.replace(step, noise_std=0.0), None)
+            xi = randn_like(prev.x, generator)
+            x_new = mean + step.noise_std * xi
+            st, nfe = at(x_new, ts[j], prev)
+            log_q = -inv_2b2 * sum_event((prev.x - a * x_new).square()).to(wdtype)
+            log_m = -0.5 * sum_event(xi.square()).to(wdtype)
+            inc = (prev.energy.to(wdtype) - st.energy.to(wdtype) + log_q - log_m
+                   + d * (math.log(step.noise_std) - log_bb))
+            st, log_w, log_z, e, do = reweight(st, ls.log_weights + inc, ls.log_z, force=j == len(steps))
+            carry, rec, h = ls.step_size, None, None
+            if kernel is not None and K:
+                if adapt is not None and ls.step_size is not None:
+                    h = ls.step_size * factors[j]
+                elif kernel.step_size is None:
+                    h, n = search_step_size(kernel, energy, st, generator, guess=guess_scale * factors[j])
+                    nfe += n
+                else:
+                    h = kernel.step_size * factors[j]
+                st, k_out, rec = correct(kernel.with_step_size(h), energy, st, K, generator, adapt)
+                if adapt is not None:
+                    carry = k_out.step_size / factors[j]
+                if st.energy is None:  # ULA keeps no energy; the next weight needs E(x, t)
+                    st, n = at(st.x, ts[j], st)
+                    nfe += n
+            base = level_info(ts[j], nfe, rec, h)
+            info = SMCLevelInfo(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, ess=e, resampled=do)
+            return SMCState(x=st.x, t=ts[j], level=j, kernel_state=st, step_size=carry, log_weights=log_w,
+                            log_z=log_z), info
+
+        st0, nfe0 = at(x, ts[0])
+        xf = x.reshape(b, -1).to(wdtype)
+        log_w0 = -st0.energy.to(wdtype) + 0.5 * xf.square().sum(1) + 0.5 * d * _LOG_2PI
+        st0, log_w0, log_z0, ess0, do0 = reweight(st0, log_w0, torch.zeros((), device=x.device, dtype=wdtype))
+        start = SMCState(x=st0.x, t=ts[0], level=0, kernel_state=st0, log_weights=log_w0, log_z=log_z0)
+        final, infos, trace, trace_t = run_ladder(
+            "SMC", len(steps), start, move, progress=progress, callback=callback, trace_every=trace_every,
+            hint=_NONFINITE_HINT,
+        )
+        st, log_z = final.kernel_state, final.log_z  # the last level was resampled: equal weights
+        x_out = st.x
+        if ts[-1] > 0.0:  # noise-free x0-prediction from t_min to 0 (cached gradient)
+            last = ddim_coefficients(self.schedule, torch.tensor([ts[-1], 0.0], dtype=torch.float64), 0.0)[0]
+            x_out = ddim_update(st.x, st.grad, last, None)
+        ess_all = torch.stack([ess0] + [i.ess for i in infos]).detach().to("cpu", torch.float64)
+        res_all = torch.stack([do0] + [i.resampled for i in infos]).detach().cpu()
+        corrected = [False] + [i.n_transitions > 0 for i in infos] if kernel is not None else None
+        base = summarise(ts, infos, len(steps), trace, trace_t, corrected=corrected, extra_nfe=nfe0,
+                         corrector_steps=0 if kernel is not None else None, eta=float(self.eta))
+        info = SMCSummary(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+                          log_z=float(log_z), ess=ess_all, resampled=res_all, n_resampled=int(res_all.sum()),
+                          particles=b, scheme=self.resampling)
+        out = SampleResult(samples=x_out, info=info, state=st)
+        return health.finish(out, x, sampler="SMC", on_divergence=on_divergence,
+                             metropolis=kernel is not None and kernel.needs_energy and K > 0,
+                             adapted=self.step_rule == "adapt", moves_every_chain=True)
