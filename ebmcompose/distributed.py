@@ -326,6 +326,10 @@ def gather_rows(local: Tensor, plan: BlockPlan, s: Session) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- the driver
+#: Per-block scalars kept when a sampler reports them (SMC's log-normaliser and resampling events).
+EXTRA_KEYS = ("log_z", "n_resampled")
+
+
 @dataclass(frozen=True)
 class BlockReport:
     """What one block's run reported (from its ``res.info`` and ``res.warnings``).
@@ -344,6 +348,8 @@ class BlockReport:
         Its final step size when it is one number (each block adapts its own).
     warnings : tuple
         Its ``res.warnings`` (``samplers.health.Problem``).
+    extra : tuple of (str, float)
+        The block's values of :data:`EXTRA_KEYS` that its sampler reports.
     """
 
     block: int
@@ -353,6 +359,7 @@ class BlockReport:
     divergences: int
     step_size: Optional[float]
     warnings: Tuple[Any, ...] = ()
+    extra: Tuple[Tuple[str, float], ...] = ()
 
     @classmethod
     def of(cls, block: int, res) -> "BlockReport":
@@ -362,7 +369,8 @@ class BlockReport:
         return cls(block=block, n=int(res.samples.shape[0]), nfe=int(info["nfe"]),
                    acceptance=getattr(info, "mean_acceptance", None),
                    divergences=int(info.get("divergences", 0) or 0), step_size=h,
-                   warnings=tuple(getattr(res, "warnings", ())))
+                   warnings=tuple(getattr(res, "warnings", ())),
+                   extra=tuple((k, float(info.get(k))) for k in EXTRA_KEYS if info.get(k) is not None))
 
 
 def _weighted(values: Sequence[Tuple[float, int]]) -> Optional[float]:

@@ -309,8 +309,8 @@ def _sample(args, session):
     )
     if summary.step_size is not None:
         metrics["step_size"] = summary.step_size
-    if getattr(res.info, "log_z", None) is not None:  # smc: log-normaliser estimate and resampling events
-        metrics.update(log_z=res.info.log_z, n_resampled=res.info.n_resampled)
+    if len(res.blocks) == 1:  # smc (one population): log-normaliser estimate and resampling events
+        metrics.update(dict(res.blocks[0].extra))
     record = {
         "config": {k: getattr(args, k) for k in _CONFIG_KEYS},
         "sampler": repr(sampler),

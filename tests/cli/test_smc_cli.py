@@ -67,3 +67,16 @@ def test_smc_bad_options_name_the_fix(argv, mentions, tmp_path, capsys):
     for word in mentions:
         assert word in err, f"{argv}: {err!r} lacks {word!r}"
     assert not (tmp_path / "o").exists()
+
+
+def test_smc_population_is_one_block_beyond_the_default_block_size(tmp_path, capsys):
+    """Resampling must see every particle: 600 particles stay one population (one block), not 512 + 88."""
+    from ebmcompose import distributed
+
+    n = distributed.DEFAULT_BLOCK + 8
+    out = tmp_path / "out"
+    rc, _, err = run(["sample", "--task", "product", "--sampler", "smc", "--particles", n, "--levels", 3,
+                      "--rejuvenate", "none", "--out", out], capsys)
+    assert rc == 0, err
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["config"]["block"] == n and math.isfinite(record["metrics"]["log_z"])
