@@ -82,3 +82,22 @@ def test_image_grid_layout():
     grid = image_grid(imgs, ncol=3)
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3) and grid.dtype.name == "uint8"
     assert (grid[6:10, 6:10] == 255).all() and (grid[1:5, 1:5] == 0).all()
+
+
+def test_shipped_position_model_puts_objects_where_asked_far_above_chance():
+    """The shipped ε model, AND of two positions: both objects present in most images, while
+    unconditional samples have an object at one fixed spot far less often (rendered-truth evaluator)."""
+    from ebmcompose.cli.scene_sampling import build_sampler
+    from toy import scenes
+    from toy.scene_model import to_unit
+
+    torch.manual_seed(0)
+    sm = pretrained.scene_model("position", "epsilon")
+    sampler = build_sampler("ddim", sm.schedule, 20)
+    at = [(0.25, 0.3), (0.7, 0.7)]
+    n = 12
+    composed = to_unit(sampler.sample(sm.compose(at=at), shape=sm.shape(n), generator=torch.Generator().manual_seed(1)).samples)
+    free = to_unit(sampler.sample(sm.unconditional(), shape=sm.shape(n), generator=torch.Generator().manual_seed(2)).samples)
+    acc = scenes.position_accuracy(composed, at=at).float().mean()
+    chance = scenes.count_near(free, at[0]).float().mean()
+    assert acc >= 0.75 and chance <= 0.5, (float(acc), float(chance))
