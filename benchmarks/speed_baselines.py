@@ -114,16 +114,8 @@ def hand_hmc(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     e, g = fn(x, means, var)
     for _ in range(n):
         p0 = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        xp, p = x, p0 - 0.5 * h * g
-        for i in range(N_LEAPFROG):
-            xp = xp + h * p
-            ep, gp = fn(xp, means, var)
-            p = p - (0.5 * h if i == N_LEAPFROG - 1 else h) * gp
-        d_h = ep + 0.5 * p.square().sum(1) - e - 0.5 * p0.square().sum(1)
-        acc = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype) < (-d_h).clamp(max=0).exp()
-        x = torch.where(acc[:, None], xp, x)
-        e = torch.where(acc, ep, e)
-        g = torch.where(acc[:, None], gp, g)
+        u = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype)  # leapfrog draws nothing: same stream
+        x, e, g = _hmc_step(x, e, g, p0, u, h, means, var, fn)
     return x
 
 

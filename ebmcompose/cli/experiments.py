@@ -341,15 +341,20 @@ def make_sampler(opts: SamplerOptions, schedule, exact: bool):
     if s not in PC_SAMPLERS:
         raise UsageError(f"unknown sampler {s!r}; choose from {', '.join(SAMPLERS)}")
     k = 2 if opts.corrector_steps is None else opts.corrector_steps
-    corrector = {
-        "pc-ula": lambda: samplers.ULA(step_size=h, n_steps=k),
-        "pc-mala": lambda: samplers.MALA(step_size=h, n_steps=k),
-        "pc-hmc": lambda: samplers.HMC(step_size=h, n_leapfrog=opts.leapfrog or 5, n_steps=k),
-    }[s]()
+    corrector = _kernel(s[len("pc-"):], h, k, opts)
     return samplers.PredictorCorrector(
         schedule, n_steps=opts.levels or 50, corrector=corrector, step_rule=opts.step_rule or "adapt",
         clip_x0=clip, final_correction=True if exact else None, **ladder,
     )
+
+
+def _kernel(name: str, h, k: int, opts: SamplerOptions):
+    """The ``ula`` / ``mala`` / ``hmc`` kernel (``--leapfrog`` [5]) that a ladder sampler runs ``k`` times per level."""
+    import samplers
+
+    if name == "hmc":
+        return samplers.HMC(step_size=h, n_leapfrog=opts.leapfrog or 5, n_steps=k)
+    return {"ula": samplers.ULA, "mala": samplers.MALA}[name](step_size=h, n_steps=k)
 
 
 def _make_smc(opts: SamplerOptions, schedule, exact: bool, ladder: dict):
@@ -363,11 +368,7 @@ def _make_smc(opts: SamplerOptions, schedule, exact: bool, ladder: dict):
     k = 1 if opts.corrector_steps is None else opts.corrector_steps
     kernel = None
     if name != "none" and k > 0:
-        kernel = {
-            "ula": lambda: samplers.ULA(step_size=h, n_steps=k),
-            "mala": lambda: samplers.MALA(step_size=h, n_steps=k),
-            "hmc": lambda: samplers.HMC(step_size=h, n_leapfrog=opts.leapfrog or 5, n_steps=k),
-        }[name]()
+        kernel = _kernel(name, h, k, opts)
     return samplers.SMC(
         schedule, n_steps=opts.levels or 100, rejuvenate=kernel,
         ess_threshold=0.5 if opts.ess_threshold is None else opts.ess_threshold,
