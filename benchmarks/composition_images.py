@@ -2,6 +2,8 @@
 
     python -m benchmarks.composition_images [--n 200] [--nfe 50] [--out benchmarks/results]
     python -m benchmarks.composition_images --quick --out /tmp/ci      # tiny random-weight models
+    python -m benchmarks.composition_images --models position:energy --tasks positions --out part1 &
+    python -m benchmarks.composition_images --merge part1/composition_images.json part2/... --out OUT
 
 Cells (each ``n`` images; every image gets its own random request, drawn like the training data):
 
@@ -46,19 +48,25 @@ RADIUS = 0.1
 
 
 # ---------------------------------------------------------------------------- models
-def load_models(quick: bool, checkpoint_dir=None, max_batch: Optional[int] = None) -> Dict[str, Any]:
+MODELS = ("position:epsilon", "position:energy", "attribute:epsilon", "attribute:energy", "joint:epsilon")
+
+
+def load_models(quick: bool, checkpoint_dir=None, max_batch: Optional[int] = None, only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``{"position:epsilon": SceneModel, ...}``: shipped (or ``checkpoint_dir``) models, or tiny
-    random-weight ones in quick mode. Missing checkpoints are skipped (reported in the output)."""
+    random-weight ones in quick mode, restricted to ``only`` (keys of :data:`MODELS`). Missing
+    checkpoints are skipped (reported in the output)."""
     from ebmcompose.checkpoint import CheckpointNotFoundError
     from toy import pretrained
     from toy.image_train import config_for
     from toy.scene_model import SceneModel
     from toy.scene_nets import SceneUNet
 
-    wanted = [("position", "epsilon"), ("position", "energy"), ("attribute", "epsilon"), ("attribute", "energy"), ("joint", "epsilon")]
+    unknown = set(only or ()) - set(MODELS)
+    if unknown:
+        raise ec.InputError(f"unknown models {sorted(unknown)}; valid models are {', '.join(MODELS)}")
     models = {}
-    for family, param in wanted:
-        key = f"{family}:{param}"
+    for key in MODELS if only is None else [m for m in MODELS if m in only]:
+        family, param = key.split(":")
         if quick:
             net = SceneUNet(**config_for(family, param, "quick").net_config()).eval().requires_grad_(False)
             models[key] = SceneModel.from_net(net, param, max_batch=max_batch)
@@ -123,9 +131,11 @@ def _rate(ok: torch.Tensor) -> Dict[str, float]:
     return {"p": p, "se": math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")}
 
 
-def _row(task: str, k: int, model: str, param: str, sampler: str, n: int, acc, strict, nfe: int, seconds: float) -> Dict[str, Any]:
+def _row(task: str, k: int, model: str, param: str, sampler: str, n: int, acc, strict, nfe: int, seconds: float,
+         budget: Optional[int] = None, weight: Optional[float] = None) -> Dict[str, Any]:
     return {
         "task": task, "k": k, "model": model, "parameterisation": param, "sampler": sampler, "n": n,
+        "nfe_budget": budget, "weight": weight,
         "accuracy": round(acc["p"], 4), "accuracy_se": round(acc["se"], 4),
         "strict": None if strict is None else round(strict["p"], 4),
         "strict_se": None if strict is None else round(strict["se"], 4),
@@ -143,19 +153,21 @@ TASKS = ("positions", "not", "attributes")
 def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] = (1, 2, 3, 4, 5), samplers: Sequence[str] = SAMPLERS,
         weight: float = 3.0, seed: int = 0, checkpoint_dir=None, max_batch: Optional[int] = None,
         tasks: Sequence[str] = TASKS, energy_ks: Optional[Sequence[int]] = None, energy_samplers: Optional[Sequence[str]] = None,
-        variants: Optional[Dict[str, Any]] = None, log=print) -> Dict[str, Any]:
+        variants: Optional[Dict[str, Any]] = None, models: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
     """Run the cells of ``tasks``; returns ``{"rows": [...], "settings": {...}, "missing": [...]}``.
 
     ``energy_ks`` / ``energy_samplers`` restrict the (costlier) energy-parameterised cells (default:
     ``ks`` / ``samplers``); ``variants`` maps a label to another position ε model (e.g. the
-    embedding-only net), run on the position cells with the ε samplers as model ``composed (label)``.
+    embedding-only net), run on the position cells with the ε samplers as model ``composed (label)``;
+    ``models`` restricts the checkpoints loaded (keys of :data:`MODELS`, default all).
     """
     from toy import scenes
 
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ec.InputError(f"unknown tasks {sorted(unknown)}; valid tasks are {', '.join(TASKS)}")
-    models = load_models(quick, checkpoint_dir, max_batch)
+    only = models
+    models = load_models(quick, checkpoint_dir, max_batch, only)
     energy_ks = list(ks) if energy_ks is None else list(energy_ks)
     energy_samplers = list(samplers) if energy_samplers is None else list(energy_samplers)
 
@@ -182,7 +194,7 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
             for s in samplers_for(param):
                 images, used, secs = _sample(energy, sm, s, nfe, n, seed + k)
                 acc, strict = score(images)
-                rows.append(_row(f"positions K={k}", k, label, param, s, n, acc, strict, used, secs))
+                rows.append(_row(f"positions K={k}", k, label, param, s, n, acc, strict, used, secs, nfe, weight))
                 log(f"positions K={k} {label} {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
         sm = models.get("joint:epsilon")
         if sm is not None:
@@ -193,7 +205,7 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
             for s in _samplers_for("epsilon", [x for x in samplers if x in ("ddpm", "ddim")]):
                 images, used, secs = _sample(energy, sm, s, nfe, n, seed + k)
                 acc, strict = score(images)
-                rows.append(_row(f"positions K={k}", k, "joint", "epsilon", s, n, acc, strict, used, secs))
+                rows.append(_row(f"positions K={k}", k, "joint", "epsilon", s, n, acc, strict, used, secs, nfe, weight))
                 log(f"positions K={k} joint   {s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
     if "not" in tasks:
         rows += _negation_cells(position_models[:2], n, nfe, weight, seed, samplers_for, log)
@@ -210,11 +222,11 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
                 images, used, secs = _sample(energy, sm, s, nfe, n, seed + 1000 + ci)
                 ok = torch.stack([scenes.attribute_accuracy(images[i : i + 1], require=require[i], forbid=forbid[i])[0] for i in range(n)])
                 acc = _rate(ok)
-                rows.append(_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs))
+                rows.append(_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs, nfe, weight))
                 log(f"attributes {cell:<26}{param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
     settings = {"quick": quick, "n": n, "nfe_budget": nfe, "ks": list(ks), "samplers": list(samplers), "weight": weight,
                 "tasks": list(tasks), "energy_ks": energy_ks, "energy_samplers": energy_samplers, "variants": sorted(variants or {}),
-                "seed": seed, "radius": RADIUS, "threads": torch.get_num_threads(),
+                "models_run": sorted(models), "seed": seed, "radius": RADIUS, "threads": torch.get_num_threads(),
                 "models": "random-weight tiny nets (quick mode)" if quick else "shipped checkpoints"}
     return {"rows": rows, "settings": settings, "missing": missing}
 
@@ -239,7 +251,7 @@ def _negation_cells(position_models, n: int, nfe: int, weight: float, seed: int,
                 at_p = torch.stack([scenes.count_near(images[i : i + 1], p[i][0], radius=RADIUS)[0] for i in range(n)])
                 at_q = torch.stack([scenes.count_near(images[i : i + 1], q[i], radius=RADIUS)[0] for i in range(n)])
                 acc = _rate(ok)
-                row = _row(task, 1, label, param, s, n, acc, None, used, secs)
+                row = _row(task, 1, label, param, s, n, acc, None, used, secs, nfe, weight)
                 row.update({"object_at_p": round(_rate(at_p)["p"], 4), "object_at_q": round(_rate(at_q)["p"], 4),
                             "object_at_q_se": round(_rate(at_q)["se"], 4)})
                 rows.append(row)
@@ -267,18 +279,24 @@ def _versus(a, b) -> str:
 
 
 def findings(result: Dict[str, Any]) -> List[str]:
-    """Sentences computed from the rows: composition vs the joint baseline, correctors vs plain DDPM."""
+    """Sentences computed from the rows, at matched NFE budgets: composition vs the joint baseline,
+    correctors vs plain DDPM, NOT vs the same request without it."""
     rows = result["rows"]
+    budgets = sorted({r.get("nfe_budget") for r in rows}, key=lambda b: (b is None, b or 0))
+    ks = sorted({r["k"] for r in rows if r["task"].startswith("positions")})
     out = []
-    for k in result["settings"]["ks"]:
-        comp = _best(rows, task=f"positions K={k}", model="composed")
-        joint = _best(rows, task=f"positions K={k}", model="joint")
-        if comp and joint:
-            out.append(f"K = {k}: best composed ({comp['parameterisation']}, {comp['sampler']}) vs best joint ({joint['sampler']}): {_versus(comp, joint)}.")
+    for b in budgets:
+        for k in ks:
+            comp = _best(rows, task=f"positions K={k}", model="composed", nfe_budget=b)
+            joint = _best(rows, task=f"positions K={k}", model="joint", nfe_budget=b)
+            if comp and joint:
+                out.append(f"K = {k}, NFE {b}: best composed ({comp['parameterisation']}, {comp['sampler']}) vs best joint "
+                           f"({joint['sampler']}): {_versus(comp, joint)}.")
     for r in rows:
         if r["task"] != "NOT":
             continue
-        base = next((b for b in rows if b["task"] == "NOT (without the NOT)" and all(b[k] == r[k] for k in ("model", "parameterisation", "sampler"))), None)
+        base = next((b for b in rows if b["task"] == "NOT (without the NOT)"
+                     and all(b.get(k) == r.get(k) for k in ("model", "parameterisation", "sampler", "nfe_budget"))), None)
         if base is not None:
             ratio = r["object_at_q"] / base["object_at_q"] if base["object_at_q"] else float("nan")
             out.append(
@@ -287,24 +305,44 @@ def findings(result: Dict[str, Any]) -> List[str]:
             )
     for task in sorted({r["task"] for r in rows if not r["task"].startswith("NOT (")}, key=lambda t: (not t.startswith("positions"), t)):
         for param in ("epsilon", "energy"):
-            base = _best(rows, task=task, model="composed", parameterisation=param, sampler="ddpm")
-            for s in ("pc-ula", "pc-mala", "pc-hmc", "annealed-ula"):
-                r = _best(rows, task=task, model="composed", parameterisation=param, sampler=s)
-                if base and r:
-                    out.append(f"{task}, {param}: {s} vs ddpm at matched NFE: {_versus(r, base)}.")
+            for b in budgets:
+                base = _best(rows, task=task, model="composed", parameterisation=param, sampler="ddpm", nfe_budget=b)
+                for s in ("pc-ula", "pc-mala", "pc-hmc", "annealed-ula"):
+                    r = _best(rows, task=task, model="composed", parameterisation=param, sampler=s, nfe_budget=b)
+                    if base and r:
+                        out.append(f"{task}, {param}: {s} vs ddpm at NFE {b}: {_versus(r, base)}.")
     return out
+
+
+def merge(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One result from several runs' results (e.g. cells run in parallel processes): rows
+    concatenated, a later part's row replacing an earlier one of the same (task, model,
+    parameterisation, sampler, NFE budget); ``settings["parts"]`` keeps every run's settings."""
+    rows: Dict[tuple, Dict[str, Any]] = {}
+    for part in parts:
+        st = part["settings"]
+        for r in part["rows"]:
+            r = {**r, "nfe_budget": r.get("nfe_budget") or st.get("nfe_budget"), "weight": r.get("weight") or st.get("weight")}
+            rows[(r["task"], r["model"], r["parameterisation"], r["sampler"], r["nfe_budget"])] = r
+    first = parts[0]["settings"]
+    settings = {**first, "parts": [p["settings"] for p in parts],
+                "n": sorted({r["n"] for r in rows.values()}), "nfe_budget": sorted({r["nfe_budget"] for r in rows.values()}),
+                "ks": sorted({r["k"] for r in rows.values() if r["task"].startswith("positions")}),
+                "quick": any(p["settings"].get("quick") for p in parts)}
+    missing = sorted(set.intersection(*[set(p.get("missing", [])) for p in parts])) if parts else []
+    return {"rows": list(rows.values()), "settings": settings, "missing": missing}
 
 
 def markdown(result: Dict[str, Any]) -> str:
     st = result["settings"]
-    lines = [
-        "# Composition on images",
-        "",
-        f"Generated by `python -m benchmarks.composition_images{' --quick' if st['quick'] else ''}` "
-        f"(n = {st['n']} images per cell, NFE budget {st['nfe_budget']}, guidance α = {st['weight']}, "
-        f"radius {st['radius']}, {st['threads']} thread(s); models: {st['models']}).",
-        "",
-    ]
+    lines = ["# Composition on images", ""]
+    for part in st.get("parts", [st]):
+        cmd = " ".join(["python -m benchmarks.composition_images", *part.get("argv", ["--quick"] if part["quick"] else [])])
+        lines.append(f"- `{cmd}` (n = {part['n']} images per cell, NFE budget {part['nfe_budget']}, guidance α = {part['weight']}, "
+                     f"radius {part['radius']}, {part['threads']} thread(s); models: {part['models']})")
+    if "parts" in st:
+        lines += ["", "merged by `python -m benchmarks.composition_images --merge PART.json ...`"]
+    lines.append("")
     if st["quick"]:
         lines += ["**Quick mode: random-weight models and a handful of images; the numbers test the pipeline, not the method.**", ""]
     if result["missing"]:
@@ -345,7 +383,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     series: Dict[str, List[Dict[str, Any]]] = {}
     for r in result["rows"]:
         if r["task"].startswith("positions"):
-            series.setdefault(f"{r['model']} {r['parameterisation']} {r['sampler']}", []).append(r)
+            series.setdefault(f"{r['model']} {r['parameterisation']} {r['sampler']} NFE {r.get('nfe_budget')}", []).append(r)
     for label, rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r["k"])
         ax.errorbar([r["k"] for r in rs], [r["accuracy"] for r in rs], yerr=[r["accuracy_se"] for r in rs],
@@ -378,8 +416,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="another position epsilon checkpoint to report beside the shipped one (repeatable)")
     p.add_argument("--max-batch", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models", nargs="+", default=None, choices=list(MODELS), help="checkpoints to run (default: all)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PART.json",
+                   help="write OUT/composition_images.* from these runs' JSON files instead of sampling")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.merge:
+        result = merge([json.loads(Path(f).read_text()) for f in args.merge])
+        _write(result, out)
+        return 0
     torch.set_num_threads(args.threads)
     n = args.n or (4 if args.quick else 200)
     nfe = args.nfe or (4 if args.quick else 50)
@@ -393,13 +439,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         variants[label] = SceneModel.load(path, parameterisation="epsilon", max_batch=args.max_batch)
     result = run(quick=args.quick, n=n, nfe=nfe, ks=args.ks, samplers=args.samplers, weight=args.weight, seed=args.seed,
                  checkpoint_dir=args.checkpoint_dir, max_batch=args.max_batch, tasks=args.tasks, energy_ks=args.energy_ks,
-                 energy_samplers=args.energy_samplers, variants=variants)
-    out = Path(args.out)
+                 energy_samplers=args.energy_samplers, variants=variants, models=args.models)
+    result["settings"]["argv"] = list(sys.argv[1:] if argv is None else argv)
+    _write(result, out)
+    return 0
+
+
+def _write(result: Dict[str, Any], out: Path) -> None:
     write_json(out / "composition_images.json", result)
     write_text(out / "composition_images.md", markdown(result))
     plot(result, out / "composition_images.png")
     print(f"wrote {out}/composition_images.json, .md, .png ({len(result['rows'])} cells)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -298,6 +298,8 @@ def load_model(path, *, parameterisation: Optional[str] = None, max_batch: Optio
     ckpt.load_into(net, state, source=path)
     net.eval()
     net.requires_grad_(False)
+    # channels-last convolutions: ~1.3x faster inference on CPU (benchmarks/results/scene_speed.md)
+    net.to(memory_format=torch.channels_last)
     model = build_model(config["parameterisation"], net, schedule, max_batch=max_batch)
     return model, net, config
 

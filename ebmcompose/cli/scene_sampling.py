@@ -15,9 +15,10 @@ Names (:data:`SAMPLERS`):
     level (HMC: :data:`HMC_LEAPFROG` leapfrog steps); NFE = ``n + K·p·(n − 1)``, ``p`` evaluations
     per transition. MALA and HMC need an energy (the energy-parameterised models).
 
-Corrector step sizes are explicit and scaled by the noise level (``step_rule="sigma2"``:
-``h · σ_t²`` for ULA/MALA, ``sqrt(h) · σ_t`` for HMC's leapfrog step), with ``h`` from
-:data:`STEP_SIZES`; the annealed Langevin ``step_size`` is ``h · σ(t_min)²`` at its last level
+Corrector step sizes start from ``h · σ_t²`` (ULA/MALA; ``sqrt(h) · σ_t`` for HMC's leapfrog step),
+with ``h`` from :data:`STEP_SIZES`: fixed by that rule for ULA (``step_rule="sigma2"``), adapted per
+level by dual averaging towards the kernel's target acceptance for MALA and HMC
+(``step_rule="adapt"``; no search, so no evaluations beyond the budget); the annealed Langevin ``step_size`` is ``h · σ(t_min)²`` at its last level
 (the same rule). The x0-prediction of the predictors is clipped to ``[-1, 1]`` (images). The
 budget is met from below: :func:`build_sampler`'s sampler uses at most ``nfe`` evaluations.
 
@@ -93,7 +94,8 @@ def build_sampler(name: str, schedule: ec.VPSchedule, nfe: int, *, step_size: Op
         kernel = (MALA if name == "pc-mala" else ULA)(step_size=h, n_steps=1)
         per_level = 1
     n = _pc_levels(nfe, per_level)
-    return PredictorCorrector(schedule, n, corrector=kernel, predictor="ddpm", step_rule="sigma2", clip_x0=CLIP_X0)
+    rule = "adapt" if kernel.needs_energy else "sigma2"
+    return PredictorCorrector(schedule, n, corrector=kernel, predictor="ddpm", step_rule=rule, clip_x0=CLIP_X0)
 
 
 def ec_tensor(t: float):

@@ -89,7 +89,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=16, help="number of images (default %(default)s)")
     s.add_argument("--sampler", default="ddim", help="ddpm, ddim, annealed-ula, pc-ula, pc-mala, pc-hmc (default %(default)s)")
     s.add_argument("--model", default=None, choices=["epsilon", "energy"], help="parameterisation (default: epsilon, or the checkpoint's)")
-    s.add_argument("--steps", type=int, default=50, help="network evaluations (NFE budget, default %(default)s)")
+    s.add_argument("--steps", type=int, default=25, help="network evaluations (NFE budget, default %(default)s)")
     s.add_argument("--weight", type=float, default=3.0, help="guidance scale alpha (default %(default)s)")
     s.add_argument("--neg-weight", type=float, default=1.0, help="negation strength beta (default %(default)s)")
     s.add_argument("--resolution", type=int, default=None, help="required image side (default: the model's)")

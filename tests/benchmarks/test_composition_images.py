@@ -6,8 +6,8 @@ import math
 from benchmarks import composition_images as ci
 
 
-def _row(task, model, param, sampler, p, n=100):
-    return {"task": task, "k": 1, "model": model, "parameterisation": param, "sampler": sampler, "n": n,
+def _row(task, model, param, sampler, p, n=100, budget=10):
+    return {"task": task, "k": 1, "model": model, "parameterisation": param, "sampler": sampler, "n": n, "nfe_budget": budget,
             "accuracy": p, "accuracy_se": math.sqrt(p * (1 - p) / n), "strict": None, "strict_se": None,
             "nfe": 10, "seconds_per_image": 0.1}
 
@@ -21,7 +21,7 @@ def test_findings_call_differences_significant_only_beyond_two_standard_errors()
     ]
     found = ci.findings({"rows": rows, "settings": {"ks": [1]}})
     text = "\n".join(found)
-    assert "K = 1: best composed (energy, pc-mala) vs best joint (ddim): 0.800 vs 0.700" in text
+    assert "K = 1, NFE 10: best composed (energy, pc-mala) vs best joint (ddim): 0.800 vs 0.700" in text
     mala = next(f for f in found if "pc-mala vs ddpm" in f)
     ula = next(f for f in found if "pc-ula vs ddpm" in f)
     assert "higher (beyond 2 SE)" in mala and "not significantly different" in ula
@@ -63,3 +63,46 @@ def test_subsets_restrict_the_cells_and_variants_get_their_own_rows():
     ]
     text = "\n".join(ci.findings({"rows": not_rows, "settings": {"ks": []}}))
     assert "at the negated q in 0.100 (without the NOT 0.400, ratio 0.25)" in text
+
+
+def test_findings_compare_only_cells_of_the_same_budget():
+    rows = [
+        _row("positions K=1", "composed", "energy", "ddpm", 0.50, budget=50),
+        _row("positions K=1", "composed", "energy", "pc-mala", 0.90, budget=100),
+        _row("positions K=1", "joint", "epsilon", "ddim", 0.70, budget=100),
+    ]
+    found = ci.findings({"rows": rows, "settings": {}})
+    assert not any("pc-mala vs ddpm" in f for f in found)  # different budgets: no comparison
+    assert any(f.startswith("K = 1, NFE 100: best composed (energy, pc-mala)") for f in found)
+    assert not any("NFE 50: best composed" in f for f in found)  # no joint cell at 50
+
+
+def test_merge_keeps_every_part_and_later_rows_replace_earlier_ones(tmp_path):
+    a = {"settings": {"quick": False, "n": 200, "nfe_budget": 50, "weight": 3.0, "radius": 0.1, "threads": 1, "models": "m"},
+         "rows": [_row("positions K=1", "composed", "epsilon", "ddim", 0.5, budget=None), {**_row("NOT", "composed", "epsilon", "ddim", 0.9, budget=None), "object_at_p": 0.9, "object_at_q": 0.0, "object_at_q_se": 0.0}],
+         "missing": ["joint:epsilon", "position:energy"]}
+    b = {"settings": {**a["settings"], "nfe_budget": 50, "argv": ["--models", "position:energy"]},
+         "rows": [_row("positions K=1", "composed", "epsilon", "ddim", 0.75, budget=50), {**_row("positions K=2", "composed", "energy", "ddpm", 0.25, budget=50), "k": 2}],
+         "missing": ["joint:epsilon"]}
+    merged = ci.merge([a, b])
+    acc = {(r["task"], r["parameterisation"]): r["accuracy"] for r in merged["rows"]}
+    assert acc == {("positions K=1", "epsilon"): 0.75, ("NOT", "epsilon"): 0.9, ("positions K=2", "energy"): 0.25}
+    assert merged["missing"] == ["joint:epsilon"] and merged["settings"]["ks"] == [1, 2]
+    md = ci.markdown(merged)
+    assert "python -m benchmarks.composition_images --models position:energy" in md and "--merge" in md
+    paths = []
+    for i, part in enumerate((a, b)):
+        paths.append(tmp_path / f"p{i}.json")
+        paths[-1].write_text(__import__("json").dumps(part))
+    assert ci.main(["--merge", *map(str, paths), "--out", str(tmp_path / "out")]) == 0
+    assert len(json.loads((tmp_path / "out" / "composition_images.json").read_text())["rows"]) == 3
+
+
+def test_models_restricts_the_checkpoints_and_rejects_unknown_names():
+    result = ci.run(quick=True, n=1, nfe=2, ks=[1], samplers=["ddim"], tasks=["positions"], models=["joint:epsilon"], log=lambda *a: None)
+    assert {r["model"] for r in result["rows"]} == {"joint"}
+    import pytest
+
+    import ebmcompose as ec
+    with pytest.raises(ec.InputError, match="unknown models"):
+        ci.load_models(True, only=["position:eps"])

@@ -56,10 +56,11 @@ def test_resume_is_bit_identical(tmp_path, param):
     assert torch.equal(whole.losses, rest.losses)
     for (k, a), b in zip(whole.net.state_dict().items(), rest.net.state_dict().values()):
         assert torch.equal(a, b), k
-    # the exported EMA model loads back and gives the same scores
+    # the exported EMA model loads back and gives the same scores (up to the channels-last
+    # convolutions of loaded models: another summation order)
     model, net, config = it.load_model(tmp_path / "model")
     x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(model.score(x, 0.5), rest.model.score(x, 0.5))
+    torch.testing.assert_close(model.score(x, 0.5), rest.model.score(x, 0.5), rtol=1e-5, atol=1e-5)
     assert config["parameterisation"] == param and config["step"] == 4
 
 
