@@ -13,6 +13,7 @@ displays as the cell's value. matplotlib is imported inside the functions, so
 from __future__ import annotations
 
 import dataclasses
+import os
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union

@@ -22,9 +22,8 @@ start at 0 (the starting points are treated as draws from the first level's targ
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor

@@ -24,7 +24,7 @@ from .record import Recorder
 from .result import LadderSummary
 from .run import run_adaptive, run_steps
 
-__all__ = ["LadderState", "LevelInfo", "prior_sample", "check_kernel", "check_time_dependent", "level_state",
+__all__ = ["LadderState", "LevelInfo", "prior_sample", "check_kernel", "check_time_dependent", "level_state", "step_factors",
            "correct", "run_ladder", "summarise"]
 
 
@@ -173,6 +173,25 @@ def correct(kernel: MCMCKernel, energy: ec.Energy, state: State, n: int, generat
     da = dataclasses.replace(da, mu=da.log_step_size)
     state, kernel, _ = run_adaptive(kernel, energy, state, n, generator, adapt=adapt, adapt_state=da, recorder=rec)
     return state, kernel, rec
+
+
+def step_factors(schedule: ec.VPSchedule, ts: Tensor, rule: str, kernel: MCMCKernel) -> List[float]:
+    """Per-level factors multiplying a corrector's base step size, one per entry of the ladder ``ts``.
+
+    ``rule``: ``"fixed"`` (1), ``"beta"`` (``beta(t)``) or ``"sigma2"`` / ``"adapt"`` (``sigma(t)²``),
+    raised to the kernel's ``step_size_exponent`` (HMC's leapfrog step is a length: square roots).
+    At ``t = 0`` (``sigma = 0``) the previous level's factor is used.
+    """
+    ts_rule = ts.clone()
+    if len(ts) > 1 and float(ts[-1]) == 0.0:
+        ts_rule[-1] = ts[-2]
+    if rule == "fixed":
+        f = torch.ones_like(ts)
+    elif rule == "beta":
+        f = schedule.beta(ts_rule)
+    else:
+        f = schedule.sigma(ts_rule) ** 2
+    return (f ** float(type(kernel).step_size_exponent)).tolist()
 
 
 def level_info(t: float, nfe: int, rec: Optional[Recorder] = None, step_size=None) -> LevelInfo:

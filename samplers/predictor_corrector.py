@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -42,6 +42,7 @@ from .adaptation import DualAveraging
 from .annealed_langevin import step_size_exponent
 from .base import MCMCKernel, check_positive_int, require_energy
 from .ladder import (LadderState, check_kernel, check_time_dependent, correct, level_info, level_state, prior_sample,
+                     step_factors,
                      run_ladder, summarise)
 from .result import SampleResult
 from .reverse_diffusion import ddim_coefficients, ddim_update
@@ -206,16 +207,7 @@ class PredictorCorrector:
 
     def rule_factors(self) -> List[float]:
         """``(n_steps + 1,)`` factors multiplying ``corrector.step_size`` per level (see ``step_rule``)."""
-        ts = self.ladder()
-        ts_rule = ts.clone()
-        ts_rule[-1] = ts[-2]  # sigma(0) = 0: the final level uses the previous level's factor
-        if self.step_rule == "fixed":
-            f = torch.ones_like(ts)
-        elif self.step_rule == "beta":
-            f = self.schedule.beta(ts_rule)
-        else:  # sigma2, adapt (the carry rule)
-            f = self.schedule.sigma(ts_rule) ** 2
-        return (f ** step_size_exponent(self.corrector)).tolist()
+        return step_factors(self.schedule, self.ladder(), self.step_rule, self.corrector)
 
     # ------------------------------------------------------------------ the loop
     def sample(

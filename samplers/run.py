@@ -6,7 +6,6 @@ reports each step through one callback signature, ``callback(i, state, info)``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 

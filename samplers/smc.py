@@ -66,7 +66,8 @@ from . import health
 from .adaptation import DualAveraging
 from .annealed_langevin import step_size_exponent
 from .base import MCMCKernel, State, check_positive_int, evaluate, randn_like, require_energy, sum_event
-from .ladder import LadderState, LevelInfo, check_kernel, check_time_dependent, correct, level_info, prior_sample, run_ladder, summarise
+from .ladder import (LadderState, LevelInfo, check_kernel, check_time_dependent, correct, level_info, prior_sample, run_ladder,
+                     step_factors, summarise)
 from .resampling import SCHEMES, ess as _ess, resample
 from .result import LadderSummary, SampleResult
 from .reverse_diffusion import DiffusionStep, ddim_coefficients, ddim_update
@@ -288,12 +289,7 @@ class SMC:
 
     def rule_factors(self) -> List[float]:
         """``(n_steps + 1,)`` factors multiplying ``rejuvenate.step_size`` per level (``sigma(0) = 0``: the previous level's)."""
-        ts = self.ladder()
-        ts_rule = ts.clone()
-        if float(ts[-1]) == 0.0:
-            ts_rule[-1] = ts[-2]
-        f = torch.ones_like(ts) if self.step_rule == "fixed" else self.schedule.sigma(ts_rule) ** 2
-        return (f ** step_size_exponent(self.rejuvenate)).tolist()
+        return step_factors(self.schedule, self.ladder(), self.step_rule, self.rejuvenate)
 
     # ------------------------------------------------------------------ the loop
     def sample(
