@@ -391,7 +391,8 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     ax.set_xlabel("K (objects requested)")
     ax.set_ylabel("position accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7, ncol=2)
+    if series:
+        ax.legend(fontsize=7, ncol=2)
     ax.set_title("AND of K positions: composed vs jointly conditioned")
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
