@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from .energy import ENERGY, GRAD
-from .errors import InputError
+from .errors import DetachedEnergyError, InputError
 from .network import NetworkModel
 from .schedule import VPSchedule
 
@@ -91,7 +91,16 @@ class DiffusionEnergy(NetworkModel):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             e = self._energy_of(xg, t, cond)
-            (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph)
+            g = None
+            if e.requires_grad:
+                (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph, allow_unused=True)
+            if g is None:
+                raise DetachedEnergyError(
+                    f"{self.name}: the network's energy has no autograd path from x, so its gradient (the "
+                    "score) cannot be computed. The network ran under torch.no_grad()/inference_mode, "
+                    "detached its input or output, or converted it (.numpy(), .item()). Run it with "
+                    "torch operations on x and leave grad mode to ebmcompose (parameters may be frozen)"
+                )
         if not create_graph:
             e, g = e.detach(), g.detach()
         return (e if need & ENERGY else None), g

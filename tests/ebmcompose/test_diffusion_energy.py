@@ -6,6 +6,7 @@ from torch import nn
 
 import ebmcompose as ec
 from ebmcompose.consistency import curl_2d, jacobian_asymmetry
+from ebmcompose.errors import DetachedEnergyError
 
 SCHED = ec.VPSchedule.cosine()
 S2 = 0.25  # data N(0, S2 I)
@@ -125,3 +126,20 @@ def test_jacobian_asymmetry_separates_conservative_and_rotational_fields():
     rot = ec.ScoreFunction(lambda x: torch.stack([-x[:, 1], x[:, 0]], -1))
     r = jacobian_asymmetry(rot, torch.randn(8, 2, dtype=torch.float64), generator=g)
     torch.testing.assert_close(r, torch.full((8,), 2.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("how", ["no_grad", "detach_input", "constant"])
+def test_a_network_without_an_autograd_path_from_x_names_the_cause(how):
+    def scalar_net(x, t, cond=None):
+        if how == "no_grad":
+            with torch.no_grad():
+                return (x ** 2).flatten(1).sum(1)
+        if how == "detach_input":
+            return (x.detach() ** 2).flatten(1).sum(1) * torch.ones((), requires_grad=True)
+        return torch.ones(x.shape[0], requires_grad=True)  # does not read x at all
+
+    e = ec.DiffusionEnergy(scalar_net, SCHED, form="scalar")
+    x = torch.randn(3, 2)
+    with pytest.raises(DetachedEnergyError, match="no autograd path from x"):
+        e.score(x, 0.5)
+    assert e.energy(x, 0.5).shape == (3,)  # energies alone need no gradient
