@@ -282,21 +282,23 @@ def findings(result: Dict[str, Any]) -> List[str]:
     """Sentences computed from the rows, at matched NFE budgets: composition vs the joint baseline,
     correctors vs plain DDPM, NOT vs the same request without it."""
     rows = result["rows"]
-    budgets = sorted({r.get("nfe_budget") for r in rows}, key=lambda b: (b is None, b or 0))
+    # cells are compared only at one NFE budget and one guidance scale
+    settings = sorted({(r.get("nfe_budget"), r.get("weight")) for r in rows}, key=lambda s: tuple((v is None, v or 0) for v in s))
     ks = sorted({r["k"] for r in rows if r["task"].startswith("positions")})
     out = []
-    for b in budgets:
+    for b, w in settings:
+        at = f"NFE {b}" + ("" if w is None else f", α = {w:g}")
         for k in ks:
-            comp = _best(rows, task=f"positions K={k}", model="composed", nfe_budget=b)
-            joint = _best(rows, task=f"positions K={k}", model="joint", nfe_budget=b)
+            comp = _best(rows, task=f"positions K={k}", model="composed", nfe_budget=b, weight=w)
+            joint = _best(rows, task=f"positions K={k}", model="joint", nfe_budget=b, weight=w)
             if comp and joint:
-                out.append(f"K = {k}, NFE {b}: best composed ({comp['parameterisation']}, {comp['sampler']}) vs best joint "
+                out.append(f"K = {k}, {at}: best composed ({comp['parameterisation']}, {comp['sampler']}) vs best joint "
                            f"({joint['sampler']}): {_versus(comp, joint)}.")
     for r in rows:
         if r["task"] != "NOT":
             continue
         base = next((b for b in rows if b["task"] == "NOT (without the NOT)"
-                     and all(b.get(k) == r.get(k) for k in ("model", "parameterisation", "sampler", "nfe_budget"))), None)
+                     and all(b.get(k) == r.get(k) for k in ("model", "parameterisation", "sampler", "nfe_budget", "weight"))), None)
         if base is not None:
             ratio = r["object_at_q"] / base["object_at_q"] if base["object_at_q"] else float("nan")
             out.append(
@@ -305,25 +307,26 @@ def findings(result: Dict[str, Any]) -> List[str]:
             )
     for task in sorted({r["task"] for r in rows if not r["task"].startswith("NOT (")}, key=lambda t: (not t.startswith("positions"), t)):
         for param in ("epsilon", "energy"):
-            for b in budgets:
-                base = _best(rows, task=task, model="composed", parameterisation=param, sampler="ddpm", nfe_budget=b)
-                for s in ("pc-ula", "pc-mala", "pc-hmc", "annealed-ula"):
-                    r = _best(rows, task=task, model="composed", parameterisation=param, sampler=s, nfe_budget=b)
+            for b, w in settings:
+                at = f"NFE {b}" + ("" if w is None else f", α = {w:g}")
+                base = _best(rows, task=task, model="composed", parameterisation=param, sampler="ddpm", nfe_budget=b, weight=w)
+                for s in ("ddim", "pc-ula", "pc-mala", "pc-hmc", "annealed-ula"):
+                    r = _best(rows, task=task, model="composed", parameterisation=param, sampler=s, nfe_budget=b, weight=w)
                     if base and r:
-                        out.append(f"{task}, {param}: {s} vs ddpm at NFE {b}: {_versus(r, base)}.")
+                        out.append(f"{task}, {param}: {s} vs ddpm at {at}: {_versus(r, base)}.")
     return out
 
 
 def merge(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """One result from several runs' results (e.g. cells run in parallel processes): rows
     concatenated, a later part's row replacing an earlier one of the same (task, model,
-    parameterisation, sampler, NFE budget); ``settings["parts"]`` keeps every run's settings."""
+    parameterisation, sampler, NFE budget, guidance scale); ``settings["parts"]`` keeps every run's settings."""
     rows: Dict[tuple, Dict[str, Any]] = {}
     for part in parts:
         st = part["settings"]
         for r in part["rows"]:
             r = {**r, "nfe_budget": r.get("nfe_budget") or st.get("nfe_budget"), "weight": r.get("weight") or st.get("weight")}
-            rows[(r["task"], r["model"], r["parameterisation"], r["sampler"], r["nfe_budget"])] = r
+            rows[(r["task"], r["model"], r["parameterisation"], r["sampler"], r["nfe_budget"], r["weight"])] = r
     first = parts[0]["settings"]
     settings = {**first, "parts": [p["settings"] for p in parts],
                 "n": sorted({r["n"] for r in rows.values()}), "nfe_budget": sorted({r["nfe_budget"] for r in rows.values()}),
@@ -331,6 +334,10 @@ def merge(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                 "quick": any(p["settings"].get("quick") for p in parts)}
     missing = sorted(set.intersection(*[set(p.get("missing", [])) for p in parts])) if parts else []
     return {"rows": list(rows.values()), "settings": settings, "missing": missing}
+
+
+def _g(v) -> str:
+    return "" if v is None else f"{v:g}"
 
 
 def markdown(result: Dict[str, Any]) -> str:
@@ -351,13 +358,15 @@ def markdown(result: Dict[str, Any]) -> str:
         "Accuracy: every requested position has a detected object within the radius (and none near a negated one);",
         "strict: exactly the requested objects. ± is the binomial standard error.",
         "",
-        "| task | model | param | sampler | n | accuracy | strict | NFE | s/image |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| task | model | param | sampler | α | n | accuracy | strict | NFE | s/image |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in result["rows"]:
+    order = {"positions": 0, "NOT": 1, "NOT (without the NOT)": 1, "attributes": 2}
+    for r in sorted(result["rows"], key=lambda r: (order.get(r["task"].split(" K=")[0].split(":")[0], 3), r["task"],
+                                                    r["model"] != "composed", r["parameterisation"], str(r.get("weight")))):
         strict = "" if r["strict"] is None else f"{r['strict']:.3f} ± {r['strict_se']:.3f}"
         lines.append(
-            f"| {r['task']} | {r['model']} | {r['parameterisation']} | {r['sampler']} | {r['n']} | "
+            f"| {r['task']} | {r['model']} | {r['parameterisation']} | {r['sampler']} | {_g(r.get('weight'))} | {r['n']} | "
             f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {strict} | {r['nfe']} | {r['seconds_per_image']:.3f} |"
         )
     nots = [r for r in result["rows"] if r["task"].startswith("NOT")]
@@ -383,7 +392,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     series: Dict[str, List[Dict[str, Any]]] = {}
     for r in result["rows"]:
         if r["task"].startswith("positions"):
-            series.setdefault(f"{r['model']} {r['parameterisation']} {r['sampler']} NFE {r.get('nfe_budget')}", []).append(r)
+            series.setdefault(f"{r['model']} {r['parameterisation']} {r['sampler']} NFE {r.get('nfe_budget')} α {r.get('weight')}", []).append(r)
     for label, rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r["k"])
         ax.errorbar([r["k"] for r in rs], [r["accuracy"] for r in rs], yerr=[r["accuracy_se"] for r in rs],

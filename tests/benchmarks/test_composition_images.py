@@ -106,3 +106,11 @@ def test_models_restricts_the_checkpoints_and_rejects_unknown_names():
     import ebmcompose as ec
     with pytest.raises(ec.InputError, match="unknown models"):
         ci.load_models(True, only=["position:eps"])
+
+
+def test_findings_compare_only_cells_of_the_same_guidance_scale():
+    rows = [{**_row("positions K=1", "composed", "energy", "ddpm", 0.60), "weight": 3.0},
+            {**_row("positions K=1", "composed", "energy", "pc-mala", 0.90), "weight": 7.0},
+            {**_row("positions K=1", "composed", "energy", "ddpm", 0.85), "weight": 7.0}]
+    found = [f for f in ci.findings({"rows": rows, "settings": {}}) if "pc-mala vs ddpm" in f]
+    assert found == ["positions K=1, energy: pc-mala vs ddpm at NFE 10, α = 7: 0.900 vs 0.850 (+0.050 ± 0.047): not significantly different."]
