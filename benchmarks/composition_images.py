@@ -388,7 +388,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     series: Dict[str, List[Dict[str, Any]]] = {}
     for r in result["rows"]:
         if r["task"].startswith("positions"):
@@ -401,7 +401,8 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     ax.set_ylabel("position accuracy")
     ax.set_ylim(-0.02, 1.02)
     if series:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xticks(sorted({r["k"] for rs in series.values() for r in rs}))
     ax.set_title("AND of K positions: composed vs jointly conditioned")
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
