@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 
+from .autodiff import energy_and_grad
 from .energy import ENERGY, GRAD
 from .errors import DetachedEnergyError, InputError
 from .network import NetworkModel
@@ -88,19 +88,14 @@ class DiffusionEnergy(NetworkModel):
         if not need & GRAD:
             # Energy only: keep the ambient grad mode, so losses on E train the network.
             return self._energy_of(x, t, cond), None
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            e = self._energy_of(xg, t, cond)
-            g = None
-            if e.requires_grad:
-                (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph, allow_unused=True)
-            if g is None:
-                raise DetachedEnergyError(
-                    f"{self.name}: the network's energy has no autograd path from x, so its gradient (the "
-                    "score) cannot be computed. The network ran under torch.no_grad()/inference_mode, "
-                    "detached its input or output, or converted it (.numpy(), .item()). Run it with "
-                    "torch operations on x and leave grad mode to ebmcompose (parameters may be frozen)"
-                )
+        e, g = energy_and_grad(lambda xx: self._energy_of(xx, t, cond), x, create_graph)
+        if g is None:
+            raise DetachedEnergyError(
+                f"{self.name}: the network's energy has no autograd path from x, so its gradient (the "
+                "score) cannot be computed. The network ran under torch.no_grad()/inference_mode, "
+                "detached its input or output, or converted it (.numpy(), .item()). Run it with "
+                "torch operations on x and leave grad mode to ebmcompose (parameters may be frozen)"
+            )
         if not create_graph:
             e, g = e.detach(), g.detach()
         return (e if need & ENERGY else None), g

@@ -41,6 +41,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .autodiff import energy_and_grad
 from .checks import as_batch_t
 from .errors import InputError, InputTypeError
 from .leaf_output import check_constant_in_x, check_energy_output, check_grad_output
@@ -200,14 +201,8 @@ class Energy(nn.Module):
         self, x: Tensor, t: Optional[Tensor], create_graph: bool = False
     ) -> Tuple[Tensor, Tensor]:
         """Energies and gradients in one pass. Default: autograd through :meth:`_energy`."""
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            e = self._energy(xg, t)
-            check_energy_output(self, e, x)
-            if e.requires_grad:
-                (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph, allow_unused=True)
-            else:
-                g = None
+        e, g = energy_and_grad(lambda xx: self._energy(xx, t), x, create_graph)
+        check_energy_output(self, e, x)
         if g is None:  # no autograd path from x: a constant energy (zero gradient), or a detached one
             check_constant_in_x(self, e, x, t)
             g = torch.zeros_like(x)

@@ -1,0 +1,81 @@
+"""Autograd energies (a user's function or ``nn.Module``) compile into one graph per transition:
+the gradient is taken by ``torch.func`` inside ``torch.compile`` (``ebmcompose.autodiff``), with
+the same random stream and the same chains as the eager kernel (float64)."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ebmcompose as ec
+from ebmcompose.autodiff import energy_and_grad
+from samplers import HMC, MALA, ULA
+
+Y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12], dtype=torch.float64)
+SIGMA = torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18], dtype=torch.float64)
+
+
+def eight_schools(x):
+    """Non-centred Eight Schools: ``x = (mu, log tau, theta_tilde[8])``, priors N(0, 5²) on mu and log tau."""
+    mu, log_tau, z = x[:, 0], x[:, 1], x[:, 2:]
+    theta = mu[:, None] + log_tau.exp()[:, None] * z
+    return (0.5 * ((theta - Y) / SIGMA) ** 2).sum(1) + 0.5 * z.square().sum(1) + 0.5 * (mu / 5) ** 2 + 0.5 * (log_tau / 5) ** 2
+
+
+class Quartic(nn.Module):
+    """An ``nn.Module`` energy with a parameter: ``Σ a x⁴/4 + x²/2``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+    def forward(self, x):
+        return (self.a * x.pow(4) / 4 + x.square() / 2).sum(1)
+
+
+def _no_fallback(kernel, energy, x0, seed=0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager warns
+        return kernel.sample(energy, x0, generator=torch.Generator().manual_seed(seed), trace_every=1)
+
+
+@pytest.mark.parametrize(
+    "kernel, energy",
+    [
+        (MALA(step_size=0.05, n_steps=12), ec.EnergyFunction(eight_schools)),
+        (HMC(step_size=0.2, n_leapfrog=3, n_steps=8, refresh=0.7), ec.EnergyFunction(eight_schools)),
+        (ULA(step_size=0.05, n_steps=10), ec.EnergyFunction(Quartic())),
+        (MALA(step_size=0.3, n_steps=10), ec.EnergyFunction(Quartic())),
+    ],
+    ids=["mala-function", "hmc-function", "ula-module", "mala-module"],
+)
+def test_autograd_energy_compiles_to_the_eager_chains(kernel, energy):
+    x0 = torch.randn(16, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    compiled = _no_fallback(kernel.compiled(), energy, x0)
+    eager = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(0), trace_every=1)
+    torch.testing.assert_close(compiled.info.trace, eager.info.trace, rtol=1e-10, atol=1e-10)
+    if kernel.needs_energy:
+        assert 0 < float(eager.info.acceptance.mean()) < 1  # both accept and reject happen: the test can tell
+        torch.testing.assert_close(compiled.info.acceptance, eager.info.acceptance, rtol=1e-10, atol=1e-10)
+
+
+def test_traced_gradient_equals_autograd():
+    """Under torch.compile the gradient comes from torch.func: the same numbers as autograd."""
+    x = torch.randn(7, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    e0, g0 = energy_and_grad(eight_schools, x)
+    e1, g1 = torch.compile(lambda z: energy_and_grad(eight_schools, z), fullgraph=True)(x)
+    torch.testing.assert_close(e1, e0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g1, g0, rtol=1e-12, atol=1e-12)
+    h = 1e-6  # and both are the gradient: central differences on one coordinate
+    d = torch.zeros_like(x)
+    d[:, 1] = h
+    fd = (eight_schools(x + d) - eight_schools(x - d)) / (2 * h)
+    torch.testing.assert_close(g0[:, 1], fd, rtol=1e-6, atol=1e-6)
+
+
+def test_no_path_from_x_is_none_eagerly():
+    """A constant energy has no autograd path: ``None`` (callers decide: zero gradient or an error)."""
+    x = torch.randn(4, 2, dtype=torch.float64)
+    e, g = energy_and_grad(lambda z: torch.ones(z.shape[0], dtype=z.dtype), x)
+    assert g is None and e.shape == (4,)
