@@ -65,7 +65,7 @@ def kernel(name, n_steps, compiled):
     k = {
         "ULA": ULA(step_size=STEP["ULA"], n_steps=n_steps),
         "MALA": MALA(step_size=STEP["MALA"], n_steps=n_steps),
-        "HMC": HMC(step_size=STEP["HMC"], n_leapfrog=N_LEAPFROG, n_steps=n_steps),
+        "HMC": HMC(step_size=STEP["HMC"], n_leapfrog=N_LEAPFROG, n_steps=n_steps, jitter=0.0),  # the hand loop's fixed step
     }[name]
     return k.compiled() if compiled else k
 

@@ -216,6 +216,8 @@ class MCMCKernel:
     step_size_exponent: ClassVar[float] = 1.0
     #: The state class ``init`` builds.
     state_type: ClassVar[type] = State
+    #: Whether warm-up adapts a diagonal mass (HMC's ``adapt_mass``; ``samplers.mass_adaptation``).
+    adapt_mass: bool = False
 
     def _check_config(self) -> None:
         check_step_size(self.step_size)
@@ -244,6 +246,10 @@ class MCMCKernel:
     def with_step_size(self, step_size: StepSize) -> "MCMCKernel":
         """The same kernel with another step size (float or 0-d tensor)."""
         return dataclasses.replace(self, step_size=step_size)
+
+    def with_mass(self, mass: Tensor) -> "MCMCKernel":
+        """The same kernel with another diagonal mass (kernels that have one)."""
+        raise ec.InputError(f"{type(self).__name__} has no mass matrix to adapt; use HMC(adapt_mass=True)")
 
     def compiled(self) -> "MCMCKernel":
         """The same kernel with ``compile=True`` (see ``samplers.compile``)."""

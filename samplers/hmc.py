@@ -16,6 +16,7 @@ Costs ``n_leapfrog`` energy+gradient evaluations per step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
@@ -69,7 +70,7 @@ def leapfrog(energy: ec.Energy, x: Tensor, momentum: Tensor, grad: Tensor, t: Op
     t : Tensor or None
         Diffusion time (fixed).
     step_size : Tensor or float
-        ``h`` (0-d).
+        ``h``: 0-d, or per chain ``(B, 1, ...)`` (jittered steps).
     n_leapfrog : int
         Number of steps ``L``.
     inv_mass : float or Tensor
@@ -134,6 +135,15 @@ class HMC(MCMCKernel):
         ``ρ`` in ``(0, 1]``: momentum refresh ``p ← sqrt(1 - ρ²) p + ρ M^{1/2} ξ``; 1 = full
         resample (standard HMC), < 1 = partial refresh (generalised HMC, momentum persists in
         :class:`HMCState` and is negated on rejection).
+    adapt_mass : bool
+        Adapt a diagonal mass during warm-up (``samplers.mass_adaptation``: in Stan's windows,
+        ``M⁻¹`` = the variance of the window's draws pooled over chains, then the step size afresh).
+        Needs ``step_size=None`` (the step size is adapted with it) and ``n_warmup`` >= 20; the
+        adapted kernel is ``res.info.kernel``.
+    jitter : float
+        ``j`` in ``[0, 1)``: each chain's leapfrog step is drawn afresh every transition, uniform in
+        ``h·[1 - j, 1 + j]`` (Neal 2011, sec. 5.4.2), so the trajectory length varies and no direction
+        of the target keeps returning to where it started (fixed-``L`` resonance). 0 turns it off.
     target_accept : float
         Adaptation target (0.65, Beskos et al. 2013).
     n_warmup : int or None
@@ -153,6 +163,8 @@ class HMC(MCMCKernel):
     n_steps: int = 100
     mass: Union[float, Tensor] = 1.0
     refresh: float = 1.0
+    jitter: float = 0.2
+    adapt_mass: bool = False
     target_accept: float = 0.65
     n_warmup: Optional[int] = None
     compile: bool = False
@@ -166,12 +178,20 @@ class HMC(MCMCKernel):
             raise ec.InputError(f"n_leapfrog must be an integer >= 1, got {self.n_leapfrog!r}")
         if not (isinstance(self.refresh, (int, float)) and 0.0 < self.refresh <= 1.0):
             raise ec.InputError(f"refresh must be in (0, 1] (1 = full momentum resample), got {self.refresh!r}")
+        if self.adapt_mass and self.n_warmup is not None and self.n_warmup < 20:
+            raise ec.InputError(f"adapt_mass=True needs n_warmup >= 20 warm-up steps (got {self.n_warmup})")
+        if isinstance(self.jitter, bool) or not (isinstance(self.jitter, (int, float)) and 0.0 <= self.jitter < 1.0):
+            raise ec.InputError(f"jitter must be in [0, 1) (0 = a fixed step size), got {self.jitter!r}")
         m = self.mass
         ok = bool((m > 0).all() and torch.isfinite(m).all()) if isinstance(m, Tensor) else (
             isinstance(m, (int, float)) and 0 < m < float("inf")
         )
         if not ok:
             raise ec.InputError(f"mass must be positive and finite (scalar or shaped like the event), got {m!r}")
+
+    def with_mass(self, mass: Tensor) -> "HMC":
+        """The same kernel with diagonal mass ``mass`` (shaped like the event), no longer adapting it."""
+        return dataclasses.replace(self, mass=mass, adapt_mass=False)
 
     def _mass(self, x: Tensor):
         """``(M⁻¹, M^{1/2})`` as floats or tensors on ``x``'s device, shaped like the event."""
@@ -197,6 +217,8 @@ class HMC(MCMCKernel):
         else:
             p0 = math.sqrt(1.0 - self.refresh ** 2) * p_old + self.refresh * (sqrt_mass * noise)
         u = uniform(x, generator)
+        if self.jitter:  # per chain: h·U(1 - j, 1 + j), shaped (B, 1, ...)
+            h = per_chain(h * uniform(x, generator).mul_(2.0 * self.jitter).add_(1.0 - self.jitter), x)
         x, e, g, p, acceptance, accepted, divergent, delta, nfe = _compile.call(
             hmc_transition, self.compile, energy, x, state.energy, state.grad, state.t, p0, u, h,
             self.n_leapfrog, inv_mass, self.refresh != 1.0,

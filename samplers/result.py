@@ -66,6 +66,9 @@ class KernelSummary(_ReadsLikeADict):
     warnings : tuple of samplers.health.Problem
         What is wrong with the run (divergences, escaped samples, acceptance near 0 or 1, frozen
         chains); empty when nothing is. Each prints as one line; ``.kind`` names it.
+    kernel : MCMCKernel or None
+        The kernel of the kept steps, with its adapted step size (and HMC's adapted mass): pass it
+        ``kernel.sample``-free loops (``samplers.run.run_steps``) from ``res.state`` to continue without warm-up.
     """
 
     nfe: int
@@ -80,6 +83,7 @@ class KernelSummary(_ReadsLikeADict):
     trace: Optional[Tensor] = None
     energy_trace: Optional[Tensor] = None
     warnings: Tuple[Any, ...] = ()
+    kernel: Any = None
 
     @property
     def mean_acceptance(self) -> Optional[float]:

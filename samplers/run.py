@@ -16,11 +16,12 @@ import ebmcompose as ec
 
 from . import health
 from .adaptation import DualAveraging, DualAveragingState, find_initial_step_size
+from .mass_adaptation import VarianceEstimate, regularised_variance, windows
 from .base import MCMCKernel, State, check_generator, check_positive_int, init_state, progress_bar
 from .record import Recorder
 from .result import KernelSummary, SampleResult
 
-__all__ = ["RunConfig", "run_steps", "run_adaptive", "search_step_size", "sample_kernel"]
+__all__ = ["RunConfig", "run_steps", "run_adaptive", "search_step_size", "warmup_with_mass", "sample_kernel"]
 
 #: ``callback(i, state, info)`` after each step (ladder samplers: their ladder state and level info).
 Callback = Callable[[int, object, object], object]
@@ -126,6 +127,38 @@ def search_step_size(kernel: MCMCKernel, energy: ec.Energy, state: State, genera
     return find_initial_step_size(trial, h0, target=kernel.target_accept), nfe
 
 
+def warmup_with_mass(kernel: MCMCKernel, energy: ec.Energy, state: State, config: RunConfig, generator=None,
+                     recorder: Optional[Recorder] = None) -> Tuple[State, MCMCKernel, int]:
+    """Warm-up that adapts a diagonal mass and the step size in Stan's windows (``samplers.mass_adaptation``).
+
+    Returns the state, the kernel at its final mass and step size, and the NFE of the step-size
+    searches (the transitions' NFE go to ``recorder``).
+    """
+    first, slow, last = windows(config.n_warmup)
+    nfe = 0
+    if kernel.step_size is None:
+        h0, nfe = search_step_size(kernel, energy, state, generator)
+        kernel = kernel.with_step_size(h0)
+    common = dict(adapt=config.adapt, recorder=recorder, progress=config.progress)
+    state, kernel, _ = run_adaptive(kernel, energy, state, first, generator, callback=config.callback, **common)
+    start = first
+    for size in slow:
+        estimate = VarianceEstimate()
+
+        def collect(i, s, info, estimate=estimate):
+            estimate.update(s.x)
+            if config.callback is not None:
+                config.callback(i, s, info)
+
+        state, kernel, _ = run_adaptive(kernel, energy, state, size, generator, callback=collect, start=start, **common)
+        start += size
+        kernel = kernel.with_mass(1.0 / regularised_variance(estimate, state.x))
+        h0, n = search_step_size(kernel, energy, state, generator, guess=float(kernel.step_size))
+        kernel, nfe = kernel.with_step_size(h0), nfe + n
+    state, kernel, _ = run_adaptive(kernel, energy, state, last, generator, callback=config.callback, start=start, **common)
+    return state, kernel, nfe
+
+
 def sample_kernel(kernel: MCMCKernel, energy: ec.Energy, x0: Tensor, t, config: RunConfig, *,
                   generator: Optional[torch.Generator] = None) -> SampleResult:
     """Warm-up (adapting when ``config.adapt``), then ``config.n_steps`` recorded transitions.
@@ -160,7 +193,15 @@ def sample_kernel(kernel: MCMCKernel, energy: ec.Energy, x0: Tensor, t, config: 
         check_generator(generator, x0)
     state, nfe = init_state(kernel, energy, x0, t)
     warm = Recorder()
-    if config.adapt is not None:
+    if kernel.adapt_mass and config.adapt is None:
+        raise ec.InputError(
+            f"{type(kernel).__name__}(adapt_mass=True) adapts the step size with the mass (a fixed step would not "
+            "fit the new mass): leave step_size=None, or pass mass=... yourself with a fixed step_size"
+        )
+    if config.adapt is not None and kernel.adapt_mass:
+        state, kernel, n = warmup_with_mass(kernel, energy, state, config, generator, warm)
+        nfe += n
+    elif config.adapt is not None:
         if kernel.step_size is None:
             h0, n = search_step_size(kernel, energy, state, generator)
             nfe += n
@@ -185,6 +226,7 @@ def sample_kernel(kernel: MCMCKernel, energy: ec.Energy, x0: Tensor, t, config: 
         warmup_acceptance=warm.mean_acceptance(),
         trace=torch.stack(rec.trace) if rec.trace else None,
         energy_trace=torch.stack(rec.energy_trace) if rec.energy_trace else None,
+        kernel=kernel,
     )
     return health.finish(SampleResult(samples=state.x, info=info, state=state), x0, sampler=type(kernel).__name__,
                          on_divergence=config.on_divergence, metropolis=kernel.needs_energy,

@@ -71,7 +71,7 @@ def test_kernel_configurations_match_the_hand_loops():
     m = sp.kernel("MALA", 5, True)
     assert isinstance(m, MALA) and m.compile and m.step_size == sp.STEP["MALA"]
     h = sp.kernel("HMC", 5, False)
-    assert isinstance(h, HMC) and h.n_leapfrog == sp.N_LEAPFROG and h.refresh == 1.0
+    assert isinstance(h, HMC) and h.n_leapfrog == sp.N_LEAPFROG and h.refresh == 1.0 and h.jitter == 0.0
 
 
 def test_thread_counts_parse_and_reject_bad_input():

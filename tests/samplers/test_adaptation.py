@@ -54,7 +54,9 @@ def test_kernels_reach_target_acceptance(generator, kernel, target):
     energy, draw = gaussian([0.0, 0.0, 0.0, 0.0], torch.diag(torch.tensor([0.25, 1.0, 4.0, 9.0])))
     res = kernel.sample(energy, draw(500, generator), generator=generator)
     assert abs(float(res.info["warmup_acceptance"]) - target) < 0.1
-    assert abs(float(res.info["acceptance"].mean()) - target) < 0.15
+    # the kept steps use the averaged step size, smaller than the late iterates (Hoffman & Gelman
+    # 2014): their acceptance sits at or above the target (HMC with jitter ~0.81 here)
+    assert target - 0.1 < float(res.info["acceptance"].mean()) < target + 0.2
     assert res.info["step_size"].dim() == 0
 
 

@@ -1,5 +1,7 @@
 """HMC: leapfrog physics (O(h²) energy error, exact reversibility), exact moments, mass, partial refresh."""
 
+import math
+
 import pytest
 import torch
 
@@ -236,3 +238,48 @@ def test_full_refresh_carries_no_momentum(generator):
     state = HMC(step_size=0.3, n_leapfrog=2).init(energy, draw(20, generator))
     new, _ = HMC(step_size=0.3, n_leapfrog=2).step(state, energy, generator)
     assert new.momentum is None  # the next step draws a fresh one: nothing to select or negate
+
+
+# ------------------------------------------------------------------ step-size jitter
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, True, "0.2"])
+def test_jitter_must_be_in_unit_interval(bad):
+    with pytest.raises(ec.InputError, match="jitter must be in"):
+        HMC(step_size=0.1, jitter=bad)
+
+
+def test_jitter_breaks_the_fixed_trajectory_resonance():
+    """Leapfrog on N(0, 1) with ``h = 2 sin(π/L)`` turns by exactly one period in ``L`` steps: with a
+    fixed step every trajectory ends where it started (the chain never moves); with the default
+    jitter the chains mix and their variance is 1 within Monte-Carlo error."""
+    n_leapfrog = 10
+    h = 2.0 * math.sin(math.pi / n_leapfrog)
+    energy = ec.EnergyFunction(lambda x: 0.5 * x.square().sum(1))
+    x0 = torch.randn(400, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    stuck = HMC(step_size=h, n_leapfrog=n_leapfrog, n_steps=20, jitter=0.0).sample(energy, x0, generator=torch.Generator().manual_seed(1))
+    assert float((stuck.samples - x0).abs().max()) < 1e-9
+    res = HMC(step_size=h, n_leapfrog=n_leapfrog, n_steps=200).sample(energy, x0, generator=torch.Generator().manual_seed(1), trace_every=1)
+    trace = res.info.trace[50:]  # (150, 400, 1)
+    moved = (trace[-1] - x0).abs().squeeze(1)
+    assert float(moved.median()) > 0.3
+    var = trace.square().mean(dim=(0, 2))  # per chain, then pooled: chains are independent
+    se = float(var.std() / math.sqrt(var.numel()))
+    assert abs(float(var.mean()) - 1.0) < 4 * se + 0.02
+
+
+def test_jittered_steps_are_per_chain_and_seeded():
+    """Two chains at one point with one momentum (a refresh of 1e-9 keeps it) end apart only because
+    each draws its own step; without jitter they stay together. Same seed, same chains."""
+    energy = ec.EnergyFunction(lambda x: 0.5 * x.square().sum(1))
+    x = torch.ones(2, 3, dtype=torch.float64)
+    p = torch.tensor([[0.5, -1.0, 0.3]], dtype=torch.float64).expand(2, 3)
+
+    def end(jitter, seed):
+        k = HMC(step_size=0.3, n_leapfrog=4, refresh=1e-9, jitter=jitter)
+        state = k.init(energy, x).replace(momentum=p)
+        return k.step(state, energy, torch.Generator().manual_seed(seed))[0].x
+
+    a = end(0.2, 7)
+    assert float((a[0] - a[1]).abs().max()) > 1e-3
+    torch.testing.assert_close(a, end(0.2, 7), rtol=0, atol=0)
+    b = end(0.0, 7)
+    assert float((b[0] - b[1]).abs().max()) < 1e-6
