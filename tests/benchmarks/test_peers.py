@@ -1,0 +1,151 @@
+"""benchmarks/peers.py and peer_targets.py: the targets are the same in torch and JAX and equal to
+independent closed forms, the --quick harness writes the fields it promises with a correct
+Gaussian mean, and a peer that is missing or crashes is reported as skipped, not an error."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import HalfCauchy as _HalfCauchy, Normal as _Normal
+
+from benchmarks import peers
+from benchmarks import peer_targets as pt
+from toy import ring
+
+
+def _points(name: str, n: int = 64) -> torch.Tensor:
+    """Random float64 points around where each target's mass is (eight schools: moderate log tau)."""
+    x = torch.from_numpy(pt.start_points(name, n, seed=3)) * 1.5
+    if name == "eight_schools":
+        x[:, 1] = x[:, 1].clamp(-4.0, 4.0)
+    return x
+
+
+def _closed_forms():
+    """``-log p`` from ``torch.distributions`` / :mod:`toy`, written apart from the benchmark's formulas
+    (float64 parameters throughout: a Python-float parameter would make a float32 tensor)."""
+    def Normal(loc, scale):  # noqa: N802
+        return _Normal(torch.as_tensor(loc, dtype=torch.float64), torch.as_tensor(scale, dtype=torch.float64))
+
+    def HalfCauchy(scale):  # noqa: N802
+        return _HalfCauchy(torch.tensor(scale, dtype=torch.float64))
+
+    def gaussian(x):
+        return -Normal(0.0, torch.from_numpy(pt.GAUSS_SCALES)).log_prob(x).sum(-1)
+
+    def funnel(x):
+        v, z = x[:, 0], x[:, 1:]
+        return -(Normal(0.0, 3.0).log_prob(v) + Normal(0.0, (v / 2).exp()[:, None]).log_prob(z).sum(-1))
+
+    def banana(x):
+        return -(Normal(0.0, 10.0).log_prob(x[:, 0]) + Normal(0.03 * (x[:, 0] ** 2 - 100.0), 1.0).log_prob(x[:, 1]))
+
+    def eight_schools(x):
+        mu, lt, tt = x[:, 0], x[:, 1], x[:, 2:]
+        y, sigma = torch.from_numpy(pt.SCHOOLS_Y), torch.from_numpy(pt.SCHOOLS_SIGMA)
+        lp = Normal(0.0, 5.0).log_prob(mu) + HalfCauchy(5.0).log_prob(lt.exp()) + lt + Normal(0.0, 1.0).log_prob(tt).sum(-1)
+        return -(lp + Normal(mu[:, None] + lt.exp()[:, None] * tt, sigma).log_prob(y).sum(-1))
+
+    def ring_(x):
+        return -ring(8, 4.0, 0.3, dtype=torch.float64).log_prob(x)
+
+    return dict(gaussian=gaussian, funnel=funnel, banana=banana, eight_schools=eight_schools, ring=ring_)
+
+
+@pytest.mark.parametrize("name", pt.TARGETS)
+def test_torch_energy_is_the_closed_form(name):
+    x = _points(name)
+    e = pt.TORCH[name](x)
+    assert e.shape == (x.shape[0],) and e.dtype == torch.float64
+    torch.testing.assert_close(e, _closed_forms()[name](x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", pt.TARGETS)
+def test_torch_and_jax_targets_agree(name):
+    pt.load_jax(1)  # pins XLA to one thread if this is the first import, turns float64 on
+    jax = pytest.importorskip("jax")
+    logp = pt.jax_log_densities()[name]
+    x = _points(name)
+    xr = x.clone().requires_grad_(True)
+    e = pt.TORCH[name](xr)
+    (g,) = torch.autograd.grad(e.sum(), xr)
+    xj = jax.numpy.asarray(x.numpy())
+    e_jax = -np.asarray(jax.vmap(logp)(xj))
+    g_jax = -np.asarray(jax.vmap(jax.grad(logp))(xj))
+    assert e_jax.dtype == np.float64
+    np.testing.assert_allclose(e.detach().numpy(), e_jax, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(g.numpy(), g_jax, rtol=1e-10, atol=1e-10)
+
+
+def test_start_points_are_one_numpy_draw_per_seed():
+    a, b = pt.start_points("funnel", 16, 0), pt.start_points("funnel", 16, 0)
+    assert a.shape == (16, pt.FUNNEL_DIM) and a.dtype == np.float64 and np.array_equal(a, b)
+    assert not np.array_equal(a, pt.start_points("funnel", 16, 1))
+
+
+ROW_FIELDS = {
+    "target", "algorithm", "peer", "wall_s", "first_call_s", "compile_s", "cpu_s", "n_grad", "ess_min",
+    "ess_median", "ess_min_per_grad", "ess_min_per_s", "acceptance", "step_size", "n_leapfrog",
+}
+
+
+def test_quick_run_writes_the_promised_fields_and_a_correct_gaussian_mean(tmp_path):
+    out = tmp_path / "res"
+    argv = ["--quick", "--peers", "ebmcompose", "--targets", "gaussian", "banana", "--out", str(out)]
+    assert peers.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["peers.json", "peers.md"]
+    data = json.loads((out / "peers.json").read_text())
+    cfg = peers.QUICK
+    rows = data["rows"]
+    assert {(r["target"], r["algorithm"]) for r in rows} == {(t, a) for t in ("gaussian", "banana") for a in ("hmc", "mala")}
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        assert r["peer"] == "ebmcompose" and r["wall_s"] > 0 and 0 < r["ess_min"] <= r["ess_median"]
+        per_step = r["n_leapfrog"] if r["algorithm"] == "hmc" else 1
+        assert r["n_grad"] == 1 + (cfg.warmup + cfg.steps) * per_step
+        assert 0.6 <= r["acceptance"] <= 0.95, r
+        assert math.isclose(r["ess_min_per_grad"], r["ess_min"] / (r["n_grad"] * cfg.chains))
+        # the exact mean (0) within 5 Monte-Carlo standard errors in every coordinate: a wrong kernel fails this
+        assert r["mean_err_z"] < 5.0, r
+    assert data["meta"]["config"]["quick"] and data["meta"]["torch_threads"] == 1
+    md = (out / "peers.md").read_text()
+    assert "python -m benchmarks.peers --quick" in md and "| gaussian | HMC | ebmcompose |" in md
+
+
+def test_missing_and_crashing_peers_are_skipped_not_errors(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "blackjax", None)  # `import blackjax` now raises ImportError
+    monkeypatch.setitem(sys.modules, "torchebm", None)
+
+    real = peers.ebmcompose_runner
+
+    def runner(name, algo, cfg, x0, compiled):  # the compiled peer crashes on its first call
+        if not compiled:
+            return real(name, algo, cfg, x0, compiled)
+
+        def go():
+            raise RuntimeError("boom")
+
+        return go, None
+
+    monkeypatch.setattr(peers, "ebmcompose_runner", runner)
+    out = tmp_path / "res"
+    argv = ["--quick", "--targets", "banana", "--algorithms", "mala", "--steps", "20", "--warmup", "0", "--out", str(out)]
+    assert peers.main(argv) == 0
+    data = json.loads((out / "peers.json").read_text())
+    assert [r["peer"] for r in data["rows"]] == ["ebmcompose"]
+    reasons = {s["peer"]: s["reason"] for s in data["skipped"]}
+    assert set(reasons) == {"ebmcompose-compiled", "blackjax", "torchebm"}
+    assert "not installed" in reasons["blackjax"] and "not installed" in reasons["torchebm"]
+    assert reasons["ebmcompose-compiled"].startswith("failed: RuntimeError: boom")
+    assert "## Skipped" in (out / "peers.md").read_text()
+
+
+
+def test_quick_run_never_replaces_the_committed_results(capsys):
+    assert peers.main(["--quick", "--out", str(peers.RESULTS)]) == 2
+    assert "never replaces" in capsys.readouterr().err
