@@ -29,6 +29,8 @@ from torch import Tensor
 import ebmcompose as ec
 from ebmcompose.checks import check_generator, check_positive_int
 
+from .compile import scan as _scan
+
 __all__ = [
     "NonFiniteStateError", "State", "StepInfo", "MCMCKernel", "StepSize",
     "per_chain", "as_step_size", "sum_event", "finite_per_chain", "all_finite", "randn_like", "uniform", "check_generator", "check_step_size",
@@ -277,6 +279,32 @@ class MCMCKernel:
     def step(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator]):
         """One transition at ``self.step_size``: ``(State, StepInfo)``."""
         raise NotImplementedError
+
+    # Kernels that can run many transitions per graph call (``samplers.compile.scan``) set
+    # ``scan_body`` (``samplers.record.reduced`` of their transition body) and implement
+    # ``_draws``, ``_carry``, ``_consts`` and ``_state``.
+    scan_body: ClassVar[Optional[object]] = None
+
+    def steps(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator], n: int, *,
+              chunk: Optional[int] = None):
+        """``n`` transitions, in one graph call when compiled: ``(State, means, sums)``.
+
+        Draws are made in the order ``n`` calls of :meth:`step` make them, so the chains are the
+        same. ``means`` ``(n, 4)`` and ``sums`` ``(4, B)`` reduce the steps' acceptance,
+        divergence, ``|energy error|`` and NFE (``samplers.record.Recorder.record_chunk``).
+        ``chunk`` (``>= n``) pads the draws so that runs of any length up to it share one graph.
+        """
+        x = state.x
+        h = self._step_size(x)
+        k = max(n, chunk or n)
+        one = self._draws(x, h, generator)
+        draws = tuple(d.new_zeros((k,) + tuple(d.shape)) for d in one)
+        for i in range(n):
+            for buf, d in zip(draws, one if i == 0 else self._draws(x, h, generator)):
+                buf[i] = d
+        body = type(self).scan_body
+        carry, means, sums = _scan(body, self.compile, energy, n, self._carry(state), draws, 4, self._consts(state, h))
+        return self._state(state, carry), means, sums
 
     def sample(self, energy: ec.Energy, x0: Tensor, t=None, *, generator=None, progress: bool = False,
                callback=None, trace_every: int = 0, on_divergence: str = "warn"):

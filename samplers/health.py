@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -94,10 +94,14 @@ _SMALLER = "use a smaller step_size, or None to adapt it"
 
 def divergent(info: StepInfo) -> Tensor:
     """``(B,)`` bool: the step's proposal was non-finite or its ``|energy error|`` exceeded :data:`DIVERGENCE_THRESHOLD`."""
-    err = getattr(info, "energy_error", None)
-    if err is None:
-        return info.divergent
-    return info.divergent | (err.abs() > DIVERGENCE_THRESHOLD)
+    return divergent_flags(info.divergent, getattr(info, "energy_error", None))
+
+
+def divergent_flags(divergent_: Tensor, energy_error: Optional[Tensor]) -> Tensor:
+    """:func:`divergent` from the fields themselves (inside compiled loops, which build no info)."""
+    if energy_error is None:
+        return divergent_
+    return divergent_ | (energy_error.abs() > DIVERGENCE_THRESHOLD)
 
 
 def check_on_divergence(value) -> str:

@@ -27,6 +27,7 @@ from torch import Tensor
 import ebmcompose as ec
 
 from . import compile as _compile
+from .record import reduced
 from .base import MCMCKernel, as_step_size, State, StepInfo, evaluate, per_chain, randn_like, require_energy, sum_event, uniform
 from .mala import metropolis_accept
 
@@ -114,6 +115,29 @@ def hmc_transition(energy, x, e, g, t, p0, u, step_size, n_leapfrog: int, inv_ma
     p_out = torch.where(acc_x, p_new, -p0) if keep_momentum else None
     return (torch.where(acc_x, x_new, x), torch.where(accepted, e_new, e), torch.where(acc_x, g_new, g), p_out,
             acceptance, accepted, divergent, -log_ratio, nfe)
+
+
+def hmc_body(energy, carry, draws, consts):
+    """One HMC transition with its momentum refresh and step jitter (``samplers.compile.scan``).
+
+    ``carry = (x, E, ∇E, p, fresh)`` (``p`` the carried momentum, ``fresh`` a 0-d bool: no momentum
+    yet, draw a full one), ``draws = (ξ, u[, v])`` (``v`` ``(B,)`` uniforms of the step jitter),
+    ``consts = (t, h, M⁻¹, M^{1/2}, L, ρ, j)``; outputs ``(acceptance, accepted, divergent, ΔH, nfe)``.
+    """
+    x, e, g, p_old, fresh = carry
+    t, h, inv_mass, sqrt_mass, n_leapfrog, refresh, jitter = consts
+    noise, u = draws[0], draws[1]
+    p_full = sqrt_mass * noise
+    if refresh == 1.0:
+        p0 = p_full
+    else:  # partial refresh keeps N(0, M): (1 - ρ²) + ρ² = 1
+        p0 = torch.where(fresh, p_full, math.sqrt(1.0 - refresh ** 2) * p_old + refresh * p_full)
+    if jitter:  # per chain: h·U(1 - j, 1 + j), shaped (B, 1, ...)
+        h = per_chain(h * draws[2].mul(2.0 * jitter).add_(1.0 - jitter), x)
+    x, e, g, p, acceptance, accepted, divergent, delta, nfe = hmc_transition(
+        energy, x, e, g, t, p0, u, h, n_leapfrog, inv_mass, refresh != 1.0)
+    carry = (x, e, g, p_old.clone() if p is None else p, torch.zeros_like(fresh))  # a copy: loop carries must not alias
+    return carry, (acceptance, accepted, divergent, delta, nfe)
 
 
 @dataclass(frozen=True)
@@ -208,21 +232,33 @@ class HMC(MCMCKernel):
         if state.energy is None:
             raise ec.InputError("HMC.step needs a state with energies: create it with HMC().init(energy, x, t)")
         require_energy(energy, "HMC")
-        x, h = state.x, self._step_size(state.x)
-        inv_mass, sqrt_mass = self._mass(x)
-        noise = randn_like(x, generator)
-        p_old = getattr(state, "momentum", None)
-        if p_old is None or self.refresh == 1.0:
-            p0 = sqrt_mass * noise
-        else:
-            p0 = math.sqrt(1.0 - self.refresh ** 2) * p_old + self.refresh * (sqrt_mass * noise)
-        u = uniform(x, generator)
-        if self.jitter:  # per chain: h·U(1 - j, 1 + j), shaped (B, 1, ...)
-            h = per_chain(h * uniform(x, generator).mul_(2.0 * self.jitter).add_(1.0 - self.jitter), x)
-        x, e, g, p, acceptance, accepted, divergent, delta, nfe = _compile.call(
-            hmc_transition, self.compile, energy, x, state.energy, state.grad, state.t, p0, u, h,
-            self.n_leapfrog, inv_mass, self.refresh != 1.0,
-        )
-        new = HMCState(x=x, energy=e, grad=g, t=state.t, momentum=p)
-        info = HMCInfo(acceptance=acceptance, accepted=accepted, divergent=divergent, nfe=nfe, energy_error=delta)
-        return new, info
+        h = self._step_size(state.x)
+        carry, outs = _compile.call(hmc_body, self.compile, energy, self._carry(state), self._draws(state.x, h, generator),
+                                    self._consts(state, h))
+        return self._state(state, carry), self._info(outs)
+
+    # hooks of MCMCKernel.steps (several transitions per compiled call)
+    scan_body = reduced(hmc_body)
+
+    def _draws(self, x, h, generator):
+        noise, u = randn_like(x, generator), uniform(x, generator)
+        return (noise, u, uniform(x, generator)) if self.jitter else (noise, u)
+
+    def _carry(self, state):
+        p = getattr(state, "momentum", None)
+        fresh = torch.tensor(p is None or self.refresh == 1.0, device=state.x.device)
+        if self.refresh == 1.0:  # no momentum carried over: a 0-d placeholder, never read
+            return state.x, state.energy, state.grad, fresh.to(state.x.dtype), fresh
+        return state.x, state.energy, state.grad, torch.zeros_like(state.x) if p is None else p, fresh
+
+    def _consts(self, state, h):
+        inv_mass, sqrt_mass = self._mass(state.x)
+        return state.t, h, inv_mass, sqrt_mass, self.n_leapfrog, float(self.refresh), float(self.jitter)
+
+    def _state(self, state, carry):
+        x, e, g, p, _ = carry
+        return HMCState(x=x, energy=e, grad=g, t=state.t, momentum=None if self.refresh == 1.0 else p)
+
+    def _info(self, outs):
+        acceptance, accepted, divergent, delta, nfe = outs
+        return HMCInfo(acceptance=acceptance, accepted=accepted, divergent=divergent, nfe=nfe, energy_error=delta)

@@ -22,6 +22,7 @@ from torch import Tensor
 import ebmcompose as ec
 
 from . import compile as _compile
+from .record import reduced
 from .base import MCMCKernel, as_step_size, State, StepInfo, evaluate, per_chain, randn_like, require_energy, sum_event, uniform
 
 __all__ = ["MALA", "MALAInfo", "langevin_proposal", "mala_log_ratio", "metropolis_accept"]
@@ -83,6 +84,15 @@ def mala_transition(energy, x, e, g, t, noise, u, step_size):
             acceptance, accepted, divergent, log_ratio, nfe)
 
 
+def mala_body(energy, carry, draws, consts):
+    """:func:`mala_transition` on ``carry = (x, E, ∇E)``, ``draws = (ξ, u)``, ``consts = (t, h)``;
+    outputs ``(acceptance, accepted, divergent, log ratio, nfe)``."""
+    x, e, g = carry
+    t, h = consts
+    x, e, g, acceptance, accepted, divergent, log_ratio, nfe = mala_transition(energy, x, e, g, t, *draws, h)
+    return (x, e, g), (acceptance, accepted, divergent, log_ratio, nfe)
+
+
 @dataclass(frozen=True)
 class MALA(MCMCKernel):
     """Metropolis-adjusted Langevin kernel (Roberts & Tweedie 1996), per-chain accept/reject.
@@ -122,11 +132,27 @@ class MALA(MCMCKernel):
         if state.energy is None:
             raise ec.InputError("MALA.step needs a state with energies: create it with MALA().init(energy, x, t)")
         require_energy(energy, "MALA")
-        x, h = state.x, self._step_size(state.x)
-        noise = randn_like(x, generator)
-        u = uniform(x, generator)
-        x, e, g, acceptance, accepted, divergent, log_ratio, nfe = _compile.call(
-            mala_transition, self.compile, energy, x, state.energy, state.grad, state.t, noise, u, h
-        )
-        info = MALAInfo(acceptance=acceptance, accepted=accepted, divergent=divergent, nfe=nfe, energy_error=log_ratio)
-        return state.replace(x=x, energy=e, grad=g), info
+        h = self._step_size(state.x)
+        carry, outs = _compile.call(mala_body, self.compile, energy, self._carry(state), self._draws(state.x, h, generator),
+                                    self._consts(state, h))
+        return self._state(state, carry), self._info(outs)
+
+    # hooks of MCMCKernel.steps (several transitions per compiled call)
+    scan_body = reduced(mala_body)
+
+    def _draws(self, x, h, generator):
+        return randn_like(x, generator), uniform(x, generator)
+
+    def _carry(self, state):
+        return state.x, state.energy, state.grad
+
+    def _consts(self, state, h):
+        return state.t, h
+
+    def _state(self, state, carry):
+        x, e, g = carry
+        return state.replace(x=x, energy=e, grad=g)
+
+    def _info(self, outs):
+        acceptance, accepted, divergent, log_ratio, nfe = outs
+        return MALAInfo(acceptance=acceptance, accepted=accepted, divergent=divergent, nfe=nfe, energy_error=log_ratio)

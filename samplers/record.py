@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor
 
 from .base import State, StepInfo, check_positive_int
-from .health import divergent
+from .health import divergent, divergent_flags
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "reduced"]
+
+
+def reduced(body: Callable) -> Callable:
+    """A kernel's ``body`` (``carry, (acceptance, accepted, divergent, energy_error, nfe)``) with the
+    per-chain outputs :meth:`Recorder.record_chunk` reduces: acceptance, divergent (incl. a large
+    energy error), ``|energy error|``, NFE (``samplers.compile.scan``)."""
+
+    def scan_body(energy, carry, draws, consts):
+        carry, (acceptance, _, divergent_, energy_error, nfe) = body(energy, carry, draws, consts)
+        flags = divergent_flags(divergent_, energy_error).to(acceptance.dtype)
+        return carry, (acceptance, flags, energy_error.abs(), torch.full_like(acceptance, nfe))
+
+    scan_body.__name__ = body.__name__
+    return scan_body
 
 
 class Recorder:
@@ -55,6 +69,25 @@ class Recorder:
         err = getattr(info, "energy_error", None)
         if err is not None:
             self.energy_error.append(torch.linalg.vector_norm(err, ord=1) / err.numel())
+        if self.trace_every and self.n_steps % self.trace_every == 0:
+            self.trace.append(state.x.detach().clone())
+            if state.energy is not None:
+                self.energy_trace.append(state.energy.detach().clone())
+
+    def record_chunk(self, state: State, means: Tensor, sums: Tensor) -> None:
+        """Add ``n`` steps run as one chunk (:meth:`~samplers.base.MCMCKernel.steps`, :func:`reduced`).
+
+        ``means`` ``(n, 4)``: each step's chain means of (acceptance, divergent, ``|energy error|``,
+        NFE); ``sums`` ``(4, B)``: each chain's sums over the chunk. ``state`` is the state after
+        the chunk: the trace takes it when the chunk ends on a trace step (chunks are cut so).
+        """
+        n, b = means.shape[0], sums.shape[1]
+        self.n_steps += n
+        self.nfe += int(means[:, 3].sum().round())
+        self.acceptance.extend(means[:, 0].unbind(0))
+        self.acc_sum = sums[0].clone() if self.acc_sum is None else self.acc_sum.add_(sums[0])
+        self.divergences.extend((means[:, 1] * b).round().unbind(0))
+        self.energy_error.extend(means[:, 2].unbind(0))
         if self.trace_every and self.n_steps % self.trace_every == 0:
             self.trace.append(state.x.detach().clone())
             if state.energy is not None:

@@ -34,10 +34,10 @@ class Quartic(nn.Module):
         return (self.a * x.pow(4) / 4 + x.square() / 2).sum(1)
 
 
-def _no_fallback(kernel, energy, x0, seed=0):
+def _no_fallback(kernel, energy, x0, seed=0, trace_every=1):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager warns
-        return kernel.sample(energy, x0, generator=torch.Generator().manual_seed(seed), trace_every=1)
+        return kernel.sample(energy, x0, generator=torch.Generator().manual_seed(seed), trace_every=trace_every)
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,39 @@ def test_no_path_from_x_is_none_eagerly():
     x = torch.randn(4, 2, dtype=torch.float64)
     e, g = energy_and_grad(lambda z: torch.ones(z.shape[0], dtype=z.dtype), x)
     assert g is None and e.shape == (4,)
+
+
+@pytest.mark.parametrize("kernel", [MALA(step_size=0.05, n_steps=23), HMC(step_size=0.2, n_leapfrog=3, n_steps=23, refresh=0.7),
+                                    HMC(step_size=0.2, n_leapfrog=3, n_steps=23)], ids=["mala", "hmc-partial", "hmc"])
+@pytest.mark.parametrize("trace_every", [0, 5])
+def test_chunked_compiled_runs_are_the_eager_chains(kernel, trace_every):
+    """Compiled kept steps run several transitions per graph call (``samplers.compile.scan``,
+    chunks cut at trace steps): same chains, trace and summaries as eager, one step at a time."""
+    energy = ec.EnergyFunction(eight_schools)
+    x0 = torch.randn(16, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    chunked = _no_fallback(kernel.compiled(), energy, x0, trace_every=trace_every)
+    eager = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(0), trace_every=trace_every)
+    close = dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(chunked.samples, eager.samples, **close)
+    for key in ("acceptance", "acceptance_per_chain", "energy_error", "trace", "energy_trace"):
+        if eager.info.get(key) is not None:
+            torch.testing.assert_close(chunked.info[key], eager.info[key], **close)
+    assert chunked.info.nfe == eager.info.nfe and chunked.info.divergences == eager.info.divergences
+    assert (chunked.info.trace is None) == (trace_every == 0)
+    assert 0 < float(eager.info.acceptance.mean()) < 1
+
+
+def test_numpy_constant_rebuilt_each_call_falls_back_with_one_warning():
+    """An energy that makes a tensor from a numpy array on every call trips an internal assertion of
+    torch's compiler: the run falls back to eager (one warning) instead of crashing."""
+    np = pytest.importorskip("numpy")
+    scales = np.logspace(-1, 0, 5)
+    energy = ec.EnergyFunction(lambda x: 0.5 * (x / torch.as_tensor(scales)).square().sum(-1))
+    x0 = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        a = MALA(step_size=0.01, n_steps=3).compiled().sample(energy, x0, generator=torch.Generator().manual_seed(1))
+    mine = [str(w.message) for w in seen if "torch.compile could not compile" in str(w.message)]
+    b = MALA(step_size=0.01, n_steps=3).sample(energy, x0, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a.samples, b.samples)
+    assert len(mine) <= 1  # compiles on some torch versions; never more than one warning

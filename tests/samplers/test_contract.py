@@ -135,7 +135,7 @@ def test_compile_fallback_warns_once_naming_the_reason():
         a = MALA(step_size=0.3, n_steps=6).compiled().sample(energy, x0, generator=torch.Generator().manual_seed(1))
     mine = [str(w.message) for w in seen if "torch.compile" in str(w.message)]
     assert len(mine) == 1, mine
-    assert "mala_transition" in mine[0] and "eagerly" in mine[0]
+    assert "mala_body" in mine[0] and "eagerly" in mine[0]
     assert "(UserError: " in mine[0] or "(Unsupported: " in mine[0]  # torch's reason, by its exception type
     b = MALA(step_size=0.3, n_steps=6).sample(energy, x0, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a.samples, b.samples)
