@@ -286,13 +286,15 @@ class MCMCKernel:
     scan_body: ClassVar[Optional[object]] = None
 
     def steps(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator], n: int, *,
-              chunk: Optional[int] = None):
-        """``n`` transitions, in one graph call when compiled: ``(State, means, sums)``.
+              chunk: Optional[int] = None, positions: bool = False):
+        """``n`` transitions, in one graph call when compiled: ``(State, means, sums, kept)``.
 
         Draws are made in the order ``n`` calls of :meth:`step` make them, so the chains are the
         same. ``means`` ``(n, 4)`` and ``sums`` ``(4, B)`` reduce the steps' acceptance,
-        divergence, ``|energy error|`` and NFE (``samplers.record.Recorder.record_chunk``).
-        ``chunk`` (``>= n``) pads the draws so that runs of any length up to it share one graph.
+        divergence, ``|energy error|`` and NFE (``samplers.record.Recorder.record_chunk``);
+        ``kept`` is ``(xs (n, B, *event), energies (n, B))`` after every step with ``positions``,
+        else ``()``. ``chunk`` (``>= n``) pads the draws so that runs of any length up to it share
+        one graph.
         """
         x = state.x
         h = self._step_size(x)
@@ -303,8 +305,9 @@ class MCMCKernel:
             for buf, d in zip(draws, one if i == 0 else self._draws(x, h, generator)):
                 buf[i] = d
         body = type(self).scan_body
-        carry, means, sums = _scan(body, self.compile, energy, n, self._carry(state), draws, 4, self._consts(state, h))
-        return self._state(state, carry), means, sums
+        carry, means, sums, kept = _scan(body, self.compile, energy, n, self._carry(state), draws, 4,
+                                         self._consts(state, h), keep=2 if positions else 0)
+        return self._state(state, carry), means, sums, kept
 
     def sample(self, energy: ec.Energy, x0: Tensor, t=None, *, generator=None, progress: bool = False,
                callback=None, trace_every: int = 0, on_divergence: str = "warn"):

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 from torch import Tensor
+import torch._dynamo.config as _dynamo_config
 import torch._dynamo.exc as _dynamo_exc  # torch's public home of its compiler errors
 import torch._inductor.exc as _inductor_exc
 
@@ -30,6 +31,10 @@ __all__ = ["call", "scan", "COMPILE_ERRORS"]
 #: created", an energy that builds a tensor from a numpy array each call); the eager rerun raises a
 #: genuine assertion of the energy again.
 COMPILE_ERRORS = (_dynamo_exc.TorchDynamoException, _inductor_exc.InductorError, AssertionError)
+
+#: Graphs one transition function may get (one per energy, shape and dtype) before torch stops
+#: compiling it (its default, 8, is soon reached in a notebook that tries several energies).
+RECOMPILE_LIMIT = 64
 
 _GRAPHS: Dict[Callable, Callable] = {}
 #: energies whose transition failed to compile: energy -> names of the transitions (weakly held;
@@ -66,7 +71,8 @@ def call(fn: Callable, compile: bool, energy, *args):
     if graph is None:
         graph = _GRAPHS[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
     try:
-        return graph(energy, *args)
+        with _dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return graph(energy, *args)
     except COMPILE_ERRORS as exc:
         failed.add(fn.__name__)
         _warn(fn, energy, exc)
@@ -74,12 +80,13 @@ def call(fn: Callable, compile: bool, energy, *args):
 
 
 def _loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], draws: Tuple[Tensor, ...],
-          means: Tensor, sums: Tensor, consts: tuple):
+          means: Tensor, sums: Tensor, kept: Tuple[Tensor, ...], consts: tuple):
     """``n`` (0-d int64) iterations of ``body`` as one ``torch.while_loop``, reducing its outputs as it goes.
 
     Each step's outputs (``R`` per-chain ``(B,)`` values) become a row of chain means ``means[i]``
     (``(K, R)``) and are added to the per-chain sums ``sums`` (``(R, B)``): a loop that stacked
-    per-chain outputs would copy its whole ``(K, ..., B)`` buffer every iteration.
+    per-chain outputs would copy its whole ``(K, ..., B)`` buffer every iteration. ``kept`` buffers
+    ``(K, ...)`` receive the first ``len(kept)`` carry entries of every step (traces).
     """
 
     def cond(i, *_):
@@ -87,41 +94,49 @@ def _loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], draws: T
 
     def step(i, *state):
         j = i.reshape(1)
-        carry_i, means_i, sums_i = state[: len(carry)], state[len(carry)], state[len(carry) + 1]
+        c = len(carry)
+        carry_i, means_i, sums_i, kept_i = state[:c], state[c], state[c + 1], state[c + 2:]
         new, got = body(energy, carry_i, tuple(d.index_select(0, j).squeeze(0) for d in draws), consts)
         vals = torch.stack([v.to(sums_i.dtype) for v in got])
-        return (i + 1, *new, means_i.index_put((j,), vals.mean(dim=1).unsqueeze(0)), sums_i + vals)
+        kept_i = tuple(b.index_put((j,), v.unsqueeze(0)) for b, v in zip(kept_i, new))
+        return (i + 1, *new, means_i.index_put((j,), vals.mean(dim=1).unsqueeze(0)), sums_i + vals, *kept_i)
 
     i0 = torch.zeros((), dtype=torch.int64, device=n.device)
-    done = torch.while_loop(cond, step, (i0, *carry, means, sums))
-    return done[1: 1 + len(carry)], done[1 + len(carry)], done[2 + len(carry)]
+    done = torch.while_loop(cond, step, (i0, *carry, means, sums, *kept))
+    c = len(carry)
+    return done[1: 1 + c], done[1 + c], done[2 + c], done[3 + c:]
 
 
 _SCANS: Dict[Callable, Callable] = {}
 
 
 def scan(body: Callable, compile: bool, energy, n: int, carry: Tuple[Tensor, ...], draws: Tuple[Tensor, ...],
-         n_outs: int, consts: tuple = ()):
+         n_outs: int, consts: tuple = (), keep: int = 0):
     """``n`` transitions ``carry, outs = body(energy, carry, draws_i, consts)``, outputs reduced.
 
     ``draws`` are ``(K, ...)`` with ``K >= n`` (rows past ``n`` unused: padding lets runs of any
     length share one graph); ``body`` returns ``n_outs`` per-chain ``(B,)`` outputs. Returns
-    ``(carry, means, sums)``: ``means`` ``(n, n_outs)`` each step's chain means, ``sums``
-    ``(n_outs, B)`` each chain's sums over the steps (in the chains' float dtype). Compiled, the
-    ``n`` transitions run in one graph (``torch.while_loop``); eagerly, or after a failed
-    compilation (one warning), in a Python loop.
+    ``(carry, means, sums, kept)``: ``means`` ``(n, n_outs)`` each step's chain means, ``sums``
+    ``(n_outs, B)`` each chain's sums over the steps (in the chains' float dtype), ``kept`` the
+    first ``keep`` carry entries after every step, stacked ``(n, ...)``. Compiled, the ``n``
+    transitions run in one graph (``torch.while_loop``); eagerly, or after a failed compilation
+    (one warning), in a Python loop.
     """
     k, x = draws[0].shape[0], carry[0]
     means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
     sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
+    kept = tuple(c.new_zeros((k,) + tuple(c.shape)) for c in carry[:keep])
     if compile and body.__name__ not in _failed(energy):
         graph = _SCANS.get(body)
         if graph is None:
             graph = _SCANS[body] = torch.compile(_loop, dynamic=False, fullgraph=True)
         n_t = torch.tensor(n, dtype=torch.int64, device=x.device)
         try:
-            carry, means, sums = graph(body, energy, n_t, tuple(carry), tuple(draws), means, sums, tuple(consts))
-            return tuple(carry), means[:n], sums
+            # no_grad: parameters that require grad must not make the loop record autograd (torch.func.grad
+            # inside ignores it); with them recorded, the loop's gradients came out wrong
+            with _dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT), torch.no_grad():
+                carry, means, sums, kept = graph(body, energy, n_t, tuple(carry), tuple(draws), means, sums, kept, tuple(consts))
+            return tuple(carry), means[:n], sums, tuple(b[:n] for b in kept)
         except COMPILE_ERRORS as exc:
             _failed(energy).add(body.__name__)
             _warn(body, energy, exc)
@@ -130,4 +145,6 @@ def scan(body: Callable, compile: bool, energy, n: int, carry: Tuple[Tensor, ...
         vals = torch.stack([v.to(x.dtype) for v in got])
         means[i] = vals.mean(dim=1)
         sums += vals
-    return tuple(carry), means[:n], sums
+        for b, v in zip(kept, carry):
+            b[i] = v
+    return tuple(carry), means[:n], sums, tuple(b[:n] for b in kept)

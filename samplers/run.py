@@ -75,8 +75,7 @@ def run_steps(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: int,
               progress: bool = False, start: int = 0) -> State:
     """``n_steps`` transitions of ``kernel`` (at its step size) from ``state``, at the state's fixed ``t``."""
     kernel = kernel.with_step_size(kernel._step_size(state.x))  # compiled kernels: one 0-d tensor per run
-    every = recorder.trace_every if recorder is not None else 0
-    if kernel.compile and kernel.scan_body is not None and callback is None and not progress and every != 1:
+    if kernel.compile and kernel.scan_body is not None and callback is None and not progress:
         return _run_chunks(kernel, energy, state, n_steps, generator, recorder)
     for i in progress_bar(n_steps, progress, type(kernel).__name__):
         state, info = kernel.step(state, energy, generator)
@@ -89,22 +88,26 @@ def run_steps(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: int,
 
 #: Transitions per compiled graph call in :func:`run_steps` (a callback or progress bar: one per call).
 CHUNK = 50
+#: Chunk length when every step's position is traced.
+TRACE_CHUNK = 10
 
 
 def _run_chunks(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: int, generator, recorder) -> State:
     """:func:`run_steps` of a compiled kernel, several transitions per graph call.
 
     Chunks of :data:`CHUNK` steps, or of ``trace_every`` steps when recording a trace (each chunk
-    then ends on a recorded step).
+    then ends on a recorded step), or, to trace every step, of :data:`TRACE_CHUNK` steps that keep
+    their positions (the loop copies its position buffer each step: short chunks).
     """
     every = recorder.trace_every if recorder is not None else 0
-    chunk = min(every or CHUNK, n_steps)
+    keep = every == 1
+    chunk = min(TRACE_CHUNK if keep else every or CHUNK, n_steps)
     done = 0
     while done < n_steps:
         m = min(chunk, n_steps - done)
-        state, means, sums = kernel.steps(state, energy, generator, m, chunk=chunk)
+        state, means, sums, kept = kernel.steps(state, energy, generator, m, chunk=chunk, positions=keep)
         if recorder is not None:
-            recorder.record_chunk(state, means, sums)
+            recorder.record_chunk(state, means, sums, kept)
         done += m
     return state
 
