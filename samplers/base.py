@@ -29,6 +29,7 @@ from torch import Tensor
 import ebmcompose as ec
 from ebmcompose.checks import check_generator, check_positive_int
 
+from . import compile as _compile
 from .compile import scan as _scan
 
 __all__ = [
@@ -276,14 +277,26 @@ class MCMCKernel:
         """Validate ``x`` ``(B, *event)`` and ``t``, evaluate once and cache energy and gradient."""
         return init_state(self, energy, x, t)[0]
 
-    def step(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator]):
-        """One transition at ``self.step_size``: ``(State, StepInfo)``."""
-        raise NotImplementedError
-
-    # Kernels that can run many transitions per graph call (``samplers.compile.scan``) set
-    # ``scan_body`` (``samplers.record.reduced`` of their transition body) and implement
-    # ``_draws``, ``_carry``, ``_consts`` and ``_state``.
+    # A kernel either overrides ``step``, or gives its transition as a pure ``body(energy, carry,
+    # draws, consts) -> (carry, outputs)`` with ``scan_body = samplers.record.reduced(body)`` and
+    # implements ``_draws``, ``_carry``, ``_consts``, ``_state`` and ``_info``: then ``step`` runs
+    # one transition and ``steps`` several per compiled graph call (``samplers.compile.scan``).
+    body: ClassVar[Optional[object]] = None
     scan_body: ClassVar[Optional[object]] = None
+
+    def step(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator]):
+        """One transition at ``self.step_size`` from ``state`` (``x`` ``(B, *event)``): ``(State, Info)``."""
+        name = type(self).__name__
+        if type(self).body is None:
+            raise NotImplementedError(f"{name} must implement step() or give its transition body")
+        if self.needs_energy:
+            if state.energy is None:
+                raise ec.InputError(f"{name}.step needs a state with energies: create it with {name}().init(energy, x, t)")
+            require_energy(energy, name)
+        h = self._step_size(state.x)
+        carry, outs = _compile.call(type(self).body, self.compile, energy, self._carry(state),
+                                    self._draws(state.x, h, generator), self._consts(state, h))
+        return self._state(state, carry), self._info(outs)
 
     def steps(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator], n: int, *,
               chunk: Optional[int] = None, positions: bool = False):

@@ -19,17 +19,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 import ebmcompose as ec
 
-from . import compile as _compile
-from .record import reduced
-from .base import MCMCKernel, as_step_size, State, StepInfo, evaluate, per_chain, randn_like, require_energy, sum_event, uniform
+from .base import MCMCKernel, State, StepInfo, as_step_size, evaluate, per_chain, randn_like, sum_event, uniform
 from .mala import metropolis_accept
+from .record import reduced
 
 __all__ = ["HMC", "HMCState", "HMCInfo", "leapfrog", "kinetic_energy"]
 
@@ -227,17 +226,8 @@ class HMC(MCMCKernel):
             return 1.0 / m, m.sqrt()
         return 1.0 / m, math.sqrt(m)
 
-    def step(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator]) -> Tuple[HMCState, HMCInfo]:
-        """One HMC transition from ``state`` (``x`` ``(B, *event)``); ``n_leapfrog`` NFE."""
-        if state.energy is None:
-            raise ec.InputError("HMC.step needs a state with energies: create it with HMC().init(energy, x, t)")
-        require_energy(energy, "HMC")
-        h = self._step_size(state.x)
-        carry, outs = _compile.call(hmc_body, self.compile, energy, self._carry(state), self._draws(state.x, h, generator),
-                                    self._consts(state, h))
-        return self._state(state, carry), self._info(outs)
-
-    # hooks of MCMCKernel.steps (several transitions per compiled call)
+    # one transition (``step``, inherited) and many per compiled call (``steps``): the same body
+    body = hmc_body
     scan_body = reduced(hmc_body)
 
     def _draws(self, x, h, generator):

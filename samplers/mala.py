@@ -14,16 +14,13 @@ becomes the state's when accepted).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-import ebmcompose as ec
-
-from . import compile as _compile
+from .base import MCMCKernel, StepInfo, as_step_size, evaluate, per_chain, randn_like, sum_event, uniform
 from .record import reduced
-from .base import MCMCKernel, as_step_size, State, StepInfo, evaluate, per_chain, randn_like, require_energy, sum_event, uniform
 
 __all__ = ["MALA", "MALAInfo", "langevin_proposal", "mala_log_ratio", "metropolis_accept"]
 
@@ -127,17 +124,8 @@ class MALA(MCMCKernel):
     def __post_init__(self):
         self._check_config()
 
-    def step(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator]) -> Tuple[State, MALAInfo]:
-        """One MALA transition from ``state`` (``x`` ``(B, *event)``); 1 NFE."""
-        if state.energy is None:
-            raise ec.InputError("MALA.step needs a state with energies: create it with MALA().init(energy, x, t)")
-        require_energy(energy, "MALA")
-        h = self._step_size(state.x)
-        carry, outs = _compile.call(mala_body, self.compile, energy, self._carry(state), self._draws(state.x, h, generator),
-                                    self._consts(state, h))
-        return self._state(state, carry), self._info(outs)
-
-    # hooks of MCMCKernel.steps (several transitions per compiled call)
+    # one transition (``step``, inherited) and many per compiled call (``steps``): the same body
+    body = mala_body
     scan_body = reduced(mala_body)
 
     def _draws(self, x, h, generator):
