@@ -295,7 +295,7 @@ class MCMCKernel:
             require_energy(energy, name)
         h = self._step_size(state.x)
         carry, outs = _compile.call(type(self).body, self.compile, energy, self._carry(state),
-                                    self._draws(state.x, h, generator), self._consts(state, h))
+                                    self._draws(state.x, generator), self._consts(state, h))
         return self._state(state, carry), self._info(outs)
 
     def steps(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator], n: int, *,
@@ -312,10 +312,10 @@ class MCMCKernel:
         x = state.x
         h = self._step_size(x)
         k = max(n, chunk or n)
-        one = self._draws(x, h, generator)
+        one = self._draws(x, generator)
         draws = tuple(d.new_zeros((k,) + tuple(d.shape)) for d in one)
         for i in range(n):
-            for buf, d in zip(draws, one if i == 0 else self._draws(x, h, generator)):
+            for buf, d in zip(draws, one if i == 0 else self._draws(x, generator)):
                 buf[i] = d
         body = type(self).scan_body
         carry, means, sums, kept = _scan(body, self.compile, energy, n, self._carry(state), draws, 4,

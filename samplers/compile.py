@@ -3,8 +3,9 @@
 A kernel declares its transition as a pure function ``fn(energy, *tensors, *static)`` (random
 draws are passed in, so compiled and eager chains use the same random stream) and calls
 :func:`call`. With ``compile=True`` the whole transition, energy evaluation included, runs as
-one graph; an energy that cannot be traced into one graph (autograd inside, data-dependent
-Python) or a missing compiler makes it run eagerly instead, with one warning naming the reason.
+one graph (gradients of autograd energies by ``torch.func``, ``ebmcompose.autodiff``); an energy
+that cannot be traced into one graph (data-dependent Python, values read back, calls out of torch)
+or a missing compiler makes it run eagerly instead, with one warning naming the reason.
 
 :func:`scan` runs several transitions in one graph call (a ``torch.while_loop``), so the cost of
 entering a compiled graph (guards, wrappers: ~0.1-0.3 ms on a CPU) is paid once per chunk of steps
@@ -49,61 +50,74 @@ def _failed(energy) -> set:
         return _FAILED.setdefault(type(energy), set())
 
 
-def _warn(fn, energy, exc) -> None:
-    reason = " ".join(str(exc).split())[:300]  # the message on one line (it may span many)
-    warnings.warn(
-        f"torch.compile could not compile {fn.__name__} for {type(energy).__name__} "
-        f"({type(exc).__name__}: {reason}); running it eagerly instead",
-        RuntimeWarning,
-        stacklevel=4,
-    )
+#: A compiled call that did not run (the compiler failed; the caller runs its eager path).
+_FELL_BACK = object()
+
+
+def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args):
+    """``torch.compile(fn)(*args)``, the graph cached under ``key``; :data:`_FELL_BACK` (after one
+    warning naming ``name`` and torch's reason) when ``name`` cannot be compiled for ``energy``.
+
+    Runs under ``no_grad``: a sampler's graph never needs autograd (``torch.func.grad`` inside
+    ignores it), and parameters that require grad made a looped graph's gradients wrong.
+    """
+    failed = _failed(energy)
+    if name in failed:
+        return _FELL_BACK
+    graph = cache.get(key)
+    if graph is None:
+        graph = cache[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+    try:
+        with _dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT), torch.no_grad():
+            return graph(*args)
+    except COMPILE_ERRORS as exc:
+        failed.add(name)
+        reason = " ".join(str(exc).split())[:300]  # the message on one line (it may span many)
+        warnings.warn(
+            f"torch.compile could not compile {name} for {type(energy).__name__} "
+            f"({type(exc).__name__}: {reason}); running it eagerly instead",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return _FELL_BACK
 
 
 def call(fn: Callable, compile: bool, energy, *args):
     """``fn(energy, *args)``, compiled as one graph when ``compile`` (static shapes, one graph per
     shape and dtype; pass step sizes as 0-d tensors so a new value does not recompile)."""
-    if not compile:
-        return fn(energy, *args)
-    failed = _failed(energy)
-    if fn.__name__ in failed:
-        return fn(energy, *args)
-    graph = _GRAPHS.get(fn)
-    if graph is None:
-        graph = _GRAPHS[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
-    try:
-        with _dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return graph(energy, *args)
-    except COMPILE_ERRORS as exc:
-        failed.add(fn.__name__)
-        _warn(fn, energy, exc)
-        return fn(energy, *args)
+    out = _compiled(_GRAPHS, fn, fn, fn.__name__, energy, energy, *args) if compile else _FELL_BACK
+    return fn(energy, *args) if out is _FELL_BACK else out
+
+
+def _step(body: Callable, energy, carry, draws_i, consts, dtype):
+    """One transition of :func:`scan` and its ``R`` per-chain outputs stacked ``(R, B)`` in ``dtype``."""
+    new, got = body(energy, carry, draws_i, consts)
+    return new, torch.stack([v.to(dtype) for v in got])
 
 
 def _loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], draws: Tuple[Tensor, ...],
           means: Tensor, sums: Tensor, kept: Tuple[Tensor, ...], consts: tuple):
-    """``n`` (0-d int64) iterations of ``body`` as one ``torch.while_loop``, reducing its outputs as it goes.
+    """``n`` (0-d int64) iterations of :func:`_step` as one ``torch.while_loop``, reducing as it goes.
 
     Each step's outputs (``R`` per-chain ``(B,)`` values) become a row of chain means ``means[i]``
     (``(K, R)``) and are added to the per-chain sums ``sums`` (``(R, B)``): a loop that stacked
     per-chain outputs would copy its whole ``(K, ..., B)`` buffer every iteration. ``kept`` buffers
     ``(K, ...)`` receive the first ``len(kept)`` carry entries of every step (traces).
     """
+    c = len(carry)
 
     def cond(i, *_):
         return i < n
 
     def step(i, *state):
-        j = i.reshape(1)
-        c = len(carry)
-        carry_i, means_i, sums_i, kept_i = state[:c], state[c], state[c + 1], state[c + 2:]
-        new, got = body(energy, carry_i, tuple(d.index_select(0, j).squeeze(0) for d in draws), consts)
-        vals = torch.stack([v.to(sums_i.dtype) for v in got])
+        j = i.reshape(1)  # buffers are written functionally (index_put): loop carries cannot be mutated
+        means_i, sums_i, kept_i = state[c], state[c + 1], state[c + 2:]
+        new, vals = _step(body, energy, state[:c], tuple(d.index_select(0, j).squeeze(0) for d in draws), consts, sums_i.dtype)
         kept_i = tuple(b.index_put((j,), v.unsqueeze(0)) for b, v in zip(kept_i, new))
         return (i + 1, *new, means_i.index_put((j,), vals.mean(dim=1).unsqueeze(0)), sums_i + vals, *kept_i)
 
     i0 = torch.zeros((), dtype=torch.int64, device=n.device)
     done = torch.while_loop(cond, step, (i0, *carry, means, sums, *kept))
-    c = len(carry)
     return done[1: 1 + c], done[1 + c], done[2 + c], done[3 + c:]
 
 
@@ -120,31 +134,24 @@ def scan(body: Callable, compile: bool, energy, n: int, carry: Tuple[Tensor, ...
     ``(n_outs, B)`` each chain's sums over the steps (in the chains' float dtype), ``kept`` the
     first ``keep`` carry entries after every step, stacked ``(n, ...)``. Compiled, the ``n``
     transitions run in one graph (``torch.while_loop``); eagerly, or after a failed compilation
-    (one warning), in a Python loop.
+    (one warning), in a Python loop of the same iterations.
     """
     k, x = draws[0].shape[0], carry[0]
     means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
     sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
     kept = tuple(c.new_zeros((k,) + tuple(c.shape)) for c in carry[:keep])
-    if compile and body.__name__ not in _failed(energy):
-        graph = _SCANS.get(body)
-        if graph is None:
-            graph = _SCANS[body] = torch.compile(_loop, dynamic=False, fullgraph=True)
+    out = _FELL_BACK
+    if compile:
         n_t = torch.tensor(n, dtype=torch.int64, device=x.device)
-        try:
-            # no_grad: parameters that require grad must not make the loop record autograd (torch.func.grad
-            # inside ignores it); with them recorded, the loop's gradients came out wrong
-            with _dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT), torch.no_grad():
-                carry, means, sums, kept = graph(body, energy, n_t, tuple(carry), tuple(draws), means, sums, kept, tuple(consts))
-            return tuple(carry), means[:n], sums, tuple(b[:n] for b in kept)
-        except COMPILE_ERRORS as exc:
-            _failed(energy).add(body.__name__)
-            _warn(body, energy, exc)
-    for i in range(n):
-        carry, got = body(energy, tuple(carry), tuple(d[i] for d in draws), consts)
-        vals = torch.stack([v.to(x.dtype) for v in got])
-        means[i] = vals.mean(dim=1)
-        sums += vals
-        for b, v in zip(kept, carry):
-            b[i] = v
+        out = _compiled(_SCANS, body, _loop, body.__name__, energy, body, energy, n_t, tuple(carry), tuple(draws),
+                        means, sums, kept, tuple(consts))
+    if out is _FELL_BACK:  # the same iterations, buffers written in place
+        for i in range(n):
+            carry, vals = _step(body, energy, tuple(carry), tuple(d[i] for d in draws), consts, x.dtype)
+            means[i] = vals.mean(dim=1)
+            sums += vals
+            for b, v in zip(kept, carry):
+                b[i] = v
+        out = carry, means, sums, kept
+    carry, means, sums, kept = out
     return tuple(carry), means[:n], sums, tuple(b[:n] for b in kept)

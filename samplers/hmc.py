@@ -119,23 +119,23 @@ def hmc_transition(energy, x, e, g, t, p0, u, step_size, n_leapfrog: int, inv_ma
 def hmc_body(energy, carry, draws, consts):
     """One HMC transition with its momentum refresh and step jitter (``samplers.compile.scan``).
 
-    ``carry = (x, E, ∇E, p, fresh)`` (``p`` the carried momentum, ``fresh`` a 0-d bool: no momentum
-    yet, draw a full one), ``draws = (ξ, u[, v])`` (``v`` ``(B,)`` uniforms of the step jitter),
-    ``consts = (t, h, M⁻¹, M^{1/2}, L, ρ, j)``; outputs ``(acceptance, accepted, divergent, ΔH, nfe)``.
+    ``carry = (x, E, ∇E)``, with a partial refresh ``(x, E, ∇E, p, fresh)`` (``p`` the carried
+    momentum, ``fresh`` a 0-d bool: no momentum yet, draw a full one); ``draws = (ξ, u[, v])`` (``v``
+    ``(B,)`` uniforms of the step jitter); ``consts = (t, h, M⁻¹, M^{1/2}, L, ρ, j)``; outputs
+    ``(acceptance, accepted, divergent, ΔH, nfe)``.
     """
-    x, e, g, p_old, fresh = carry
+    x, e, g = carry[:3]
     t, h, inv_mass, sqrt_mass, n_leapfrog, refresh, jitter = consts
     noise, u = draws[0], draws[1]
-    p_full = sqrt_mass * noise
-    if refresh == 1.0:
-        p0 = p_full
-    else:  # partial refresh keeps N(0, M): (1 - ρ²) + ρ² = 1
-        p0 = torch.where(fresh, p_full, math.sqrt(1.0 - refresh ** 2) * p_old + refresh * p_full)
+    p0 = sqrt_mass * noise
+    if refresh != 1.0:  # partial refresh keeps N(0, M): (1 - ρ²) + ρ² = 1
+        p_old, fresh = carry[3:]
+        p0 = torch.where(fresh, p0, math.sqrt(1.0 - refresh ** 2) * p_old + refresh * p0)
     if jitter:  # per chain: h·U(1 - j, 1 + j), shaped (B, 1, ...)
         h = per_chain(h * draws[2].mul(2.0 * jitter).add_(1.0 - jitter), x)
     x, e, g, p, acceptance, accepted, divergent, delta, nfe = hmc_transition(
         energy, x, e, g, t, p0, u, h, n_leapfrog, inv_mass, refresh != 1.0)
-    carry = (x, e, g, p_old.clone() if p is None else p, torch.zeros_like(fresh))  # a copy: loop carries must not alias
+    carry = (x, e, g) if refresh == 1.0 else (x, e, g, p, torch.zeros_like(fresh))
     return carry, (acceptance, accepted, divergent, delta, nfe)
 
 
@@ -230,15 +230,15 @@ class HMC(MCMCKernel):
     body = hmc_body
     scan_body = reduced(hmc_body)
 
-    def _draws(self, x, h, generator):
+    def _draws(self, x, generator):
         noise, u = randn_like(x, generator), uniform(x, generator)
         return (noise, u, uniform(x, generator)) if self.jitter else (noise, u)
 
     def _carry(self, state):
+        if self.refresh == 1.0:  # no momentum carried over
+            return state.x, state.energy, state.grad
         p = getattr(state, "momentum", None)
-        fresh = torch.tensor(p is None or self.refresh == 1.0, device=state.x.device)
-        if self.refresh == 1.0:  # no momentum carried over: a 0-d placeholder, never read
-            return state.x, state.energy, state.grad, fresh.to(state.x.dtype), fresh
+        fresh = torch.full((), p is None, dtype=torch.bool, device=state.x.device)
         return state.x, state.energy, state.grad, torch.zeros_like(state.x) if p is None else p, fresh
 
     def _consts(self, state, h):
@@ -246,8 +246,8 @@ class HMC(MCMCKernel):
         return state.t, h, inv_mass, sqrt_mass, self.n_leapfrog, float(self.refresh), float(self.jitter)
 
     def _state(self, state, carry):
-        x, e, g, p, _ = carry
-        return HMCState(x=x, energy=e, grad=g, t=state.t, momentum=None if self.refresh == 1.0 else p)
+        x, e, g = carry[:3]
+        return HMCState(x=x, energy=e, grad=g, t=state.t, momentum=None if self.refresh == 1.0 else carry[3])
 
     def _info(self, outs):
         acceptance, accepted, divergent, delta, nfe = outs

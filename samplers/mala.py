@@ -107,7 +107,7 @@ class MALA(MCMCKernel):
         Warm-up transitions; default ``max(100, n_steps // 2)`` when adapting, else 0.
     compile : bool
         Run the whole transition as one ``torch.compile`` graph when the energy can be traced
-        (closed-form energies), else eagerly with one warning (``samplers.compile``).
+        (closed-form or autograd energies), else eagerly with one warning (``samplers.compile``).
 
     Examples
     --------
@@ -128,7 +128,7 @@ class MALA(MCMCKernel):
     body = mala_body
     scan_body = reduced(mala_body)
 
-    def _draws(self, x, h, generator):
+    def _draws(self, x, generator):
         return randn_like(x, generator), uniform(x, generator)
 
     def _carry(self, state):

@@ -67,8 +67,8 @@ class KernelSummary(_ReadsLikeADict):
         What is wrong with the run (divergences, escaped samples, acceptance near 0 or 1, frozen
         chains); empty when nothing is. Each prints as one line; ``.kind`` names it.
     kernel : MCMCKernel or None
-        The kernel of the kept steps, with its adapted step size (and HMC's adapted mass): pass it
-        ``kernel.sample``-free loops (``samplers.run.run_steps``) from ``res.state`` to continue without warm-up.
+        The kernel of the kept steps, with its adapted step size (and HMC's adapted mass): give it
+        and ``res.state`` to ``samplers.run.run_steps`` to continue without another warm-up.
     """
 
     nfe: int

@@ -159,14 +159,12 @@ def warmup_with_mass(kernel: MCMCKernel, energy: ec.Energy, state: State, config
                      recorder: Optional[Recorder] = None) -> Tuple[State, MCMCKernel, int]:
     """Warm-up that adapts a diagonal mass and the step size in Stan's windows (``samplers.mass_adaptation``).
 
-    Returns the state, the kernel at its final mass and step size, and the NFE of the step-size
-    searches (the transitions' NFE go to ``recorder``).
+    Starts from ``kernel.step_size`` (as :func:`run_adaptive`). Returns the state, the kernel at its
+    final mass and step size, and the NFE of the step-size searches after each mass update (the
+    transitions' NFE go to ``recorder``).
     """
     first, slow, last = windows(config.n_warmup)
     nfe = 0
-    if kernel.step_size is None:
-        h0, nfe = search_step_size(kernel, energy, state, generator)
-        kernel = kernel.with_step_size(h0)
     common = dict(adapt=config.adapt, recorder=recorder, progress=config.progress)
     state, kernel, _ = run_adaptive(kernel, energy, state, first, generator, callback=config.callback, **common)
     start = first
@@ -226,16 +224,17 @@ def sample_kernel(kernel: MCMCKernel, energy: ec.Energy, x0: Tensor, t, config: 
             f"{type(kernel).__name__}(adapt_mass=True) adapts the step size with the mass (a fixed step would not "
             "fit the new mass): leave step_size=None, or pass mass=... yourself with a fixed step_size"
         )
-    if config.adapt is not None and kernel.adapt_mass:
-        state, kernel, n = warmup_with_mass(kernel, energy, state, config, generator, warm)
-        nfe += n
-    elif config.adapt is not None:
+    if config.adapt is not None:
         if kernel.step_size is None:
             h0, n = search_step_size(kernel, energy, state, generator)
             nfe += n
             kernel = kernel.with_step_size(h0)
-        state, kernel, _ = run_adaptive(kernel, energy, state, config.n_warmup, generator, adapt=config.adapt,
-                                        recorder=warm, callback=config.callback, progress=config.progress)
+        if kernel.adapt_mass:
+            state, kernel, n = warmup_with_mass(kernel, energy, state, config, generator, warm)
+            nfe += n
+        else:
+            state, kernel, _ = run_adaptive(kernel, energy, state, config.n_warmup, generator, adapt=config.adapt,
+                                            recorder=warm, callback=config.callback, progress=config.progress)
     elif config.n_warmup:
         state = run_steps(kernel, energy, state, config.n_warmup, generator, recorder=warm,
                           callback=config.callback, progress=config.progress)
