@@ -131,7 +131,8 @@ def session(device="cpu", backend: Optional[str] = None) -> Iterator[Session]:
     Yields
     ------
     Session
-        The process group is destroyed on exit if this call created it.
+        The process group is destroyed on exit if this call created it (after a barrier, on a
+        clean exit, so that every rank leaves together).
     """
     import torch.distributed as dist
 
@@ -154,6 +155,7 @@ def session(device="cpu", backend: Optional[str] = None) -> Iterator[Session]:
     dist.init_process_group(backend=backend)
     try:
         yield _session_of(device, backend)
+        dist.barrier()  # leave together: no rank tears its connections down under a peer's last collective
     finally:
         dist.destroy_process_group()
 

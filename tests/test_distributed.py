@@ -81,8 +81,13 @@ def test_sharded_mala_is_an_independent_sample_of_a_gaussian():
 # ------------------------------------------------------------------------------ 2 processes
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "runs"
-    proc = worker.torchrun(["tests/_distributed_worker.py", out])
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp("dist") / "runs"
+        proc = worker.torchrun(["tests/_distributed_worker.py", out])
+        # One relaunch only when a rank was killed by a signal (once in CI: gloo's C++ teardown called
+        # std::terminate); a Python error in a rank, or a second crash, fails here.
+        if proc.returncode == 0 or "Signal " not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
