@@ -27,6 +27,8 @@ TLike = Union[float, Tensor]
 
 #: Default lower clamp of ``alpha_bar`` (signal scale ``sqrt(alpha_bar) >= 1e-4``).
 ALPHA_BAR_MIN = 1e-8
+#: Training steps a continuous schedule stands for when a network takes integer timesteps.
+CONTINUOUS_TRAIN_STEPS = 1000
 
 
 def _as_tensor(t: TLike) -> Tensor:
@@ -313,12 +315,13 @@ class VPSchedule:
         """Map continuous ``t`` to the integer timestep ``k = round(t N) − 1`` of a discrete
         schedule (clamped to ``[0, N − 1]``); ``long`` tensor shaped like ``t``.
 
-        For continuous schedules returns ``round(t * 999)`` (the 1000-step convention).
+        Continuous schedules use diffusers' 1000 training steps (``N = 1000``, the convention of
+        :meth:`from_diffusers`: step ``k`` sits at ``t = (k + 1) / N``), so ``VPSchedule.linear()``
+        sends a DDPM-trained UNet the step it was trained at. A network trained on ``t · 999``
+        labels (score_sde) takes ``timestep="continuous", time_scale=999`` instead.
         """
         t = _as_tensor(t)
-        if self.alphas_cumprod is None:
-            return torch.round(t * 999).long()
-        big_n = self.num_train_timesteps
+        big_n = CONTINUOUS_TRAIN_STEPS if self.alphas_cumprod is None else self.num_train_timesteps
         wide = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
         return (torch.round(wide * big_n) - 1).clamp(0, big_n - 1).long()
 

@@ -39,7 +39,7 @@ from .base import check_positive_int, evaluate, randn_like
 from .ladder import LadderState, check_time_dependent, level_info, prior_sample, run_ladder, summarise
 from .result import SampleResult
 
-__all__ = ["ReverseDiffusion", "DiffusionStep", "ddim_coefficients", "ddim_update"]
+__all__ = ["ReverseDiffusion", "DiffusionStep", "ddim_coefficients", "ddim_update", "dynamic_threshold"]
 
 _NONFINITE_HINT = (
     "use more steps (n_steps), a smaller eta, clip the x0 prediction (clip_x0=...), or check "
@@ -109,12 +109,26 @@ def ddim_coefficients(schedule: ec.VPSchedule, ts: Tensor, eta: float) -> List[D
     return steps
 
 
+def dynamic_threshold(x0: Tensor, ratio: float, max_value: float = 1.0) -> Tensor:
+    """Dynamic thresholding of an x0-prediction (Saharia et al. 2022, Imagen; diffusers' ``thresholding``).
+
+    Per sample, ``s`` is the ``ratio`` quantile of ``|x0|`` over its pixels, clamped to
+    ``[1, max_value]``; ``x0`` is clamped to ``[-s, s]`` and divided by ``s``. ``(B, *event)`` in
+    and out; the quantile is taken in float32 at least (float16 has no quantile).
+    """
+    wide = x0.to(torch.promote_types(x0.dtype, torch.float32)).reshape(x0.shape[0], -1)
+    s = torch.quantile(wide.abs(), ratio, dim=1).clamp(1.0, max_value).unsqueeze(1)
+    return (torch.maximum(torch.minimum(wide, s), -s) / s).reshape(x0.shape).to(x0.dtype)
+
+
 def ddim_update(
     x: Tensor,
     grad: Tensor,
     step: DiffusionStep,
     generator: Optional[torch.Generator],
     clip_x0: Optional[float] = None,
+    threshold: Optional[Tuple[float, float]] = None,
+    clipped_eps: bool = True,
 ) -> Tensor:
     """One reverse step ``x_t -> x_s`` (DDIM eqs. 12/16) from the gradient ``∇x E(x, t)``.
 
@@ -131,6 +145,11 @@ def ddim_update(
     clip_x0 : float, optional
         Clamp the x0-prediction to ``[-clip_x0, clip_x0]``; ε̂ is then re-derived from the
         clipped x̂0, so the step is the posterior ``q(x_s | x_t, x̂0)`` (as DDPM does).
+    threshold : (ratio, max_value), optional
+        :func:`dynamic_threshold` the x0-prediction instead.
+    clipped_eps : bool
+        Re-derive ε̂ from the clipped x̂0 (default, as above); ``False`` keeps the model's ε̂ in
+        the direction term, as diffusers' ``DDIMScheduler`` does unless ``use_clipped_model_output``.
 
     Returns
     -------
@@ -139,9 +158,10 @@ def ddim_update(
     """
     eps = step.sigma_t * grad
     x0 = (x - step.sigma_t * eps) / step.alpha_t
-    if clip_x0 is not None:
-        x0 = x0.clamp(-clip_x0, clip_x0)
-        eps = (x - step.alpha_t * x0) / step.sigma_t
+    if threshold is not None or clip_x0 is not None:
+        x0 = dynamic_threshold(x0, *threshold) if threshold is not None else x0.clamp(-clip_x0, clip_x0)
+        if clipped_eps:
+            eps = (x - step.alpha_t * x0) / step.sigma_t
     out = step.alpha_s * x0 + step.eps_coef * eps
     if step.noise_std > 0.0:
         out = out + step.noise_std * randn_like(x, generator)
@@ -172,7 +192,17 @@ class ReverseDiffusion:
         Stochasticity ``η >= 0`` (1: DDPM ancestral, 0: deterministic DDIM).
     clip_x0 : float, optional
         Clamp the x0-prediction to ``[-clip_x0, clip_x0]`` (off by default; images in
-        ``[-1, 1]`` use 1.0).
+        ``[-1, 1]`` use 1.0). Diffusers' ``clip_sample=True, clip_sample_range=r`` is ``clip_x0=r``.
+    threshold : float, optional
+        Dynamic thresholding of the x0-prediction at this quantile of ``|x̂0|`` (e.g. 0.995;
+        :func:`dynamic_threshold`), diffusers' ``thresholding=True, dynamic_thresholding_ratio``.
+        Exclusive with ``clip_x0``.
+    threshold_max : float
+        The largest threshold ``s`` (diffusers' ``sample_max_value``, default 1.0).
+    clipped_eps : bool
+        With ``clip_x0`` or ``threshold``: re-derive ε̂ from the clipped x̂0 (default; the step is
+        then the posterior ``q(x_s | x_t, x̂0)``, as DDPM and GLIDE do), or keep the model's ε̂
+        (``False``: diffusers' ``DDIMScheduler`` default, ``use_clipped_model_output=False``).
     t_max : float
         Start of the ladder (default 1.0).
     scheduler : object, optional
@@ -210,6 +240,9 @@ class ReverseDiffusion:
     n_steps: int
     eta: float = 1.0
     clip_x0: Optional[float] = None
+    threshold: Optional[float] = None
+    threshold_max: float = 1.0
+    clipped_eps: bool = True
     t_max: float = 1.0
     scheduler: Any = None
     scheduler_step_kwargs: Tuple[Tuple[str, Any], ...] = ()
@@ -228,6 +261,13 @@ class ReverseDiffusion:
         object.__setattr__(self, "eta", _check_eta(self.eta))
         if self.clip_x0 is not None and not (isinstance(self.clip_x0, (int, float)) and self.clip_x0 > 0):
             raise ec.InputError(f"clip_x0 must be None (no clipping) or a positive number, got {self.clip_x0!r}")
+        if self.threshold is not None:
+            if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 < self.threshold <= 1:
+                raise ec.InputError(f"threshold must be a quantile in (0, 1] (e.g. 0.995), got {self.threshold!r}")
+            if self.clip_x0 is not None:
+                raise ec.InputError("give clip_x0 or threshold, not both (diffusers' clip_sample or thresholding)")
+        if isinstance(self.threshold_max, bool) or not isinstance(self.threshold_max, (int, float)) or not self.threshold_max >= 1:
+            raise ec.InputError(f"threshold_max must be a number >= 1 (diffusers' sample_max_value), got {self.threshold_max!r}")
         if not (0.0 < float(self.t_max) <= 1.0):
             raise ec.InputError(f"t_max must be in (0, 1], got {self.t_max!r}")
         if self.spacing is not None:
@@ -235,6 +275,9 @@ class ReverseDiffusion:
                 raise ec.InputError("spacing sets the whole ladder; leave t_max at 1.0 when you pass spacing")
             self.schedule.discrete_ladder(self.n_steps, self.spacing, self.steps_offset, self.set_alpha_to_one)
         if self.scheduler is not None:
+            if self.clip_x0 is not None or self.threshold is not None:
+                raise ec.InputError("clip_x0 and threshold are the native sampler's; with a diffusers scheduler set its "
+                                    "clip_sample / thresholding config instead")
             for attr in ("set_timesteps", "step", "alphas_cumprod"):
                 if not hasattr(self.scheduler, attr):
                     raise TypeError(
@@ -355,12 +398,13 @@ class ReverseDiffusion:
         if scheduler is None:
             steps = self.coefficients()
             ts = [st.t for st in steps] + [steps[-1].s]
+            thresh = None if self.threshold is None else (float(self.threshold), float(self.threshold_max))
             energy.check_input(x, ts[0])
 
             def move(i: int, state: LadderState):
                 st = steps[i]
                 _, grad, nfe = evaluate(energy, state.x, st.t, False)
-                x_new = ddim_update(state.x, grad, st, generator, self.clip_x0)
+                x_new = ddim_update(state.x, grad, st, generator, self.clip_x0, thresh, self.clipped_eps)
                 return LadderState(x=x_new, t=st.s, level=i + 1), level_info(st.s, nfe)
 
             extra = dict(eta=self.eta)

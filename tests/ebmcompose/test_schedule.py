@@ -140,7 +140,23 @@ def test_timesteps(sch, n):
 def test_continuous_timesteps_are_even():
     ts = ec.VPSchedule.cosine().timesteps(4, dtype=DT)
     torch.testing.assert_close(ts, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=DT))
-    assert ec.VPSchedule.cosine().to_discrete(ts).tolist() == [999, 749, 500, 250, 0]
+    assert ec.VPSchedule.cosine().to_discrete(ts).tolist() == [999, 749, 499, 249, 0]
+
+
+def test_continuous_linear_sends_a_ddpm_unet_the_step_diffusers_would():
+    """``VPSchedule.linear()`` stands for DDPM's 1000-step linear schedule: step k at t = (k+1)/1000,
+    the convention of ``from_diffusers`` (``round(999 t)`` was one step late for k < 499)."""
+    ddpm = ec.VPSchedule.from_diffusers(diffusers.DDPMScheduler(beta_schedule="linear"))
+    lin = ec.VPSchedule.linear()
+    k = torch.arange(1000)
+    t = (k.double() + 1) / 1000
+    assert torch.equal(lin.to_discrete(t), k) and torch.equal(lin.to_discrete(t), ddpm.to_discrete(t))
+    assert torch.equal(lin.to_timestep(t.float()), k.float())
+    fine = torch.linspace(0, 1, 4001, dtype=torch.float64)
+    assert torch.equal(lin.to_discrete(fine), ddpm.to_discrete(fine))
+    # and there the continuous alpha_bar is DDPM's: log alpha_bar within 10% of it at every step
+    rel = (lin.alpha_bar(t).log() / ddpm.alpha_bar(t).log() - 1).abs()
+    assert float(rel.max()) < 0.1, float(rel.max())
 
 
 # ------------------------------------------------------------------------------ diffusers bridge

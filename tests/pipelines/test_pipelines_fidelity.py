@@ -168,3 +168,62 @@ def test_discrete_ladder_linspace_and_errors():
         ec.VPSchedule.cosine().discrete_ladder(10)
     with pytest.raises(ec.InputError, match="distinct"):
         ec.VPSchedule.from_diffusers(sched).discrete_ladder(10, "leading", steps_offset=950)
+
+
+@pytest.mark.parametrize("clip", [dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5),
+                                  dict(clip_sample=True, clip_sample_range=1.2)])
+def test_native_reverse_diffusion_matches_diffusers_ddim_clipping(clip):
+    """diffusers' thresholding (Imagen's dynamic thresholding) and clip_sample, reproduced by the native
+    sampler's threshold / clip_x0 on SD v1's ladder; an x0-prediction that overshoots makes them matter."""
+    import diffusers
+    import toy
+    from samplers import ReverseDiffusion
+
+    base = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading",
+                steps_offset=1, set_alpha_to_one=False)
+    sched = diffusers.DDIMScheduler(**base, **clip)
+    schedule = ec.VPSchedule.from_diffusers(sched)
+    # a 16-pixel "image" of a wide two-mode density: x0-predictions reach |x| ~ 2.5, beyond the clip
+    gm = toy.GaussianMixture(torch.tensor([[-2.0] * 16, [2.0] * 16]), stds=torch.tensor([0.6, 0.6]))
+    energy = gm.diffused(schedule)
+    x_t = torch.randn(32, 16, generator=gen(0), dtype=torch.float64)
+    sched.set_timesteps(20)
+    x = x_t.clone()
+    for k in sched.timesteps:
+        t = (int(k) + 1) / 1000
+        eps = schedule.sigma(torch.tensor(t, dtype=torch.float64)).item() * energy.grad(x, t)
+        img = (32, 4, 2, 2)  # diffusers thresholds (B, C, ...) images
+        x = sched.step(eps.reshape(img), k, x.reshape(img), eta=0.0).prev_sample.reshape(32, 16)
+    native = dict(threshold=clip["dynamic_thresholding_ratio"], threshold_max=clip["sample_max_value"]) \
+        if "thresholding" in clip else dict(clip_x0=clip["clip_sample_range"])
+    ladder = dict(spacing="leading", steps_offset=1, set_alpha_to_one=False)
+    rd = ReverseDiffusion(schedule, 20, eta=0.0, clipped_eps=False, **ladder, **native)  # DDIM keeps the model's ε
+    res = rd.sample(energy, x_t, generator=gen(1))
+    # diffusers' float32 alphas_cumprod: ~1e-5 per step, which dividing by the quantile s amplifies
+    torch.testing.assert_close(res.samples, x, atol=5e-4, rtol=5e-4)
+    glide = ReverseDiffusion(schedule, 20, eta=0.0, **ladder, **native).sample(energy, x_t, generator=gen(1)).samples
+    assert (glide - x).abs().max() > 0.1  # re-deriving ε from the clipped x0 (the default) is another rule
+    free = ReverseDiffusion(schedule, 20, eta=0.0, spacing="leading", steps_offset=1, set_alpha_to_one=False)
+    assert (free.sample(energy, x_t, generator=gen(1)).samples - x).abs().max() > 0.1  # the clipping mattered
+
+
+def test_dynamic_threshold_is_imagens_rule_and_bad_options_are_input_errors():
+    from samplers import ReverseDiffusion
+    from samplers.reverse_diffusion import dynamic_threshold
+
+    x0 = torch.tensor([[0.5, -3.0, 2.0, 0.1], [0.2, 0.3, -0.4, 0.5]])
+    out = dynamic_threshold(x0, 0.5, 10.0)
+    s0 = torch.quantile(x0[0].abs(), 0.5)  # 1.25: clamp to [-1.25, 1.25], then / 1.25
+    torch.testing.assert_close(out[0], x0[0].clamp(-s0, s0) / s0)
+    torch.testing.assert_close(out[1], x0[1])  # quantile below 1: s = 1, nothing changes
+    assert dynamic_threshold(x0.half(), 0.5, 10.0).dtype == torch.float16
+    sch = ec.VPSchedule.cosine()
+    with pytest.raises(ec.InputError, match="quantile in"):
+        ReverseDiffusion(sch, 5, threshold=1.5)
+    with pytest.raises(ec.InputError, match="not both"):
+        ReverseDiffusion(sch, 5, threshold=0.99, clip_x0=1.0)
+    with pytest.raises(ec.InputError, match="sample_max_value"):
+        ReverseDiffusion(sch, 5, threshold=0.99, threshold_max=0.5)
+    import diffusers
+    with pytest.raises(ec.InputError, match="clip_sample / thresholding"):
+        ReverseDiffusion.from_diffusers(diffusers.DDIMScheduler(), 5, clip_x0=1.0)
