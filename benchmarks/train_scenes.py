@@ -43,9 +43,11 @@ def model_name(family: str, parameterisation: str) -> str:
 
 
 def train_one(family: str, parameterisation: str, *, out, run_root, size: str = "default", until: Optional[int] = None,
-              steps: Optional[int] = None, resolution: Optional[int] = None, progress: bool = True) -> it.TrainResult:
+              steps: Optional[int] = None, resolution: Optional[int] = None, attribute_labels: Optional[str] = None,
+              progress: bool = True) -> it.TrainResult:
     """Train (or continue) one model in ``run_root/<name>``; export it to ``out/<name>`` when complete."""
-    config = it.config_for(family, parameterisation, size, steps=steps, resolution=resolution)
+    config = it.config_for(family, parameterisation, size, steps=steps, resolution=resolution,
+                           attribute_labels=attribute_labels)
     name = model_name(family, parameterisation)
     run_dir = Path(run_root) / name
     t0 = time.perf_counter()
@@ -68,6 +70,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--size", default="default", choices=list(it.SIZES))
     p.add_argument("--steps", type=int, default=None, help="override the number of steps")
     p.add_argument("--resolution", type=int, default=None, help="override the image side (default: the family's, see toy.image_train.FAMILY_DEFAULTS)")
+    p.add_argument("--attribute-labels", choices=("one", "multi"), default=None,
+                   help="attribute family: one random attribute per image, or each kept with probability 1/2")
     p.add_argument("--until", type=int, default=None, help="stop each run after this many steps (resume later)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-progress", action="store_true")
@@ -76,7 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for spec in args.models:
         family, _, param = spec.partition(":")
         train_one(family, param or "epsilon", out=args.out, run_root=args.run_root, size=args.size, until=args.until,
-                  steps=args.steps, resolution=args.resolution, progress=not args.no_progress)
+                  steps=args.steps, resolution=args.resolution, attribute_labels=args.attribute_labels,
+                  progress=not args.no_progress)
     return 0
 
 

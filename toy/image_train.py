@@ -94,6 +94,8 @@ class TrainConfig:
     condition_map : bool
         Give position and joint nets the position map input (see :class:`~toy.scene_nets.SceneUNet`);
         ignored for attributes.
+    attribute_labels : {"one", "multi"}
+        How the attribute family labels its images (:class:`toy.scenes.AttributeScenes`).
     prediction : {"v", "epsilon"}, optional
         What the net's output means (default ``"v"``, see :class:`~toy.scene_nets.SceneUNet`). An
         ε-model's loss is then ``‖v̂ − v‖²`` (``v = α_t ε − σ_t x_0``); an energy model's is always
@@ -120,6 +122,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     n_objects: Tuple[int, int] = (1, 5)
     condition_map: bool = True
+    attribute_labels: str = "one"
     prediction: Optional[str] = None
 
     def __post_init__(self):
@@ -135,6 +138,8 @@ class TrainConfig:
             raise ec.InputError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if not 0.0 < self.t_min < 1.0:
             raise ec.InputError(f"t_min must be in (0, 1), got {self.t_min}")
+        if self.attribute_labels not in ("one", "multi"):
+            raise ec.InputError(f"attribute_labels must be 'one' or 'multi', got {self.attribute_labels!r}")
         if self.prediction is None:
             object.__setattr__(self, "prediction", "v")
         if self.prediction not in ("epsilon", "v"):
@@ -199,7 +204,7 @@ def make_source(config: TrainConfig):
         return scenes.PositionScenes(resolution=config.resolution, n_objects=tuple(config.n_objects))
     if config.family == "joint":
         return scenes.JointPositionScenes(resolution=config.resolution, n_objects=tuple(config.n_objects))
-    return scenes.AttributeScenes(resolution=config.resolution)
+    return scenes.AttributeScenes(resolution=config.resolution, labels=config.attribute_labels)
 
 
 @dataclass

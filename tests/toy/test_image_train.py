@@ -89,6 +89,10 @@ def test_bad_configs_are_input_errors():
         it.config_for("colours")
     with pytest.raises(ec.InputError, match="size"):
         it.config_for(size="huge")
+    with pytest.raises(ec.InputError, match="attribute_labels"):
+        it.config_for("attribute", attribute_labels="some")
+    multi = it.config_for("attribute", attribute_labels="multi")
+    assert it.make_source(multi).labels == "multi" and it.make_source(it.config_for("attribute")).labels == "one"
     with pytest.raises(ec.InputError, match="resume"):
         it.train(it.config_for(size="quick"), resume=True)
 

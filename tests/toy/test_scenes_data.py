@@ -307,6 +307,38 @@ def test_attribute_scenes():
     assert (kinds - 1 / 3).abs().max() < 0.1  # colour, shape and size labels alike
 
 
+def test_multi_hot_attribute_labels_keep_each_attribute_with_probability_half():
+    ds = scenes.AttributeScenes(labels="multi")
+    n = 2000
+    _, cond, sl = ds.sample(n, gen(8))
+    kept = torch.zeros(n, 3)
+    for i, (c, s) in enumerate(zip(cond, sl)):
+        names = [scenes.ATTRIBUTES[int(j)] for j in torch.nonzero(c).flatten()]
+        assert set(names) <= set(s.objects[0].attributes)  # only the object's own attributes
+        kept[i] = torch.tensor([a in names for a in s.objects[0].attributes], dtype=torch.float32)
+        assert torch.equal(c, scenes.attributes(names)) if names else not c.any()
+    se = math.sqrt(0.25 / n)
+    assert ((kept.mean(0) - 0.5).abs() < 4.5 * se).all(), kept.mean(0)  # each kind kept half the time
+    both = (kept[:, 0] * kept[:, 1]).mean()
+    assert abs(float(both) - 0.25) < 4.5 * math.sqrt(0.25 * 0.75 / n)  # independently
+    one = scenes.AttributeScenes()  # labels="one": the same draws as before multi-hot labels existed
+    assert "labels='one'" in repr(one) and (one.sample(50, gen(8))[1].sum(1) == 1).all()
+
+
+def test_attributes_condition_and_its_errors():
+    assert torch.equal(scenes.attributes("red"), scenes.attribute("red"))
+    both = scenes.attributes(["red", "square", "small"])
+    assert both.sum() == 3 and all(both[scenes.ATTRIBUTES.index(a)] == 1 for a in ("red", "square", "small"))
+    with pytest.raises(InputError, match="at most one colour"):
+        scenes.attributes(["red", "blue"])
+    with pytest.raises(InputError, match="unknown attribute"):
+        scenes.attributes(["red", "hexagon"])
+    with pytest.raises(InputError, match="at least one"):
+        scenes.attributes([])
+    with pytest.raises(InputError, match="labels must be one of"):
+        scenes.AttributeScenes(labels="all")
+
+
 def test_joint_scenes():
     ds = scenes.JointPositionScenes(resolution=32, n_objects=(2, 4))
     assert ds.condition_dim == 15 and torch.equal(ds.null_condition, torch.zeros(15))

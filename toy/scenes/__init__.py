@@ -11,7 +11,8 @@ Concept families (as in Liu et al., 2022, which composes CLEVR objects by positi
 * **position** (:class:`PositionScenes`, :func:`at`): an image is labelled with the ``(x, y)`` of
   one of its objects, so ``at(a) AND at(b)`` asks for objects at both places;
 * **attributes** (:class:`AttributeScenes`, :func:`attribute`): a single object labelled by one of
-  its colour, shape or size, so ``red AND square AND NOT small`` composes;
+  its colour, shape or size (or a multi-hot of some of them, :func:`attributes`), so
+  ``red AND square AND NOT small`` composes;
 * **joint** (:class:`JointPositionScenes`, :func:`joint_at`): all positions in one condition, the
   non-compositional baseline.
 
@@ -20,7 +21,7 @@ The evaluator (:func:`detect`, :func:`position_accuracy`, :func:`position_strict
 is deterministic given a ``torch.Generator``.
 """
 
-from .datasets import AttributeScenes, JointPositionScenes, PositionScenes, at, attribute, joint_at
+from .datasets import ATTRIBUTE_LABELS, AttributeScenes, JointPositionScenes, PositionScenes, at, attribute, attributes, joint_at
 from .evaluate import Detection, attribute_accuracy, count_near, detect, position_accuracy, position_strict
 from .layout import random_scenes
 from .render import coverage, render
@@ -28,6 +29,7 @@ from .scene import ATTRIBUTES, BACKGROUND, COLORS, MAX_OBJECTS, SHAPES, SIZES, S
 
 __all__ = [
     "ATTRIBUTES",
+    "ATTRIBUTE_LABELS",
     "AttributeScenes",
     "BACKGROUND",
     "COLORS",
@@ -41,6 +43,7 @@ __all__ = [
     "SceneObject",
     "at",
     "attribute",
+    "attributes",
     "attribute_accuracy",
     "count_near",
     "coverage",

@@ -2,7 +2,8 @@
 
 =======================  ==========================================================================
 :class:`PositionScenes`  1-5 objects; condition ``(x, y, 1)`` of one of them (:func:`at`)
-:class:`AttributeScenes` one object; condition a one-hot of one of its attributes (:func:`attribute`)
+:class:`AttributeScenes` one object; condition a one-hot of one attribute (:func:`attribute`), or a
+                         multi-hot of some of them (:func:`attributes`)
 :class:`JointPositionScenes`  1-5 objects; condition all positions at once (:func:`joint_at`), the
                          jointly-conditioned baseline of Liu et al. (2022)
 =======================  ==========================================================================
@@ -25,7 +26,8 @@ from .layout import random_scenes
 from .render import render
 from .scene import ATTRIBUTES, MAX_OBJECTS, Scene, check_n_objects, check_position, check_positions, check_resolution
 
-__all__ = ["AttributeScenes", "JointPositionScenes", "PositionScenes", "at", "attribute", "joint_at"]
+__all__ = ["ATTRIBUTE_LABELS", "AttributeScenes", "JointPositionScenes", "PositionScenes", "at", "attribute", "attributes",
+           "joint_at"]
 
 
 def at(x: float, y: float) -> Tensor:
@@ -114,20 +116,64 @@ class PositionScenes(_SceneSet):
         return torch.stack([at(*s.positions[int(j)]) for s, j in zip(scene_list, pick)])
 
 
+#: How :class:`AttributeScenes` labels an object: ``"one"``, a one-hot of one random attribute;
+#: ``"multi"``, each of its three attributes kept independently with probability ½ (a multi-hot).
+ATTRIBUTE_LABELS = ("one", "multi")
+
+
+def attributes(names) -> Tensor:
+    """The multi-hot condition "the object is all of ``names``", Tensor (11,) float32.
+
+    At most one name per kind (colour, shape, size); ``attributes(["red"])`` equals ``attribute("red")``.
+    """
+    if isinstance(names, str):
+        names = [names]
+    out = torch.zeros(len(ATTRIBUTES), dtype=torch.float32)
+    kinds = {}
+    for name in names:
+        out += attribute(name)
+        kind = _kind(name)
+        if kind in kinds:
+            raise InputError(f"attributes takes at most one {kind} (got {kinds[kind]!r} and {name!r}); "
+                             "an object has one colour, one shape and one size")
+        kinds[kind] = name
+    if not kinds:
+        raise InputError("attributes needs at least one attribute name")
+    return out
+
+
+def _kind(name: str) -> str:
+    from .scene import COLORS, SHAPES
+
+    return "colour" if name in COLORS else "shape" if name in SHAPES else "size"
+
+
 class AttributeScenes(_SceneSet):
-    """Single-object scenes, each labelled with a one-hot of one random attribute (colour, shape or size)."""
+    """Single-object scenes labelled with their attributes (colour, shape, size).
+
+    ``labels="one"``: a one-hot of one random attribute. ``labels="multi"``: each attribute is kept
+    independently with probability ½, so the label "square" alone (probability 1/8) still means
+    p(x | square), and a multi-hot such as "red AND square" is a jointly conditioned baseline.
+    """
 
     condition_dim = len(ATTRIBUTES)
 
-    def __init__(self, resolution: int = 32, supersample: Optional[int] = None):
+    def __init__(self, resolution: int = 32, supersample: Optional[int] = None, labels: str = "one"):
         super().__init__(resolution, n_objects=1, supersample=supersample)
+        if labels not in ATTRIBUTE_LABELS:
+            raise InputError(f"labels must be one of {', '.join(ATTRIBUTE_LABELS)}, got {labels!r}")
+        self.labels = labels
 
     def __repr__(self) -> str:
-        return f"AttributeScenes(resolution={self.resolution})"
+        return f"AttributeScenes(resolution={self.resolution}, labels={self.labels!r})"
 
     def _conditions(self, scene_list, generator) -> Tensor:
-        which = torch.randint(3, (len(scene_list),), generator=generator).tolist()
-        return torch.stack([attribute(s.objects[0].attributes[w]) for s, w in zip(scene_list, which)])
+        onehots = torch.stack([torch.stack([attribute(a) for a in s.objects[0].attributes]) for s in scene_list])
+        if self.labels == "one":
+            which = torch.randint(3, (len(scene_list),), generator=generator)
+            return onehots[torch.arange(len(scene_list)), which]
+        keep = torch.rand(len(scene_list), 3, generator=generator) < 0.5
+        return (onehots * keep.unsqueeze(-1)).sum(1)
 
 
 class JointPositionScenes(_SceneSet):
