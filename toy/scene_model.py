@@ -132,6 +132,28 @@ class SceneModel:
         self._need("attribute", "an attribute concept")
         return self.model.condition(scenes.attribute(name), name=str(name))
 
+    @property
+    def attribute_labels(self) -> Optional[str]:
+        """How an attribute model was trained: ``"one"`` (one attribute per image) or ``"multi"``."""
+        if self.family != "attribute":
+            return None
+        return self.config.get("train", {}).get("attribute_labels", "one")
+
+    def attributes(self, names: Sequence[str]) -> ec.Energy:
+        """The jointly conditioned leaf "the object is all of ``names``" (one multi-hot condition).
+
+        Needs a model trained with multi-hot labels (``attribute_labels="multi"``): a one-hot model
+        never saw two attributes in one condition.
+        """
+        self._need("attribute", "an attribute concept")
+        names = [names] if isinstance(names, str) else list(names)
+        if len(names) > 1 and self.attribute_labels != "multi":
+            raise ec.InputError(
+                "a joint attribute condition needs a model trained with multi-hot labels (attribute_labels='multi'); "
+                "this one was trained on one attribute per image: compose the attributes instead (compose_attributes)"
+            )
+        return self.model.condition(scenes.attributes(names), name=" & ".join(map(str, names)))
+
     def joint(self, positions: Sequence[Position]) -> ec.Energy:
         """The jointly conditioned leaf "objects at all ``positions``" (the baseline; up to 5)."""
         self._need("joint", "a joint condition")

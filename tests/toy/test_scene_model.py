@@ -69,6 +69,22 @@ def test_attribute_and_joint_leaves_and_errors():
     assert joint.joint_condition([(0.2, 0.2), (0.7, 0.7)]).score(x, 0.5).shape == x.shape
 
 
+def test_joint_attribute_leaf_is_the_multi_hot_condition_and_needs_a_multi_hot_model():
+    net = SceneUNet("attribute", **TINY).eval().requires_grad_(False)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    one = SceneModel.from_net(net)
+    assert one.attribute_labels == "one" and _model()[0].attribute_labels is None
+    torch.testing.assert_close(one.attributes(["red"]).score(x, 0.5), one.attribute("red").score(x, 0.5))
+    with pytest.raises(ec.InputError, match="multi-hot labels"):
+        one.attributes(["red", "square"])
+    multi = SceneModel(one.model, "attribute", 32, {"train": {"attribute_labels": "multi"}})
+    from toy import scenes
+    hot = torch.zeros(11)
+    hot[[scenes.ATTRIBUTES.index("red"), scenes.ATTRIBUTES.index("square")]] = 1.0
+    want = one.model.condition(hot).score(x, 0.5)
+    torch.testing.assert_close(multi.attributes(["red", "square"]).score(x, 0.5), want)
+
+
 def test_missing_shipped_model_names_the_training_command(tmp_path):
     with pytest.raises(ec.checkpoint.CheckpointNotFoundError, match="benchmarks.train_scenes"):
         pretrained.scene_model("position", "energy", checkpoint_dir=tmp_path)
