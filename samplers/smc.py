@@ -46,8 +46,28 @@ scheme is drawn every level and applied where the ESS is low. The last level is 
 resampled, *before* its rejuvenation (so the MCMC moves spread the duplicates resampling makes),
 and ``samples`` are equally weighted.
 
-Score-only energies (ε-networks) have no energy values, so these weights are unavailable; a
-:class:`ec.ScoreOnlyError` names the fix (an energy-parameterised model, or a score-only sampler).
+Score-only energies (ε-networks) have no energy values, so the weights above are unavailable.
+``weights="fkc"`` (or ``"auto"``, which picks it when ``energy.has_energy`` is false) uses instead
+the Feynman–Kac corrector weights of Skreta et al. (2025, :mod:`samplers.fkc`), which need only
+the leaves' scores: for a *linear* composition ``E = Σ_i β_i E_i`` (sums, weights, AND/NOT,
+classifier-free guidance) the target at level ``t`` is ``π_t ∝ Π_i q_i(x, t)^{β_i}``, the proposal
+is the same reverse-diffusion step driven by ``S = Σ_i β_i s_i``, and each step ``t → s`` adds::
+
+    log w += Δ (r(x, t) + r(x', s)) / 2 − ½ d Δ (Σβ − 1),   r = ½ (|S|² − Σ_i β_i |s_i|²),
+    Δ = log(ᾱ_s / ᾱ_t) = ∫_s^t β(u) du,
+
+with start weight ``−(Σβ − 1)(|x|²/2 + (d/2) log 2π)`` (each ``q_i(·, t_max)`` taken as
+``N(0, I)``). Each level evaluates every leaf once (leaves of one network in one batched forward),
+the same NFE as evaluating the composition. These weights discretise a continuous-time identity,
+so unlike the energy weights they are exact only as the steps shrink: every step needs a small
+``Δ`` (the cosine schedule's ``β`` diverges at ``t = 1``: pass ``t_max ≈ 0.9`` or use
+``VPSchedule.linear()``, and ~100 steps or more), and ``info.log_z`` is then a consistent (not
+unbiased) estimate of ``log ∫ Π_i q_i(x, t_min)^{β_i} dx`` (normalised leaves: the product's
+normaliser), further off when ``t_max`` is far from pure noise. Rejuvenation: ULA (the composed
+score targets ``π_t``; a heuristic as above, and the leaves are re-evaluated after it) or none;
+MALA/HMC need energies. A mixture ``a | b`` is not linear and raises :class:`ec.InputError`
+(:class:`ec.ScoreOnlyError` when it has score-only leaves) naming the fix. With the default
+``weights="energy"`` a score-only energy raises :class:`ec.ScoreOnlyError` naming ``weights="fkc"``.
 """
 
 from __future__ import annotations
@@ -66,6 +86,7 @@ from . import health
 from .adaptation import DualAveraging
 from .annealed_langevin import step_size_exponent
 from .base import MCMCKernel, State, check_positive_int, evaluate, randn_like, require_energy, sum_event
+from .fkc import FKCScores, fkc_increment, fkc_start, step_integrals
 from .ladder import (LadderState, LevelInfo, check_kernel, check_time_dependent, correct, level_info, prior_sample, run_ladder,
                      step_factors, summarise)
 from .resampling import SCHEMES, ess as _ess, resample
@@ -73,11 +94,17 @@ from .result import LadderSummary, SampleResult
 from .reverse_diffusion import DiffusionStep, ddim_coefficients, ddim_update
 from .run import search_step_size
 
-__all__ = ["SMC", "SMCState", "SMCLevelInfo", "SMCSummary", "smc_steps", "STEP_RULES"]
+__all__ = ["SMC", "SMCState", "SMCLevelInfo", "SMCSummary", "smc_steps", "STEP_RULES", "WEIGHTS"]
 
 #: Valid ``step_rule`` values of the rejuvenation kernel.
 STEP_RULES = ("sigma2", "fixed", "adapt")
+#: Valid ``weights`` values: energy-value weights, Feynman–Kac corrector weights, or by ``has_energy``.
+WEIGHTS = ("energy", "fkc", "auto")
 _LOG_2PI = math.log(2.0 * math.pi)
+_FKC_KERNEL = (
+    "{} rejuvenation needs energy values, which FKC weights do without: with weights='fkc' rejuvenate with "
+    "ULA(...) (a heuristic) or not at all, or use weights='energy' with an energy-parameterised model"
+)
 _NONFINITE_HINT = (
     "use more steps (n_steps), a smaller rejuvenation step_size (or step_rule='adapt'), and check that "
     "the energy is finite at every t of the ladder (ε-networks and DiffusionEnergy are not at t = 0: pass t_min > 0)"
@@ -95,9 +122,13 @@ class SMCState(LadderState):
     log_z : Tensor
         0-d ``log Ẑ`` accumulated at the resampling events so far (``log Ẑ`` of the level is
         ``log_z + log mean exp(log_weights)``).
+    fkc_rate : Tensor or None
+        ``(B,)`` FKC rate ``r(x, t) = ½(|S|² − Σ β_i |s_i|²)`` at the particles (``weights="fkc"``
+        only; :mod:`samplers.fkc`).
     """
 
     log_z: Optional[Tensor] = None
+    fkc_rate: Optional[Tensor] = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +147,11 @@ class SMCSummary(LadderSummary):
     Attributes
     ----------
     log_z : float
-        ``log Ẑ`` of the final target ``∫ exp(−E(x, t_min)) dx`` (module notes).
+        ``log Ẑ`` of the final target ``∫ exp(−E(x, t_min)) dx`` (module notes); with FKC weights
+        an estimate of ``log ∫ Π_i q_i(x, t_min)^{β_i} dx`` that is consistent only as the steps
+        shrink (module notes: "Score-only energies").
+    weights : str
+        ``"energy"`` or ``"fkc"``: the importance weights this run used.
     ess : Tensor
         ``(n_steps + 1,)`` effective sample size in ``(0, B]`` at each level after reweighting
         (level 0: the start), before resampling.
@@ -137,6 +172,7 @@ class SMCSummary(LadderSummary):
     n_resampled: Optional[int] = None
     particles: Optional[int] = None
     scheme: Optional[str] = None
+    weights: Optional[str] = None
 
 
 def smc_steps(schedule: ec.VPSchedule, ts: Tensor, eta: float, variance: str = "large") -> List[DiffusionStep]:
@@ -208,10 +244,16 @@ class SMC:
         extra evaluation; ``log_z`` is that of ``π(t_min)``).
     static_ok : bool
         Accept a static energy (refused by default: the ladder steps through noised densities).
+    weights : {"energy", "fkc", "auto"}
+        Importance weights (module notes): ``"energy"`` (default) from energy values, exact at any
+        step count; ``"fkc"`` Feynman–Kac corrector weights from the leaves' scores alone, for
+        linear compositions (score-only leaves allowed; rejuvenation only by ULA or none);
+        ``"auto"``: ``"energy"`` when ``energy.has_energy``, else ``"fkc"``.
 
     Notes
     -----
-    NFE: ``n_steps + 1`` evaluations (energy and gradient) plus the kernel's NFE per transition
+    NFE: ``n_steps + 1`` evaluations (energy and gradient; with FKC weights the leaves' scores,
+    counted the same way) plus the kernel's NFE per transition
     (1 for MALA/ULA, ``n_leapfrog`` for HMC) ``× n_rejuvenate × n_steps``, plus a step-size search
     at the first level when the kernel has no step size, plus one per level after ULA transitions
     (ULA's state holds no energy). Memory and time are those of ``B`` chains.
@@ -235,6 +277,7 @@ class SMC:
     t_max: float = 1.0
     t_min: float = 0.0
     static_ok: bool = False
+    weights: str = "energy"
 
     def __post_init__(self):
         if not isinstance(self.schedule, ec.VPSchedule):
@@ -257,6 +300,8 @@ class SMC:
                 f"eta must be > 0 (1: DDPM ancestral); SMC weights need a stochastic proposal with a density, "
                 f"so deterministic DDIM (eta=0) cannot be weighted; got {eta!r}"
             )
+        if self.weights not in WEIGHTS:
+            raise ec.InputError(f"weights must be one of {', '.join(map(repr, WEIGHTS))}, got {self.weights!r}")
         if self.proposal_variance not in ("large", "small"):
             raise ec.InputError(f"proposal_variance must be 'large' or 'small', got {self.proposal_variance!r}")
         if self.proposal_variance == "large" and float(eta) != 1.0:
@@ -276,6 +321,8 @@ class SMC:
                     "step_size or use step_rule='adapt'"
                 )
             object.__setattr__(self, "step_rule", rule)
+            if self.weights == "fkc" and k.needs_energy and n:
+                raise ec.InputError(_FKC_KERNEL.format(type(k).__name__))
         else:
             if self.n_rejuvenate:
                 raise ec.InputError("n_rejuvenate > 0 needs a kernel: pass rejuvenate=MALA(...) or HMC(...)")
@@ -312,7 +359,8 @@ class SMC:
         ----------
         energy : ec.Energy
             Time-dependent energy with energy values (exact diffused densities, ``DiffusionEnergy``
-            and their compositions).
+            and their compositions); with ``weights="fkc"`` a linear composition of leaves that
+            may be score-only (ε-networks, ``ScoreFunction``).
         x0 : Tensor, optional
             ``(B, *event)`` starting particles, weighted as draws from ``N(0, I)``; when omitted they
             are drawn from ``generator`` with ``shape`` (on the generator's device, or ``device``).
@@ -335,22 +383,30 @@ class SMC:
         Raises
         ------
         ec.ScoreOnlyError
-            The energy has no energy values (score-only ε-network).
+            ``weights="energy"`` and the energy has no energy values (score-only ε-network); or
+            FKC weights with MALA/HMC rejuvenation or a mixture of a score-only energy.
+        ec.InputError
+            FKC weights for a non-linear composition (a mixture) or coefficients with ``Σβ ≤ 0``.
         NonFiniteStateError
             A particle's position, energy or gradient became NaN/inf; names the level.
         """
         check_positive_int(trace_every, "trace_every", allow_zero=True)
         health.check_on_divergence(on_divergence)
         check_time_dependent(energy, "SMC", self.static_ok)
-        if not energy.has_energy:
+        mode = self.weights if self.weights != "auto" else ("energy" if energy.has_energy else "fkc")
+        if mode == "energy" and not energy.has_energy:
             raise ec.ScoreOnlyError(
-                f"SMC needs energy values for its importance weights (E(x, t) at every level), but "
-                f"{energy.label} provides scores only: use an energy-parameterised model (ec.DiffusionEnergy, "
-                "an exact diffused density), or for score-only models a score-based sampler "
+                f"SMC with weights='energy' needs energy values for its importance weights (E(x, t) at every "
+                f"level), but {energy.label} provides scores only: pass weights='fkc' (Feynman-Kac corrector "
+                "weights from scores, for sums/products/guidance of score models), use an energy-parameterised "
+                "model (ec.DiffusionEnergy, an exact diffused density), or a score-based sampler "
                 "(ReverseDiffusion, PredictorCorrector with a ULA corrector)"
             )
         kernel, K = self.rejuvenate, self.n_rejuvenate
+        fkc = FKCScores(energy) if mode == "fkc" else None  # raises for non-linear compositions
         if kernel is not None and kernel.needs_energy and K:
+            if fkc is not None:
+                raise (ec.InputError if energy.has_energy else ec.ScoreOnlyError)(_FKC_KERNEL.format(type(kernel).__name__))
             require_energy(energy, f"the {type(kernel).__name__} rejuvenation of SMC")
         x = prior_sample(x0, shape, generator, device, dtype, "SMC")
         ts_t = self.ladder()
@@ -358,6 +414,7 @@ class SMC:
         energy.check_input(x, ts[0])
         steps = smc_steps(self.schedule, ts_t, float(self.eta), self.proposal_variance)
         back = _backward(self.schedule, ts_t)
+        deltas = step_integrals(self.schedule, ts_t) if fkc is not None else None
         factors = self.rule_factors() if kernel is not None else None
         adapt = DualAveraging(kernel.target_accept) if kernel is not None and self.step_rule == "adapt" else None
         b = x.shape[0]
@@ -370,14 +427,20 @@ class SMC:
                        if kernel is not None else None)
 
         def at(xs: Tensor, t: float, previous: Optional[State] = None):
+            """``(state, nfe, rate)``: energy and gradient, or (FKC) the composed gradient and the rate ``(B,)``."""
             tt = torch.full((xs.shape[0],), float(t), device=xs.device, dtype=xs.dtype)
-            e, g, nfe = evaluate(energy, xs, tt, True)
+            if fkc is None:
+                e, g, nfe = evaluate(energy, xs, tt, True)
+                rate = None
+            else:
+                e = None
+                g, rate, nfe = fkc(xs, tt, wdtype)
             if previous is None:
-                return state_type(x=xs, energy=e, grad=g, t=tt), nfe
-            return previous.replace(x=xs, energy=e, grad=g, t=tt), nfe
+                return state_type(x=xs, energy=e, grad=g, t=tt), nfe, rate
+            return previous.replace(x=xs, energy=e, grad=g, t=tt), nfe, rate
 
-        def reweight(st: State, log_w: Tensor, log_z: Tensor, force: bool = False):
-            """ESS, adaptive resampling (decided on the device): ``(state, log_w, log_z, ess, resampled)``."""
+        def reweight(st: State, log_w: Tensor, log_z: Tensor, force: bool = False, rate: Optional[Tensor] = None):
+            """ESS, adaptive resampling (decided on the device): ``(state, log_w, log_z, ess, resampled, rate)``."""
             log_w = torch.nan_to_num(log_w, nan=-math.inf, posinf=-math.inf)
             e = _ess(log_w)
             idx = resample(log_w, self.resampling, generator)
@@ -386,7 +449,7 @@ class SMC:
             lse = torch.logsumexp(log_w, 0) - log_b
             log_z = torch.where(do, log_z + lse, log_z)
             log_w = torch.where(do, torch.zeros_like(log_w), log_w)
-            return _gather(st, idx), log_w, log_z, e, do
+            return _gather(st, idx), log_w, log_z, e, do, None if rate is None else rate.index_select(0, idx)
 
         def move(i: int, ls: SMCState):
             j = i + 1
@@ -395,12 +458,16 @@ class SMC:
             mean = ddim_update(prev.x, prev.grad, dataclasses.replace(step, noise_std=0.0), None)
             xi = randn_like(prev.x, generator)
             x_new = mean + step.noise_std * xi
-            st, nfe = at(x_new, ts[j], prev)
-            log_q = -inv_2b2 * sum_event((prev.x - a * x_new).square()).to(wdtype)
-            log_m = -0.5 * sum_event(xi.square()).to(wdtype)
-            inc = (prev.energy.to(wdtype) - st.energy.to(wdtype) + log_q - log_m
-                   + d * (math.log(step.noise_std) - log_bb))
-            st, log_w, log_z, e, do = reweight(st, ls.log_weights + inc, ls.log_z, force=j == len(steps))
+            st, nfe, rate = at(x_new, ts[j], prev)
+            if fkc is None:
+                log_q = -inv_2b2 * sum_event((prev.x - a * x_new).square()).to(wdtype)
+                log_m = -0.5 * sum_event(xi.square()).to(wdtype)
+                inc = (prev.energy.to(wdtype) - st.energy.to(wdtype) + log_q - log_m
+                       + d * (math.log(step.noise_std) - log_bb))
+            else:
+                inc = fkc_increment(ls.fkc_rate, rate, deltas[i], fkc.total, d)
+            st, log_w, log_z, e, do, rate = reweight(st, ls.log_weights + inc, ls.log_z, force=j == len(steps),
+                                                     rate=rate)
             carry, rec, h = ls.step_size, None, None
             if kernel is not None and K:
                 if adapt is not None and ls.step_size is not None:
@@ -413,19 +480,24 @@ class SMC:
                 st, k_out, rec = correct(kernel.with_step_size(h), energy, st, K, generator, adapt)
                 if adapt is not None:
                     carry = k_out.step_size / factors[j]
-                if st.energy is None:  # ULA keeps no energy; the next weight needs E(x, t)
-                    st, n = at(st.x, ts[j], st)
+                if st.energy is None:  # ULA keeps no energy; the next weight needs E(x, t) (FKC: the rate)
+                    st, n, rate = at(st.x, ts[j], st)
                     nfe += n
             base = level_info(ts[j], nfe, rec, h)
             info = SMCLevelInfo(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, ess=e, resampled=do)
             return SMCState(x=st.x, t=ts[j], level=j, kernel_state=st, step_size=carry, log_weights=log_w,
-                            log_z=log_z), info
+                            log_z=log_z, fkc_rate=rate), info
 
-        st0, nfe0 = at(x, ts[0])
-        xf = x.reshape(b, -1).to(wdtype)
-        log_w0 = -st0.energy.to(wdtype) + 0.5 * xf.square().sum(1) + 0.5 * d * _LOG_2PI
-        st0, log_w0, log_z0, ess0, do0 = reweight(st0, log_w0, torch.zeros((), device=x.device, dtype=wdtype))
-        start = SMCState(x=st0.x, t=ts[0], level=0, kernel_state=st0, log_weights=log_w0, log_z=log_z0)
+        st0, nfe0, rate0 = at(x, ts[0])
+        if fkc is None:
+            xf = x.reshape(b, -1).to(wdtype)
+            log_w0 = -st0.energy.to(wdtype) + 0.5 * xf.square().sum(1) + 0.5 * d * _LOG_2PI
+        else:
+            log_w0 = fkc_start(x, fkc.total, wdtype)
+        st0, log_w0, log_z0, ess0, do0, rate0 = reweight(st0, log_w0, torch.zeros((), device=x.device, dtype=wdtype),
+                                                         rate=rate0)
+        start = SMCState(x=st0.x, t=ts[0], level=0, kernel_state=st0, log_weights=log_w0, log_z=log_z0,
+                         fkc_rate=rate0)
         final, infos, trace, trace_t = run_ladder(
             "SMC", len(steps), start, move, progress=progress, callback=callback, trace_every=trace_every,
             hint=_NONFINITE_HINT,
@@ -442,7 +514,7 @@ class SMC:
                          corrector_steps=0 if kernel is not None else None, eta=float(self.eta))
         info = SMCSummary(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
                           log_z=float(log_z), ess=ess_all, resampled=res_all, n_resampled=int(res_all.sum()),
-                          particles=b, scheme=self.resampling)
+                          particles=b, scheme=self.resampling, weights=mode)
         out = SampleResult(samples=x_out, info=info, state=st)
         return health.finish(out, x, sampler="SMC", on_divergence=on_divergence,
                              metropolis=kernel is not None and kernel.needs_energy and K > 0,
