@@ -14,7 +14,9 @@ Cells (each ``n`` images; every image gets its own random request, drawn like th
   guidance scale) on the same requests;
 * ``NOT``: ``at(p) AND NOT at(q)``;
 * ``attributes``: ``colour``, ``colour AND shape``, ``colour AND shape AND size``,
-  ``colour AND NOT shape`` on the single-object attribute model.
+  ``colour AND NOT shape`` on the single-object attribute model, and (when it was trained with
+  multi-hot labels) the jointly conditioned baseline of each AND cell: one condition holding all
+  the requested attributes.
 
 Every cell reports accuracy and strict accuracy with binomial standard errors
 ``sqrt(p (1 − p) / n)``, the NFE (network forwards, all leaves batched into one) and seconds per
@@ -224,6 +226,15 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
                 acc = _rate(ok)
                 rows.append(_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs, nfe, weight))
                 log(f"attributes {cell:<26}{param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
+            if sm.attribute_labels == "multi" and len(require[0]) > 1 and not forbid[0]:
+                # the jointly conditioned baseline: one multi-hot condition holding every requested attribute
+                energy = sm.combine([sm.leaf(torch.stack([scenes.attributes(r) for r in require]))], weight=weight)
+                for s in _samplers_for(param, [x for x in samplers if x in ("ddpm", "ddim")]):
+                    images, used, secs = _sample(energy, sm, s, nfe, n, seed + 1000 + ci)
+                    ok = torch.stack([scenes.attribute_accuracy(images[i : i + 1], require=require[i])[0] for i in range(n)])
+                    acc = _rate(ok)
+                    rows.append(_row(f"attributes: {cell}", len(require[0]), "joint", param, s, n, acc, None, used, secs, nfe, weight))
+                    log(f"attributes {cell:<26}joint {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
     settings = {"quick": quick, "n": n, "nfe_budget": nfe, "ks": list(ks), "samplers": list(samplers), "weight": weight,
                 "tasks": list(tasks), "energy_ks": energy_ks, "energy_samplers": energy_samplers, "variants": sorted(variants or {}),
                 "models_run": sorted(models), "seed": seed, "radius": RADIUS, "threads": torch.get_num_threads(),

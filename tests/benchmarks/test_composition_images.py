@@ -114,3 +114,18 @@ def test_findings_compare_only_cells_of_the_same_guidance_scale():
             {**_row("positions K=1", "composed", "energy", "ddpm", 0.85), "weight": 7.0}]
     found = [f for f in ci.findings({"rows": rows, "settings": {}}) if "pc-mala vs ddpm" in f]
     assert found == ["positions K=1, energy: pc-mala vs ddpm at NFE 10, α = 7: 0.900 vs 0.850 (+0.050 ± 0.047): not significantly different."]
+
+
+def test_a_multi_hot_attribute_model_adds_the_joint_baseline_to_the_and_cells(monkeypatch):
+    from toy.image_train import config_for
+    from toy.scene_model import SceneModel
+    from toy.scene_nets import SceneUNet
+
+    net = SceneUNet(**config_for("attribute", "epsilon", "quick").net_config()).eval().requires_grad_(False)
+    one = SceneModel.from_net(net)
+    multi = SceneModel(one.model, "attribute", one.resolution, {"train": {"attribute_labels": "multi"}})
+    for sm, joint_cells in ((one, set()), (multi, {"attributes: colour AND shape", "attributes: colour AND shape AND size"})):
+        monkeypatch.setattr(ci, "load_models", lambda *a, sm=sm: {"attribute:epsilon": sm})
+        rows = ci.run(quick=True, n=2, nfe=2, samplers=["ddim"], tasks=["attributes"], log=lambda *a: None)["rows"]
+        assert {r["task"] for r in rows if r["model"] == "joint"} == joint_cells
+        assert len([r for r in rows if r["model"] == "composed"]) == len(ci.ATTRIBUTE_CELLS)
