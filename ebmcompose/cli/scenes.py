@@ -6,13 +6,16 @@ Registered by :func:`add_parser` (each sub-subcommand sets ``func``). Imports
 ``sample`` writes ``OUT/samples.npy`` (float32 ``(N, 3, H, W)`` in ``[0, 1]``), ``OUT/grid.png``
 and ``OUT/metrics.json`` (accuracy from :mod:`toy.scenes`' evaluator, NFE, seconds), staged by
 :func:`ebmcompose.cli.outputs.staged_output` and moved in only when the run succeeded; other
-files in ``OUT`` are never touched. Bad input (positions, attribute names, a checkpoint of another
+files in ``OUT`` are never touched. The images come in blocks of ``--block`` (each seeded from
+``--seed`` and its index, :mod:`ebmcompose.distributed`), so under ``torchrun`` the ranks share the
+blocks and rank 0 writes the same files as one process does. Bad input (positions, attribute names, a checkpoint of another
 resolution or family) raises :class:`ebmcompose.InputError` before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -20,11 +23,13 @@ from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from ..errors import InputError
-from .outputs import staged_output
+from .outputs import staged_output, writable_base
 
 __all__ = ["add_parser", "run_train", "run_sample", "parse_position"]
 
 SUFFIX = {"epsilon": "eps", "energy": "energy"}
+#: Images per block of ``scenes sample`` (one sampler call, one random stream each).
+DEFAULT_BLOCK = 32
 
 
 # ---------------------------------------------------------------------------- parser
@@ -95,6 +100,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=int, default=None, help="required image side (default: the model's)")
     s.add_argument("--checkpoint", default=None, help="a model checkpoint (default: the shipped one)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--block", type=int, default=DEFAULT_BLOCK,
+                   help="images per block, each with its own random stream; blocks spread over torchrun "
+                        "processes, and the images depend on --seed and --block, not on their number "
+                        "(default %(default)s)")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=run_sample)
     return p
@@ -202,13 +211,35 @@ def _grid_png(images, path: Path) -> None:
     Image.fromarray(image_grid(images)).save(path, format="PNG")
 
 
-def run_sample(args) -> int:
-    """``ebmcompose scenes sample``."""
-    import numpy as np
-    import torch
-
-    from .scene_sampling import NEEDS_ENERGY, SAMPLERS, build_sampler
+def _score(images, req, args, sm, n: int, nfe: int, seconds: float, block: int) -> Dict[str, Any]:
+    """metrics.json: the request, the evaluator's accuracy (with its binomial standard error), NFE, time."""
     from toy import scenes
+
+    metrics: Dict[str, Any] = {
+        "family": req["family"], "parameterisation": sm.parameterisation, "sampler": args.sampler, "n": n,
+        "seed": args.seed, "block": block, "weight": args.weight, "neg_weight": args.neg_weight, "nfe": int(nfe),
+        "seconds": round(seconds, 3), "seconds_per_image": round(seconds / n, 4),
+    }
+    if req["family"] == "attribute":
+        ok = scenes.attribute_accuracy(images, require=req["require"], forbid=req["forbid"])
+        metrics.update(require=req["require"], forbid=req["forbid"])
+    else:
+        ok = scenes.position_accuracy(images, at=req["at"], not_at=req["not_at"])
+        metrics.update(at=req["at"], not_at=req["not_at"])
+        if not req["not_at"]:
+            metrics["strict_accuracy"] = float(scenes.position_strict(images, at=req["at"]).float().mean())
+    p = float(ok.float().mean())
+    metrics["accuracy"] = p
+    metrics["accuracy_se"] = math.sqrt(max(p * (1 - p), 0.0) / n)
+    return metrics
+
+
+def run_sample(args) -> int:
+    """``ebmcompose scenes sample`` (under ``torchrun`` too: the images' blocks spread over the ranks)."""
+    import numpy as np
+
+    from .. import distributed
+    from .scene_sampling import NEEDS_ENERGY, SAMPLERS, build_sampler
     from toy.scene_model import to_unit
 
     req = _request(args)
@@ -230,41 +261,27 @@ def run_sample(args) -> int:
     else:
         energy = sm.joint_condition(req["at"], weight=args.weight)
     out = Path(args.out)
-    with staged_output(out, "scenes-sample") as stage:  # checks --out before the run
-        sampler = build_sampler(args.sampler, sm.schedule, max(2, nfe))
-        g = torch.Generator().manual_seed(args.seed)
-        t0 = time.perf_counter()
-        res = sampler.sample(energy, shape=sm.shape(n), generator=g)
-        seconds = time.perf_counter() - t0
-        images = to_unit(res.samples)
-        metrics: Dict[str, Any] = {
-            "family": req["family"],
-            "parameterisation": sm.parameterisation,
-            "sampler": args.sampler,
-            "n": n,
-            "seed": args.seed,
-            "weight": args.weight,
-            "neg_weight": args.neg_weight,
-            "nfe": int(res.info["nfe"]),
-            "seconds": round(seconds, 3),
-            "seconds_per_image": round(seconds / n, 4),
-        }
-        if req["family"] == "attribute":
-            ok = scenes.attribute_accuracy(images, require=req["require"], forbid=req["forbid"])
-            metrics.update(require=req["require"], forbid=req["forbid"])
-        else:
-            ok = scenes.position_accuracy(images, at=req["at"], not_at=req["not_at"])
-            metrics.update(at=req["at"], not_at=req["not_at"])
-            if not req["not_at"]:
-                metrics["strict_accuracy"] = float(scenes.position_strict(images, at=req["at"]).float().mean())
-        p = float(ok.float().mean())
-        metrics["accuracy"] = p
-        metrics["accuracy_se"] = math.sqrt(max(p * (1 - p), 0.0) / n)
-        arr = images.numpy().astype(np.float32)
-        with open(stage / "samples.npy", "wb") as f:
-            np.save(f, arr)
-        _grid_png(images, stage / "grid.png")
-        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    block = _positive(args.block, "--block")
+    sampler = build_sampler(args.sampler, sm.schedule, max(2, nfe))
+    with distributed.session("cpu") as session:
+        with distributed.all_or_none(session):  # a bad --out stops every rank before the run
+            if session.is_main:
+                writable_base(out)
+        with staged_output(out, "scenes-sample") if session.is_main else contextlib.nullcontext() as stage:
+            t0 = time.perf_counter()
+            res = distributed.sample(sampler, energy, n, seed=args.seed, block=block, event_shape=sm.shape(1)[1:],
+                                     session=session)
+            seconds = time.perf_counter() - t0
+            if session.is_main:
+                images = to_unit(res.samples)
+                metrics = _score(images, req, args, sm, n, res.nfe, seconds, block)
+                with open(stage / "samples.npy", "wb") as f:
+                    np.save(f, images.numpy().astype(np.float32))
+                _grid_png(images, stage / "grid.png")
+                (stage / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if not session.is_main:
+        return 0
+    p = metrics["accuracy"]
     print(
         f"scenes sample: {n} images, accuracy {p:.3f} ± {metrics['accuracy_se']:.3f}, nfe {metrics['nfe']}, "
         f"{seconds:.1f} s; wrote {out}/samples.npy, grid.png, metrics.json"

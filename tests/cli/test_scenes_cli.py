@@ -80,3 +80,23 @@ def test_train_stops_resumes_and_exports(tmp_path, capsys):
     assert cli.main(base + ["--resume"]) == 0
     model, _, config = it.load_model(out / "scenes_position_eps")
     assert config["storage"] == "float16" and config["train"]["steps"] == 2
+
+
+def test_two_torchrun_processes_write_the_images_of_one(tmp_path, checkpoints):
+    """Blocks of --block images, each seeded from (--seed, block): 2 gloo processes share the 3 blocks
+    and rank 0 writes exactly the one-process images (and only rank 0 writes)."""
+    import _distributed_worker as worker
+
+    args = ["--checkpoint", checkpoints / "pos32", "--n", "5", "--block", "2", "--steps", "2", "--at", "0.3,0.6", "--seed", "5"]
+    assert _sample(tmp_path / "one", *args[1:2], *args[2:]) == 0
+    proc = worker.torchrun(["-m", "--", "ebmcompose", "scenes", "sample", *args, "--out", tmp_path / "two"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("scenes sample: 5 images") == 1  # rank 0 reports, rank 1 stays quiet
+    assert np.array_equal(np.load(tmp_path / "one" / "samples.npy"), np.load(tmp_path / "two" / "samples.npy"))
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert one["accuracy"] == two["accuracy"] and one["block"] == two["block"] == 2
+
+
+def test_block_is_checked(tmp_path, checkpoints, capsys):
+    assert _sample(tmp_path / "out", checkpoints / "pos32", "--at", "0.2,0.2", "--block", "0") == 2
+    assert "--block" in capsys.readouterr().err and not (tmp_path / "out").exists()
