@@ -23,8 +23,14 @@ them it is a one-process session and nothing here touches ``torch.distributed``.
 Failures: :func:`all_or_none` makes every rank agree on an error before anything is written,
 so a rank that raises ends every rank with that error (rank 0 writes nothing).
 
-SMC (global resampling across ranks) uses :func:`gather_rows`, :func:`resample_indices` and
-:func:`take_rows`; see :func:`take_rows` for the recipe.
+SMC: ``sample(SMC(...), energy, n, seed=..., block=..., session=...)`` runs ONE population of
+``n`` particles cut into the same blocks (a sampler with a ``sample_sharded`` method): block ``b``
+draws its start, proposal noise and rejuvenation moves from its own generator as above, and the
+population resamples globally across ranks with :func:`gather_rows` (the log weights),
+:func:`resample_indices` (ancestors from :func:`shared_generator` ``(seed, "resample")``, the same
+on every rank) and :func:`take_rows` (the particles); see :func:`take_rows` for the recipe and
+``samplers.population``. Samples, ``log_z``, per-level ESS and resampling events depend on
+``seed`` and ``block``, not on the number of processes.
 """
 
 from __future__ import annotations
@@ -393,11 +399,16 @@ class ShardedResult:
         One per block, in block order.
     plan : BlockPlan
         The blocks and this rank's share.
+    population : dict or None
+        For a sampler run as one population over all blocks (SMC): what describes the whole
+        population, the same on every rank: ``log_z`` (float), ``n_resampled`` (int), ``ess``
+        ``(L,)`` float64 and ``resampled`` ``(L,)`` bool per level; ``None`` for independent chains.
     """
 
     samples: Tensor
     blocks: Tuple[BlockReport, ...]
     plan: BlockPlan
+    population: Optional[dict] = None
 
     @property
     def nfe(self) -> int:
@@ -444,7 +455,12 @@ def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence
     ----------
     sampler
         Any sampler (``sampler.sample(energy, x0, ..., generator=g)``): ULA, MALA, HMC,
-        reverse diffusion, annealed Langevin, predictor–corrector.
+        reverse diffusion, annealed Langevin, predictor–corrector: each block is an independent
+        run. A sampler with a ``sample_sharded(energy, plan, session, seed=..., event_shape=...,
+        init=..., device=..., dtype=..., progress=..., **kwargs)`` method (``samplers.SMC``) runs
+        instead as ONE population of ``n`` particles spread over the blocks (SMC resamples
+        globally: see :func:`take_rows`); its result's ``population`` holds ``log_z`` and the
+        resampling events of the whole population.
     energy : Energy
         The target, on the run's device.
     n : int
@@ -471,7 +487,9 @@ def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence
     Returns
     -------
     ShardedResult
-        Gathered samples and per-block reports, identical on every rank.
+        Gathered samples ``(n, *event)`` and per-block reports, identical on every rank (a
+        population run reports each block's acceptance, the run's NFE, and each rank's
+        divergences and warnings on its first block).
 
     Raises
     ------
@@ -483,6 +501,9 @@ def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence
         raise InputError("pass exactly one of event_shape=(...) (start from the sampler's prior) or init=fn(m, g) -> x0")
     plan = BlockPlan.of(n, block, s)
     dev = torch.device(device) if device is not None else s.device
+    if callable(getattr(sampler, "sample_sharded", None)):  # one population over every block (SMC)
+        return _sample_population(sampler, energy, plan, s, seed=seed, event_shape=event_shape, init=init,
+                                  device=dev, dtype=dtype, progress=progress and s.is_main, **kwargs)
     results = []
     with all_or_none(s):
         for b in plan.blocks:
@@ -508,6 +529,29 @@ def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence
     return ShardedResult(samples=gather_rows(local, plan, s), blocks=blocks, plan=plan)
 
 
+def _sample_population(sampler, energy, plan: BlockPlan, s: Session, *, seed: int, **kwargs) -> ShardedResult:
+    """:func:`sample` for a sampler that runs one population over the blocks (``sampler.sample_sharded``)."""
+    with all_or_none(s):
+        res = sampler.sample_sharded(energy, plan, s, seed=seed, **kwargs)
+    info = res.info
+    per_chain = info.get("acceptance_per_chain")
+    extra = tuple((k, float(info.get(k))) for k in EXTRA_KEYS if info.get(k) is not None)
+    reports, offset = [], 0
+    for k, b in enumerate(plan.blocks):
+        lo, hi = plan.bounds(b)
+        acc = None if per_chain is None else float(per_chain[offset:offset + hi - lo].double().mean())
+        reports.append(BlockReport(block=b, n=hi - lo, nfe=int(info["nfe"]), acceptance=acc,
+                                   divergences=int(info.get("divergences", 0) or 0) if k == 0 else 0, step_size=None,
+                                   warnings=tuple(getattr(res, "warnings", ())) if k == 0 else (), extra=extra))
+        offset += hi - lo
+    meta = all_gather_objects(reports, s)
+    blocks = tuple(sorted((r for rs in meta for r in rs), key=lambda r: r.block))
+    population = dict(log_z=float(info["log_z"]), n_resampled=int(info["n_resampled"]),
+                      ess=info["ess"].clone(), resampled=info["resampled"].clone())
+    return ShardedResult(samples=gather_rows(res.samples.detach(), plan, s), blocks=blocks, plan=plan,
+                         population=population)
+
+
 # ----------------------------------------------------------------------------- SMC collectives
 def resample_indices(log_weights: Tensor, generator: torch.Generator, method: str = "systematic") -> Tensor:
     """``(N,)`` int64 ancestor indices from ``(N,)`` global log-weights.
@@ -521,9 +565,9 @@ def resample_indices(log_weights: Tensor, generator: torch.Generator, method: st
         ``(N,)`` unnormalised log-weights (``-inf`` allowed, not all).
     generator : torch.Generator
         A CPU generator in the same state on every rank.
-    method : {"systematic", "multinomial"}
+    method : {"systematic", "stratified", "multinomial"}
         Systematic: one uniform, particle ``i`` gets ``floor`` or ``ceil`` of ``N w_i`` copies;
-        multinomial: ``N`` independent draws.
+        stratified: one uniform in each of the ``N`` strata; multinomial: ``N`` independent draws.
     """
     lw = log_weights.detach().to("cpu", torch.float64).flatten()
     if lw.numel() == 0 or not bool(torch.isfinite(lw).any()) or bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):
@@ -532,9 +576,10 @@ def resample_indices(log_weights: Tensor, generator: torch.Generator, method: st
     n = w.numel()
     if method == "multinomial":
         return torch.multinomial(w, n, replacement=True, generator=generator)
-    if method != "systematic":
-        raise InputError(f"method must be 'systematic' or 'multinomial', got {method!r}")
-    u = (torch.arange(n, dtype=torch.float64) + torch.rand((), generator=generator, dtype=torch.float64)) / n
+    if method not in ("systematic", "stratified"):
+        raise InputError(f"method must be 'systematic', 'stratified' or 'multinomial', got {method!r}")
+    draws = torch.rand(() if method == "systematic" else (n,), generator=generator, dtype=torch.float64)
+    u = (torch.arange(n, dtype=torch.float64) + draws) / n
     cdf = torch.cumsum(w, 0)
     cdf[-1] = 1.0
     return torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)

@@ -46,6 +46,11 @@ scheme is drawn every level and applied where the ESS is low. The last level is 
 resampled, *before* its rejuvenation (so the MCMC moves spread the duplicates resampling makes),
 and ``samples`` are equally weighted.
 
+Several processes (``ec.distributed.sample(SMC(...), energy, N, seed=..., block=...)``,
+:meth:`SMC.sample_sharded`): the same algorithm on one population cut into blocks, each block with
+its own random streams, resampled globally across the ranks (:mod:`samplers.population`); the
+result depends on the seed and the block size, not on the number of processes.
+
 Score-only energies (ε-networks) have no energy values, so the weights above are unavailable.
 ``weights="fkc"`` (or ``"auto"``, which picks it when ``energy.has_energy`` is false) uses instead
 the Feynman–Kac corrector weights of Skreta et al. (2025, :mod:`samplers.fkc`), which need only
@@ -87,9 +92,10 @@ from .adaptation import DualAveraging
 from .annealed_langevin import step_size_exponent
 from .base import MCMCKernel, State, check_positive_int, evaluate, randn_like, require_energy, sum_event
 from .fkc import FKCScores, fkc_increment, fkc_start, step_integrals
-from .ladder import (LadderState, LevelInfo, check_kernel, check_time_dependent, correct, level_info, prior_sample, run_ladder,
-                     step_factors, summarise)
-from .resampling import SCHEMES, ess as _ess, resample
+from .ladder import (LadderState, LevelInfo, check_kernel, check_time_dependent, correct, level_info, run_ladder, step_factors,
+                     summarise)
+from .population import OneGenerator, Population, ShardedPopulation, each_block, rejuvenate_blocks, take_state, whole
+from .resampling import SCHEMES, ess as _ess
 from .result import LadderSummary, SampleResult
 from .reverse_diffusion import DiffusionStep, ddim_coefficients, ddim_update
 from .run import search_step_size
@@ -194,15 +200,6 @@ def _backward(schedule: ec.VPSchedule, ts: Tensor):
         b2 = -math.expm1(log_ab[i] - log_ab[i + 1])
         out.append((math.exp(0.5 * (log_ab[i] - log_ab[i + 1])), 0.5 * math.log(b2), 0.5 / b2))
     return out
-
-
-def _gather(state: State, idx: Tensor) -> State:
-    """The state's per-particle tensors (``x``, energy, gradient, ``t``, HMC momentum) at ancestors ``idx``."""
-    b = state.x.shape[0]
-    changes = {f.name: getattr(state, f.name).index_select(0, idx) for f in dataclasses.fields(state)
-               if isinstance(getattr(state, f.name), Tensor) and getattr(state, f.name).dim() > 0
-               and getattr(state, f.name).shape[0] == b}
-    return state.replace(**changes)
 
 
 @dataclass(frozen=True)
@@ -390,6 +387,79 @@ class SMC:
         NonFiniteStateError
             A particle's position, energy or gradient became NaN/inf; names the level.
         """
+        return self._run(energy, OneGenerator(generator), x0, shape, device, dtype, progress, callback, trace_every,
+                         on_divergence)
+
+    def sample_sharded(
+        self,
+        energy: ec.Energy,
+        plan,
+        session,
+        *,
+        seed: int,
+        event_shape: Optional[Sequence[int]] = None,
+        init: Optional[Callable[[int, torch.Generator], Tensor]] = None,
+        device=None,
+        dtype: Optional[torch.dtype] = None,
+        progress: bool = False,
+        callback: Optional[Callable] = None,
+        trace_every: int = 0,
+        on_divergence: str = "warn",
+    ) -> SampleResult:
+        """Collective: one population of ``plan.n`` particles split into the blocks of ``plan`` over the ranks.
+
+        Called by ``ec.distributed.sample(SMC(...), energy, n, seed=..., block=..., session=...)``
+        (which recognises a sampler with this method) on every rank with the same arguments. The
+        algorithm is that of :meth:`sample` (:mod:`samplers.population`): block ``b`` (rows
+        ``plan.bounds(b)``) draws its start, proposal noise and rejuvenation transitions from
+        ``ec.distributed.block_generator(seed, b)``, and its energies, weight increments and MCMC
+        transitions are computed block by block; the ESS, the resampling decision and ``log Ẑ``
+        use the all-gathered ``(N,)`` log weights; ancestors come from
+        ``ec.distributed.resample_indices`` with ``shared_generator(seed, "resample")`` and every
+        per-particle tensor moves with ``take_rows``. The result depends on ``seed`` and
+        ``plan.block``, never on the number of processes (bitwise on the CPU), but differs from
+        :meth:`sample` with one generator. Rejuvenation step sizes (search, ``step_rule="adapt"``)
+        are found per block.
+
+        Parameters
+        ----------
+        energy : ec.Energy
+            As :meth:`sample`, on the run's device.
+        plan : ec.distributed.BlockPlan
+            ``N = plan.n`` particles in blocks of ``plan.block``; this rank holds ``plan.rows``.
+        session : ec.distributed.Session
+            The process group (``Session()``: every block in this process).
+        seed : int
+            The run's seed.
+        event_shape : sequence of int, optional
+            Shape of one particle; blocks start from ``N(0, I)`` draws of their generator.
+        init : callable, optional
+            Instead: ``init(m, g) -> (m, *event)`` a block's starting particles (weighted as ``N(0, I)`` draws).
+        device, dtype
+            Where and in which dtype the start is drawn (default: the session's device, torch's dtype).
+        progress, callback, trace_every, on_divergence
+            As :meth:`sample` (callbacks and traces see this rank's rows).
+
+        Returns
+        -------
+        SampleResult
+            ``samples`` ``(m, *event)`` this rank's particles in its local order (``plan.rows``:
+            its blocks one after another), equally weighted; ``info`` an :class:`SMCSummary` whose
+            ``log_z``, ``ess``, ``resampled``, ``n_resampled`` and ``particles`` (``N``) describe the
+            whole population (the same on every rank), and whose acceptance, step sizes, divergences
+            and NFE are this rank's (mean acceptance and step size over its blocks, weighted by size;
+            NFE the most any of its particles went through).
+        """
+        if (event_shape is None) == (init is None):
+            raise ec.InputError("pass exactly one of event_shape=(...) (start from N(0, I)) or init=fn(m, g) -> x0")
+        dev = torch.device(device) if device is not None else session.device
+        pop = ShardedPopulation(plan, session, seed, dev, init)
+        shape = None if event_shape is None else (plan.n, *event_shape)
+        return self._run(energy, pop, None, shape, dev, dtype, progress, callback, trace_every, on_divergence)
+
+    def _run(self, energy, pop: Population, x0, shape, device, dtype, progress, callback, trace_every,
+             on_divergence) -> SampleResult:
+        """The algorithm (module notes) on the population ``pop`` (:mod:`samplers.population`)."""
         check_positive_int(trace_every, "trace_every", allow_zero=True)
         health.check_on_divergence(on_divergence)
         check_time_dependent(energy, "SMC", self.static_ok)
@@ -408,17 +478,19 @@ class SMC:
             if fkc is not None:
                 raise (ec.InputError if energy.has_energy else ec.ScoreOnlyError)(_FKC_KERNEL.format(type(kernel).__name__))
             require_energy(energy, f"the {type(kernel).__name__} rejuvenation of SMC")
-        x = prior_sample(x0, shape, generator, device, dtype, "SMC")
+        x = pop.start(x0, shape, device, dtype)
         ts_t = self.ladder()
         ts = ts_t.tolist()
-        energy.check_input(x, ts[0])
+        if x.shape[0] or not pop.sharded:  # an idle rank (no block) holds an empty batch
+            energy.check_input(x, ts[0])
         steps = smc_steps(self.schedule, ts_t, float(self.eta), self.proposal_variance)
         back = _backward(self.schedule, ts_t)
         deltas = step_integrals(self.schedule, ts_t) if fkc is not None else None
         factors = self.rule_factors() if kernel is not None else None
         adapt = DualAveraging(kernel.target_accept) if kernel is not None and self.step_rule == "adapt" else None
-        b = x.shape[0]
-        d = max(int(x[:1].numel()), 1)
+        b = pop.size(x)
+        blocks = pop.blocks(x)
+        d = math.prod(x.shape[1:])
         wdtype = torch.promote_types(x.dtype, torch.float32)
         log_b = math.log(b)
         thr = float(self.ess_threshold) * b
@@ -439,61 +511,82 @@ class SMC:
                 return state_type(x=xs, energy=e, grad=g, t=tt), nfe, rate
             return previous.replace(x=xs, energy=e, grad=g, t=tt), nfe, rate
 
+        def begin(g, xs: Tensor):
+            """One block's start: ``(state, log_w, rate, nfe)``."""
+            st0, nfe0, rate0 = at(xs, ts[0])
+            if fkc is None:
+                xf = xs.reshape(xs.shape[0], d).to(wdtype)
+                log_w0 = -st0.energy.to(wdtype) + 0.5 * xf.square().sum(1) + 0.5 * d * _LOG_2PI
+            else:
+                log_w0 = fkc_start(xs, fkc.total, wdtype)
+            return st0, log_w0, rate0, nfe0
+
         def reweight(st: State, log_w: Tensor, log_z: Tensor, force: bool = False, rate: Optional[Tensor] = None):
-            """ESS, adaptive resampling (decided on the device): ``(state, log_w, log_z, ess, resampled, rate)``."""
+            """ESS and adaptive resampling of the whole population: ``(state, log_w, log_z, ess, resampled, rate)``."""
             log_w = torch.nan_to_num(log_w, nan=-math.inf, posinf=-math.inf)
-            e = _ess(log_w)
-            idx = resample(log_w, self.resampling, generator)
+            lw_all = pop.gather(log_w)  # (N,)
+            e = _ess(lw_all)
             do = torch.ones_like(e, dtype=torch.bool) if force else e < thr
-            idx = torch.where(do, idx, torch.arange(b, device=idx.device))
-            lse = torch.logsumexp(log_w, 0) - log_b
+            idx = pop.ancestors(lw_all, do, self.resampling)
+            lse = torch.logsumexp(lw_all, 0) - log_b
             log_z = torch.where(do, log_z + lse, log_z)
             log_w = torch.where(do, torch.zeros_like(log_w), log_w)
-            return _gather(st, idx), log_w, log_z, e, do, None if rate is None else rate.index_select(0, idx)
+            return take_state(st, idx, pop.take), log_w, log_z, e, do, None if rate is None else pop.take(rate, idx)
 
-        def move(i: int, ls: SMCState):
-            j = i + 1
-            prev, step = ls.kernel_state, steps[i]
+        def propose(g, prev: State, log_w: Tensor, rate_prev: Optional[Tensor], i: int):
+            """One block's proposal step ``i`` and weight: ``(state, log_w, rate, nfe)``."""
+            step = steps[i]
             a, log_bb, inv_2b2 = back[i]
             mean = ddim_update(prev.x, prev.grad, dataclasses.replace(step, noise_std=0.0), None)
-            xi = randn_like(prev.x, generator)
+            xi = randn_like(prev.x, g)
             x_new = mean + step.noise_std * xi
-            st, nfe, rate = at(x_new, ts[j], prev)
+            st, nfe, rate = at(x_new, ts[i + 1], prev)
             if fkc is None:
                 log_q = -inv_2b2 * sum_event((prev.x - a * x_new).square()).to(wdtype)
                 log_m = -0.5 * sum_event(xi.square()).to(wdtype)
                 inc = (prev.energy.to(wdtype) - st.energy.to(wdtype) + log_q - log_m
                        + d * (math.log(step.noise_std) - log_bb))
             else:
-                inc = fkc_increment(ls.fkc_rate, rate, deltas[i], fkc.total, d)
-            st, log_w, log_z, e, do, rate = reweight(st, ls.log_weights + inc, ls.log_z, force=j == len(steps),
-                                                     rate=rate)
-            carry, rec, h = ls.step_size, None, None
+                inc = fkc_increment(rate_prev, rate, deltas[i], fkc.total, d)
+            return st, log_w + inc, rate, nfe
+
+        def rejuvenate(g, st: State, rate: Optional[Tensor], carry, j: int):
+            """One block's ``K`` transitions at level ``j``: ``(state, rate, carry, recorder, step size, nfe)``."""
+            nfe = 0
+            if adapt is not None and carry is not None:
+                h = carry * factors[j]
+            elif kernel.step_size is None:
+                h, nfe = search_step_size(kernel, energy, st, g, guess=guess_scale * factors[j])
+            else:
+                h = kernel.step_size * factors[j]
+            st, k_out, rec = correct(kernel.with_step_size(h), energy, st, K, g, adapt)
+            if adapt is not None:
+                carry = k_out.step_size / factors[j]
+            if st.energy is None:  # ULA keeps no energy; the next weight needs E(x, t) (FKC: the rate)
+                st, n, rate = at(st.x, ts[j], st)
+                nfe += n
+            return st, rate, carry, rec, h, nfe
+
+        def move(i: int, ls: SMCState):
+            j = i + 1
+            st, log_w, rate, nfe = each_block(blocks, lambda g, p, w, r: propose(g, p, w, r, i), ls.kernel_state,
+                                               ls.log_weights, ls.fkc_rate)
+            st, log_w, log_z, e, do, rate = reweight(st, log_w, ls.log_z, force=j == len(steps), rate=rate)
+            carry, base = ls.step_size, None
             if kernel is not None and K:
-                if adapt is not None and ls.step_size is not None:
-                    h = ls.step_size * factors[j]
-                elif kernel.step_size is None:
-                    h, n = search_step_size(kernel, energy, st, generator, guess=guess_scale * factors[j])
-                    nfe += n
-                else:
-                    h = kernel.step_size * factors[j]
-                st, k_out, rec = correct(kernel.with_step_size(h), energy, st, K, generator, adapt)
-                if adapt is not None:
-                    carry = k_out.step_size / factors[j]
-                if st.energy is None:  # ULA keeps no energy; the next weight needs E(x, t) (FKC: the rate)
-                    st, n, rate = at(st.x, ts[j], st)
-                    nfe += n
-            base = level_info(ts[j], nfe, rec, h)
+                if whole(blocks, st):
+                    st, rate, carry, rec, h, n = rejuvenate(blocks[0][2], st, rate, carry, j)
+                    base = level_info(ts[j], nfe + n, rec, h)
+                else:  # block by block, each with its generator and its own (adapted) step size
+                    st, rate, carry, base = rejuvenate_blocks(blocks, lambda g, *a: rejuvenate(g, *a, j), st, rate,
+                                                              carry, ts[j], nfe, adapt is not None)
+            if base is None:
+                base = level_info(ts[j], nfe)
             info = SMCLevelInfo(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, ess=e, resampled=do)
             return SMCState(x=st.x, t=ts[j], level=j, kernel_state=st, step_size=carry, log_weights=log_w,
                             log_z=log_z, fkc_rate=rate), info
 
-        st0, nfe0, rate0 = at(x, ts[0])
-        if fkc is None:
-            xf = x.reshape(b, -1).to(wdtype)
-            log_w0 = -st0.energy.to(wdtype) + 0.5 * xf.square().sum(1) + 0.5 * d * _LOG_2PI
-        else:
-            log_w0 = fkc_start(x, fkc.total, wdtype)
+        st0, log_w0, rate0, nfe0 = each_block(blocks, begin, x)
         st0, log_w0, log_z0, ess0, do0, rate0 = reweight(st0, log_w0, torch.zeros((), device=x.device, dtype=wdtype),
                                                          rate=rate0)
         start = SMCState(x=st0.x, t=ts[0], level=0, kernel_state=st0, log_weights=log_w0, log_z=log_z0,
@@ -506,7 +599,7 @@ class SMC:
         x_out = st.x
         if ts[-1] > 0.0:  # noise-free x0-prediction from t_min to 0 (cached gradient)
             last = ddim_coefficients(self.schedule, torch.tensor([ts[-1], 0.0], dtype=torch.float64), 0.0)[0]
-            x_out = ddim_update(st.x, st.grad, last, None)
+            x_out, = each_block(blocks, lambda g, s_: (ddim_update(s_.x, s_.grad, last, None),), st)
         ess_all = torch.stack([ess0] + [i.ess for i in infos]).detach().to("cpu", torch.float64)
         res_all = torch.stack([do0] + [i.resampled for i in infos]).detach().cpu()
         corrected = [False] + [i.n_transitions > 0 for i in infos] if kernel is not None else None
@@ -516,6 +609,9 @@ class SMC:
                           log_z=float(log_z), ess=ess_all, resampled=res_all, n_resampled=int(res_all.sum()),
                           particles=b, scheme=self.resampling, weights=mode)
         out = SampleResult(samples=x_out, info=info, state=st)
+        if x.shape[0] == 0:  # an idle rank of a sharded population: nothing of its own to assess
+            return out
         return health.finish(out, x, sampler="SMC", on_divergence=on_divergence,
                              metropolis=kernel is not None and kernel.needs_energy and K > 0,
                              adapted=self.step_rule == "adapt", moves_every_chain=True)
+

@@ -1,6 +1,7 @@
 """The program the distributed tests launch with ``torchrun`` (and the runs they compare it with).
 
-``python _distributed_worker.py OUT``: every rank runs :func:`runs` through ``ec.distributed``;
+``python _distributed_worker.py OUT``: every rank runs :func:`runs` through ``ec.distributed``
+(including :func:`smc_runs`, one SMC population resampled globally across the ranks);
 rank 0 writes each result to ``OUT/<name>.npy``. Then every rank runs :func:`fail`, where block 1
 raises and rank 0 would write ``OUT/failed/samples.npy`` through ``staged_output`` only if every
 rank succeeded; each rank writes the error it ended with to ``OUT/error-<rank>.txt``.
@@ -35,7 +36,8 @@ def start(m, g):
 
 
 def runs(s: ec.distributed.Session) -> dict:
-    """name -> array: sampler runs and SMC resampling collectives on a fixed population."""
+    """name -> array: sampler runs, SMC as one sharded population, and SMC resampling collectives on a
+    fixed population."""
     from samplers import MALA, ULA, ReverseDiffusion
 
     gm = target()
@@ -50,6 +52,8 @@ def runs(s: ec.distributed.Session) -> dict:
                                 event_shape=(2,), block=BLOCK, session=s)
     out["reverse_diffusion"] = res.samples
 
+    out.update(smc_runs(s))
+
     plan = ec.distributed.BlockPlan.of(N, BLOCK, s)
     pop = torch.Generator().manual_seed(3)
     x, lw = torch.randn(N, 2, generator=pop), 2.0 * torch.randn(N, generator=pop)
@@ -60,6 +64,37 @@ def runs(s: ec.distributed.Session) -> dict:
         idx = ec.distributed.resample_indices(glw, g, method)
         new_local = ec.distributed.take_rows(local_x, idx, plan, s)
         out["resampled_" + method] = ec.distributed.gather_rows(new_local, plan, s)
+    return out
+
+
+def smc_runs(s: ec.distributed.Session, n: int = N, block: int = BLOCK) -> dict:
+    """name -> array: SMC as one population of ``n`` particles over the blocks (global resampling),
+    on the exact diffused mixture times a broad tilt, with energy weights (MALA rejuvenation, its step
+    size searched and adapted per block) and with FKC weights (ULA rejuvenation, stratified
+    resampling, ``t_min > 0``); samples, ``log_z``, per-level ESS, resampling events."""
+    import toy
+    from samplers import MALA, SMC, ULA
+
+    gm = target()
+    tilt = toy.GaussianMixture(torch.tensor([[1.0, 0.0]]), stds=1.5)
+    smc = SMC(SCHEDULE, 12, rejuvenate=MALA(n_steps=2), ess_threshold=0.95, t_max=0.9)
+    product = gm.diffused(SCHEDULE) + tilt.diffused(SCHEDULE)
+    linear = ec.VPSchedule.linear()
+    runs_ = {
+        "smc": (smc, product, block),
+        "smc_one_block": (smc, product, n),  # one block: rank 1 holds no particle but joins every collective
+        "smc_fkc": (SMC(linear, 20, weights="fkc", rejuvenate=ULA(step_size=0.05, n_steps=1), resampling="stratified",
+                        ess_threshold=0.9, t_max=0.9, t_min=0.01), gm.diffused(linear) + tilt.diffused(linear), block),
+    }
+    out = {}
+    for name, (sampler, energy, b) in runs_.items():
+        res = ec.distributed.sample(sampler, energy, n, seed=SEED, event_shape=(2,), block=b, session=s,
+                                    on_divergence="ignore")
+        pop = res.population
+        out[name] = res.samples
+        out[name + "_log_z"] = torch.tensor([pop["log_z"]], dtype=torch.float64)
+        out[name + "_ess"] = pop["ess"]
+        out[name + "_resampled"] = pop["resampled"].to(torch.int64)
     return out
 
 

@@ -81,7 +81,11 @@ Several processes: `torchrun --nproc_per_node=P --no-python -- ebmcompose sample
 chains into blocks of --block chains (each seeded from --seed and its index) over the P processes
 and writes the same files as the plain command; rank 0 writes them, and an error on any rank
 writes nothing. The samples depend on --seed and --block, not on P. The `--` keeps torchrun from
-reading `--n` as a prefix of its own options.
+reading `--n` as a prefix of its own options. smc runs ONE population of --n particles in the same
+blocks (default 512, also in one process): each block draws its start, proposal noise and
+rejuvenation moves from its own stream and adapts its own rejuvenation step size, while the ESS,
+the resampling and log_z use every particle's weight (gathered across the processes), so samples,
+log_z and resampling events depend on --seed and --block, not on P.
 """
 
 EPILOG = """\
@@ -127,7 +131,8 @@ def add_parser(subparsers) -> None:
     run_.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     run_.add_argument("--block", type=positive_int, default=None,
                       help="chains per block, each with its own random stream, spread over torchrun "
-                      "processes; the samples depend on it like on --seed (default: 512)")
+                      "processes; the samples depend on it like on --seed, not on the number of processes "
+                      "(default: 512; smc: blocks of one population, resampled across all of them)")
     run_.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     run_.add_argument("--out", default="sample-output", help="output folder (default: %(default)s; other files in it are kept)")
     run_.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
@@ -222,8 +227,8 @@ def run(args) -> int:
 
     check_options(args)
     dev = device(args.device)
-    # SMC's particles are one population (resampling is across all of them): one block unless told
-    args.block = args.block or (args.n if args.sampler == "smc" else distributed.DEFAULT_BLOCK)
+    # smc: one population of --n particles in blocks of --block (resampled across all blocks and ranks)
+    args.block = args.block or distributed.DEFAULT_BLOCK
     with distributed.session(dev) as session:
         with distributed.all_or_none(session):  # a bad --out stops every rank before the run
             if session.is_main:
@@ -309,8 +314,8 @@ def _sample(args, session):
     )
     if summary.step_size is not None:
         metrics["step_size"] = summary.step_size
-    if len(res.blocks) == 1:  # smc (one population): log-normaliser estimate and resampling events
-        metrics.update(dict(res.blocks[0].extra))
+    if res.population is not None:  # smc (one population): log-normaliser estimate and resampling events
+        metrics.update(log_z=res.population["log_z"], n_resampled=res.population["n_resampled"])
     record = {
         "config": {k: getattr(args, k) for k in _CONFIG_KEYS},
         "sampler": repr(sampler),

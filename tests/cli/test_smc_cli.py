@@ -69,14 +69,17 @@ def test_smc_bad_options_name_the_fix(argv, mentions, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_smc_population_is_one_block_beyond_the_default_block_size(tmp_path, capsys):
-    """Resampling must see every particle: 600 particles stay one population (one block), not 512 + 88."""
+def test_smc_population_beyond_the_default_block_size_is_one_population_in_blocks(tmp_path, capsys):
+    """600 particles: blocks of 512 + 88 (the default --block, the same for any number of processes)
+    resampled as one population: one log_z, resampling events counted once."""
     from ebmcompose import distributed
 
-    n = distributed.DEFAULT_BLOCK + 8
+    n = distributed.DEFAULT_BLOCK + 88
     out = tmp_path / "out"
     rc, _, err = run(["sample", "--task", "product", "--sampler", "smc", "--particles", n, "--levels", 3,
-                      "--rejuvenate", "none", "--out", out], capsys)
+                      "--rejuvenate", "none", "--ess-threshold", "1", "--out", out], capsys)
     assert rc == 0, err
     record = json.loads((out / "metrics.json").read_text())
-    assert record["config"]["block"] == n and math.isfinite(record["metrics"]["log_z"])
+    assert record["config"]["block"] == distributed.DEFAULT_BLOCK and math.isfinite(record["metrics"]["log_z"])
+    assert record["metrics"]["n_resampled"] == 4  # every level (threshold 1) of the whole population
+    assert torch.load(out / "samples.pt", weights_only=True).shape == (n, 2)
