@@ -38,6 +38,7 @@ Shapes: ``x`` ``(B, *event)``, ``t`` ``(B,)``, scores ``(n_leaves, B, *event)``,
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -171,10 +172,28 @@ class FKCScores:
         return -s_comp, rate
 
 
+#: The largest step integral ``Δ = ∫ β`` the weights' trapezoid rule is trusted with (a warning beyond).
+MAX_STEP_INTEGRAL = 1.0
+
+
 def step_integrals(schedule: ec.VPSchedule, ts: Tensor) -> List[float]:
-    """Per step ``t_k → t_{k+1}`` of the ladder ``ts`` ``(L + 1,)``: ``Δ_k = ∫ β = log(ᾱ_{k+1} / ᾱ_k) ≥ 0``."""
+    """Per step ``t_k → t_{k+1}`` of the ladder ``ts`` ``(L + 1,)``: ``Δ_k = ∫ β = log(ᾱ_{k+1} / ᾱ_k) ≥ 0``.
+
+    Warns (:class:`samplers.SamplingWarning`) when a step integrates more than
+    :data:`MAX_STEP_INTEGRAL`: the weights are then far from the continuous-time ones (the cosine
+    schedule's first step from ``t = 1`` integrates ~10 at 100 steps).
+    """
     la = schedule.log_alpha_bar(ts.detach().to("cpu", torch.float64)).tolist()
-    return [la[k + 1] - la[k] for k in range(len(la) - 1)]
+    deltas = [la[k + 1] - la[k] for k in range(len(la) - 1)]
+    worst = max(range(len(deltas)), key=deltas.__getitem__)
+    if deltas[worst] > MAX_STEP_INTEGRAL:
+        from .health import SamplingWarning
+
+        warnings.warn(
+            f"SMC: FKC weights are exact only for small steps, but step {worst} (t = {float(ts[worst]):.3g}) integrates "
+            f"beta over {deltas[worst]:.3g} > {MAX_STEP_INTEGRAL:g}: use more steps, a smaller t_max (e.g. 0.9 on the "
+            "cosine schedule) or VPSchedule.linear()", SamplingWarning, stacklevel=4)
+    return deltas
 
 
 def fkc_start(x: Tensor, total: float, wdtype: torch.dtype = torch.float32) -> Tensor:

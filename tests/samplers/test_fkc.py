@@ -206,3 +206,18 @@ def test_same_seed_same_samples_and_nfe():
     # two leaves per evaluation: 16 levels, one ULA transition per level and the leaves' re-evaluation after it
     assert r1.info.nfe == 2 * (16 + 15 + 15) and r1.info.weights == "fkc"
     assert SMC(SCHEDULE, 15, weights="fkc").sample(energy, shape=(20, 2), generator=seed(0)).info.nfe == 2 * 16
+
+
+def test_a_step_too_large_for_the_weights_warns_naming_the_fix():
+    import warnings as _w
+
+    from samplers.fkc import MAX_STEP_INTEGRAL, step_integrals
+    from samplers import SamplingWarning
+
+    cosine = ec.VPSchedule.cosine()
+    with pytest.warns(SamplingWarning, match="t_max"):
+        deltas = step_integrals(cosine, cosine.timesteps(100))
+    assert max(deltas) > MAX_STEP_INTEGRAL
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        assert max(step_integrals(cosine, cosine.timesteps(100, t_max=0.9))) < MAX_STEP_INTEGRAL
