@@ -67,8 +67,11 @@ def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args):
     graph = cache.get(key)
     if graph is None:
         graph = cache[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+    # the limit is raised for this call only (plain set and restore: config.patch costs ~7 small ops)
+    limit = _dynamo_config.recompile_limit
+    _dynamo_config.recompile_limit = max(limit, RECOMPILE_LIMIT)
     try:
-        with _dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT), torch.no_grad():
+        with torch.no_grad():
             return graph(*args)
     except COMPILE_ERRORS as exc:
         failed.add(name)
@@ -80,6 +83,8 @@ def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args):
             stacklevel=4,
         )
         return _FELL_BACK
+    finally:
+        _dynamo_config.recompile_limit = limit
 
 
 def call(fn: Callable, compile: bool, energy, *args):

@@ -115,3 +115,25 @@ def test_numpy_constant_rebuilt_each_call_falls_back_with_one_warning():
     b = MALA(step_size=0.01, n_steps=3).sample(energy, x0, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a.samples, b.samples)
     assert len(mine) <= 1  # compiles on some torch versions; never more than one warning
+
+
+def test_the_recompile_limit_is_raised_only_during_a_compiled_call():
+    import torch._dynamo.config as dynamo_config
+
+    from samplers import compile as sc
+
+    seen = []
+
+    def transition(energy, x):
+        return x + 1.0
+
+    def spy(energy, x):
+        seen.append(dynamo_config.recompile_limit)
+        return x
+
+    before = dynamo_config.recompile_limit
+    energy = ec.EnergyFunction(lambda x: (x ** 2).sum(1))
+    assert torch.equal(sc.call(transition, True, energy, torch.zeros(3)), torch.ones(3))
+    assert dynamo_config.recompile_limit == before  # restored after the call
+    sc._compiled({}, "spy", spy, "spy", energy, energy, torch.zeros(2))  # traced: reads the limit at trace time
+    assert seen and seen[0] >= sc.RECOMPILE_LIMIT and dynamo_config.recompile_limit == before
