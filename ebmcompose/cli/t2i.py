@@ -3,7 +3,8 @@
 Writes ``OUT/image_000.png`` ... (one PNG per image), ``OUT/images.npy`` (float32
 ``(K, H, W, 3)`` in ``[0, 1]``) and ``OUT/settings.json`` (the run's settings, the parsed terms,
 NFE, seconds, library versions), staged by :func:`ebmcompose.cli.outputs.staged_output` and
-moved in only when the run succeeded. A missing or incomplete pipeline folder, an unparseable
+moved in only when the run succeeded. Under ``torchrun`` (with ``--block``) the images come in
+blocks spread over the ranks, each drawn from its own generator, and rank 0 writes. A missing or incomplete pipeline folder, an unparseable
 prompt or a dtype the device cannot run is one paragraph and exit status 2, with nothing written.
 Imports ``samplers`` lazily, and only for ``--sampler pc-ula``.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .options import common_options, device, nonnegative_float, positive_float, positive_int, progress
-from .outputs import staged_output
+from .outputs import staged_output, writable_base
 
 __all__ = ["add_parser", "run", "check_dtype", "DTYPES", "SAMPLER_CHOICES"]
 
@@ -68,6 +69,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, default=None, help="largest UNet batch (chunks the joint batch)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--block", type=positive_int, default=None,
+                   help="images per block, each block from its own generator seeded by (--seed, block); needed "
+                        "under torchrun (the images then do not depend on the number of processes); default: "
+                        "one generator for all images, as diffusers")
     p.add_argument("--out", required=True, help="output folder (other files in it are kept)")
     p.set_defaults(func=run)
     return p
@@ -115,9 +120,11 @@ def _sampler(args, cp):
 
 def run(args) -> int:
     """Generate and write the images (see the module docstring)."""
-    import numpy as np
-    import torch
+    import contextlib
 
+    import numpy as np
+
+    from .. import distributed
     from ..pipelines import ComposablePipeline, parse_prompt
 
     terms = parse_prompt(args.prompt, neg_weight=args.neg_weight)  # a bad prompt fails before any loading
@@ -125,35 +132,78 @@ def run(args) -> int:
         raise InputError(f"--guidance must be a finite number, got {args.guidance}")
     dtype = check_dtype(args.dtype, args.device)
     out = Path(args.out)
-    with staged_output(out, "t2i") as stage:  # checks --out before the run
-        cp = ComposablePipeline.from_pretrained(args.pipeline, torch_dtype=dtype, device=args.device, max_batch=args.max_batch)
-        scheduler, sampler = _sampler(args, cp)
-        start = time.perf_counter()
-        res = cp(
-            args.prompt, guidance=args.guidance, num_inference_steps=args.steps, negative_prompt=args.negative_prompt,
-            neg_weight=args.neg_weight, num_images=args.n, height=args.height, width=args.width,
-            generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np", eta=args.eta,
-            scheduler=scheduler, sampler=sampler, progress=progress(args.progress),
-        )
-        seconds = time.perf_counter() - start
-        images = np.asarray(res.images, dtype=np.float32)
-        if not np.isfinite(images).all():
+    with distributed.session(args.device) as session:
+        if session.distributed and args.block is None:
             raise InputError(
-                "the generated images contain NaN; with --dtype float16/bfloat16 try float32, or fewer "
-                "steps of a stochastic sampler, or a smaller --corrector-step-size"
+                "under torchrun give --block (images per block, e.g. --block 1): each block then draws from its "
+                "own generator, so the images depend on --seed and --block, not on the number of processes"
             )
-        files = []
-        from PIL import Image
+        with distributed.all_or_none(session):  # a bad --out stops every rank before the run
+            if session.is_main:
+                writable_base(out)
+        with staged_output(out, "t2i") if session.is_main else contextlib.nullcontext() as stage:
+            cp = ComposablePipeline.from_pretrained(args.pipeline, torch_dtype=dtype, device=str(session.device),
+                                                    max_batch=args.max_batch)
+            start = time.perf_counter()
+            images, res = _generate(cp, args, session)
+            seconds = time.perf_counter() - start
+            if not session.is_main:
+                return 0
+            if not np.isfinite(images).all():
+                raise InputError(
+                    "the generated images contain NaN; with --dtype float16/bfloat16 try float32, or fewer "
+                    "steps of a stochastic sampler, or a smaller --corrector-step-size"
+                )
+            files = []
+            from PIL import Image
 
-        for i, img in enumerate(images):
-            name = f"image_{i:03d}.png"
-            Image.fromarray(np.round(img * 255).astype(np.uint8)).save(stage / name)
-            files.append(name)
-        np.save(stage / "images.npy", images)
-        settings = _settings(args, terms, res, seconds, images.shape, files)
-        (stage / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+            for i, img in enumerate(images):
+                name = f"image_{i:03d}.png"
+                Image.fromarray(np.round(img * 255).astype(np.uint8)).save(stage / name)
+                files.append(name)
+            np.save(stage / "images.npy", images)
+            settings = _settings(args, terms, res, seconds, images.shape, files)
+            (stage / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     print(f"ebmcompose t2i: wrote {len(files)} image(s), images.npy and settings.json to {out}")
     return 0
+
+
+def _generate(cp, args, session):
+    """``(images (K, H, W, 3) float32, the result of this rank's last pipeline call or None)``.
+
+    Without ``--block``: one call with ``Generator().manual_seed(seed)`` (diffusers' own images).
+    With it: blocks of ``--block`` images, block ``b`` from ``ec.distributed.block_generator(seed, b)``,
+    spread over the ranks and gathered in block order.
+    """
+    import numpy as np
+    import torch
+
+    from .. import distributed
+
+    scheduler, sampler = _sampler(args, cp)
+
+    def call(k: int, generator):
+        return cp(
+            args.prompt, guidance=args.guidance, num_inference_steps=args.steps, negative_prompt=args.negative_prompt,
+            neg_weight=args.neg_weight, num_images=k, height=args.height, width=args.width, generator=generator,
+            output_type="np", eta=args.eta, scheduler=scheduler, sampler=sampler, progress=progress(args.progress) and session.is_main,
+        )
+
+    if args.block is None:
+        res = call(args.n, torch.Generator("cpu").manual_seed(args.seed))
+        return np.asarray(res.images, dtype=np.float32), res
+    plan = distributed.BlockPlan.of(args.n, args.block, session)
+    parts, res = [], None
+    with distributed.all_or_none(session):
+        for b in plan.blocks:
+            lo, hi = plan.bounds(b)
+            res = call(hi - lo, distributed.block_generator(args.seed, b))
+            parts.append(torch.from_numpy(np.asarray(res.images, dtype=np.float32)))
+    shapes = distributed.all_gather_objects(None if res is None else tuple(parts[0].shape[1:]), session)
+    event = next(s for s in shapes if s is not None)
+    local = torch.cat(parts) if parts else torch.zeros((0, *event), dtype=torch.float32)
+    images = distributed.gather_rows(local, plan, session).numpy()
+    return images, res  # rank 0 always holds block 0, so its ``res`` is never None
 
 
 def _settings(args, terms, res, seconds, shape, files) -> dict:

@@ -106,3 +106,27 @@ def test_a_dtype_the_device_cannot_run_is_a_clear_error(monkeypatch, tiny_sd_fol
                          "--out", str(out)], capsys)
     assert code == 2 and "--dtype bfloat16 cannot run on cpu" in err and "float32" in err
     assert not out.exists()
+
+
+def test_blocks_draw_from_their_own_generators_and_two_torchrun_processes_write_the_images_of_one(
+        tiny_sd_folder, tiny_cp, tmp_path, capsys):
+    """--block B: block b of the images comes from block_generator(seed, b); under torchrun the blocks
+    spread over the ranks and rank 0 writes the one-process images; torchrun without --block is refused."""
+    import _distributed_worker as worker
+
+    from ebmcompose import distributed
+
+    args = ["t2i", "--pipeline", str(tiny_sd_folder), "--prompt", "a cube AND NOT a ball", "--steps", "2", "--n", "3",
+            "--block", "2", "--seed", "4", "--no-progress"]
+    code, _, err = _run(args + ["--out", str(tmp_path / "one")], capsys)
+    assert code == 0, err
+    one = np.load(tmp_path / "one" / "images.npy")
+    ref = [tiny_cp("a cube AND NOT a ball", num_inference_steps=2, num_images=k, generator=distributed.block_generator(4, b),
+                   output_type="np", progress=False).images for b, k in ((0, 2), (1, 1))]
+    np.testing.assert_allclose(one, np.concatenate(ref), atol=1e-6)
+    proc = worker.torchrun(["-m", "--", "ebmcompose", *args, "--out", tmp_path / "two"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert np.array_equal(one, np.load(tmp_path / "two" / "images.npy"))
+    no_block = args[:args.index("--block")] + args[args.index("--block") + 2:]
+    bad = worker.torchrun(["-m", "--", "ebmcompose", *no_block, "--out", tmp_path / "bad"])
+    assert bad.returncode != 0 and "give --block" in bad.stderr and not (tmp_path / "bad").exists()
