@@ -19,9 +19,8 @@ not finite is rejected for that chain and counted in ``info.divergent``. Shapes:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Tuple, Union
+from typing import ClassVar, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -31,15 +30,13 @@ from ebmcompose.checks import check_generator, check_positive_int
 
 from . import compile as _compile
 from .compile import scan as _scan
+from .tensors import StepSize, all_finite, as_step_size, finite_per_chain, per_chain, randn_like, sum_event, uniform
 
 __all__ = [
     "NonFiniteStateError", "State", "StepInfo", "MCMCKernel", "StepSize",
     "per_chain", "as_step_size", "sum_event", "finite_per_chain", "all_finite", "randn_like", "uniform", "check_generator", "check_step_size",
     "check_positive_int", "require_energy", "evaluate", "init_state", "progress_bar",
 ]
-
-StepSize = Union[float, Tensor]
-
 
 class NonFiniteStateError(FloatingPointError):
     """The state of a chain has a non-finite position, energy or gradient."""
@@ -94,50 +91,8 @@ class StepInfo:
 
 
 # ------------------------------------------------------------------------------- small parts
-def per_chain(v: Tensor, like: Tensor) -> Tensor:
-    """Reshape a per-chain ``(B,)`` tensor to broadcast against ``like`` ``(B, *event)``."""
-    return v.reshape(v.shape[:1] + (1,) * (like.dim() - 1))
-
-
-def as_step_size(step_size: StepSize, like: Tensor) -> Tensor:
-    """A step size as a tensor on ``like``'s device/dtype (tensors pass through unchanged)."""
-    return step_size if isinstance(step_size, Tensor) else torch.tensor(step_size, device=like.device, dtype=like.dtype)
-
-
-def sum_event(v: Tensor) -> Tensor:
-    """Sum over all but the batch dimension: ``(B, *event) -> (B,)``."""
-    return v.sum(dim=1) if v.dim() == 2 else v.flatten(1).sum(dim=1)
-
-
-def finite_per_chain(v: Tensor) -> Tensor:
-    """``(B,)`` bool: rows of ``v`` ``(B, *event)`` with every entry finite (``inf·0`` and ``NaN·0`` are NaN)."""
-    return sum_event(v * 0.0) == 0
-
-
-def all_finite(v: Tensor) -> bool:
-    """Whether every entry of ``v`` is surely finite, from one sum read back (a finite sum has no
-    inf/NaN term; an overflowing sum only answers ``False``).
-
-    Only on the CPU outside ``torch.compile``, where reading a number back costs no device
-    synchronisation; elsewhere ``False``, and callers take their per-chain path. On the CPU the
-    per-chain check and ``(B, 1)``-broadcast selects cost ~15× an add of the same tensors, so a
-    kernel skips them this way when no proposal diverged.
-    """
-    if not v.is_cpu or torch.compiler.is_compiling():
-        return False
-    return math.isfinite(v.sum().item())
-
-
-def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """Standard normal noise like ``x`` (contiguous, so the draws do not depend on ``x``'s strides)."""
-    return torch.randn_like(x, generator=generator, memory_format=torch.contiguous_format)
-
-
-def uniform(like: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """``(B,)`` ``U(0, 1)`` draws on ``like``'s device/dtype."""
-    return torch.rand(like.shape[:1], generator=generator, device=like.device, dtype=like.dtype)
-
-
+# (per-chain tensor helpers live in samplers.tensors; imported here for the kernels and for
+# custom kernels that import them from samplers.base)
 def check_step_size(step_size, name: str = "step_size", allow_none: bool = True) -> None:
     """Validate a step size: ``None`` (adapt), a positive finite number, or a 0-d floating tensor.
 
