@@ -111,7 +111,7 @@ def test_a_dtype_the_device_cannot_run_is_a_clear_error(monkeypatch, tiny_sd_fol
 def test_blocks_draw_from_their_own_generators_and_two_torchrun_processes_write_the_images_of_one(
         tiny_sd_folder, tiny_cp, tmp_path, capsys):
     """--block B: block b of the images comes from block_generator(seed, b); under torchrun the blocks
-    spread over the ranks and rank 0 writes the one-process images; torchrun without --block is refused."""
+    spread over the ranks and rank 0 writes the one-process images."""
     import _distributed_worker as worker
 
     from ebmcompose import distributed
@@ -127,6 +127,16 @@ def test_blocks_draw_from_their_own_generators_and_two_torchrun_processes_write_
     proc = worker.torchrun(["-m", "--", "ebmcompose", *args, "--out", tmp_path / "two"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert np.array_equal(one, np.load(tmp_path / "two" / "images.npy"))
-    no_block = args[:args.index("--block")] + args[args.index("--block") + 2:]
-    bad = worker.torchrun(["-m", "--", "ebmcompose", *no_block, "--out", tmp_path / "bad"])
-    assert bad.returncode != 0 and "give --block" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+
+def test_torchrun_without_block_is_refused_before_anything_is_written(tiny_sd_folder, tmp_path, capsys, monkeypatch):
+    import contextlib
+
+    from ebmcompose import distributed
+
+    two = distributed.Session(rank=0, world_size=2, backend="gloo")  # what torchrun's rank 0 gets
+    monkeypatch.setattr(distributed, "session", lambda *a, **k: contextlib.nullcontext(two))
+    code, _, err = _run(["t2i", "--pipeline", str(tiny_sd_folder), "--prompt", "a cube", "--steps", "2",
+                         "--no-progress", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "give --block" in err and not (tmp_path / "bad").exists()
