@@ -260,7 +260,7 @@ class MCMCKernel:
         Draws are made in the order ``n`` calls of :meth:`step` make them, so the chains are the
         same. ``means`` ``(n, 4)`` and ``sums`` ``(4, B)`` reduce the steps' acceptance,
         divergence, ``|energy error|`` and NFE (``samplers.record.Recorder.record_chunk``);
-        ``kept`` is ``(xs (n, B, *event), energies (n, B))`` after every step with ``positions``,
+        ``kept`` is ``(xs (n, B, *event), energies (n, B))`` (``(xs,)`` for a kernel without energies) after every step with ``positions``,
         else ``()``. ``chunk`` (``>= n``) pads the draws so that runs of any length up to it share
         one graph.
         """
@@ -274,7 +274,7 @@ class MCMCKernel:
                 buf[i] = d
         body = type(self).scan_body
         carry, means, sums, kept = _scan(body, self.compile, energy, n, self._carry(state), draws, 4,
-                                         self._consts(state, h), keep=2 if positions else 0)
+                                         self._consts(state, h), keep=(2 if self.needs_energy else 1) if positions else 0)
         return self._state(state, carry), means, sums, kept
 
     def sample(self, energy: ec.Energy, x0: Tensor, t=None, *, generator=None, progress: bool = False,

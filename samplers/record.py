@@ -74,13 +74,14 @@ class Recorder:
             if state.energy is not None:
                 self.energy_trace.append(state.energy.detach().clone())
 
-    def record_chunk(self, state: State, means: Tensor, sums: Tensor, kept: tuple = ()) -> None:
+    def record_chunk(self, state: State, means: Tensor, sums: Tensor, kept: tuple = (), energy_error: bool = True) -> None:
         """Add ``n`` steps run as one chunk (:meth:`~samplers.base.MCMCKernel.steps`, :func:`reduced`).
 
         ``means`` ``(n, 4)``: each step's chain means of (acceptance, divergent, ``|energy error|``,
-        NFE); ``sums`` ``(4, B)``: each chain's sums over the chunk. The trace takes ``kept``
-        (``(xs, energies)`` of every step) when given, else ``state`` (the state after the chunk)
-        when the chunk ends on a trace step (chunks are cut so).
+        NFE); ``sums`` ``(4, B)``: each chain's sums over the chunk; ``energy_error``: whether the
+        kernel has one (ULA has not: its column is not recorded). The trace takes ``kept``
+        (``(xs, energies)`` or ``(xs,)`` of every step) when given, else ``state`` (the state after
+        the chunk) when the chunk ends on a trace step (chunks are cut so).
         """
         n, b = means.shape[0], sums.shape[1]
         self.n_steps += n
@@ -88,13 +89,15 @@ class Recorder:
         self.acceptance.extend(means[:, 0].unbind(0))
         self.acc_sum = sums[0].clone() if self.acc_sum is None else self.acc_sum.add_(sums[0])
         self.divergences.extend((means[:, 1] * b).round().unbind(0))
-        self.energy_error.extend(means[:, 2].unbind(0))
+        if energy_error:
+            self.energy_error.extend(means[:, 2].unbind(0))
         if kept:
             first = self.n_steps - n
             for i in range(n):
                 if (first + i + 1) % self.trace_every == 0:
                     self.trace.append(kept[0][i])
-                    self.energy_trace.append(kept[1][i])
+                    if len(kept) > 1:
+                        self.energy_trace.append(kept[1][i])
         elif self.trace_every and self.n_steps % self.trace_every == 0:
             self.trace.append(state.x.detach().clone())
             if state.energy is not None:

@@ -107,7 +107,7 @@ def _run_chunks(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: in
         m = min(chunk, n_steps - done)
         state, means, sums, kept = kernel.steps(state, energy, generator, m, chunk=chunk, positions=keep)
         if recorder is not None:
-            recorder.record_chunk(state, means, sums, kept)
+            recorder.record_chunk(state, means, sums, kept, energy_error=kernel.needs_energy)
         done += m
     return state
 

@@ -27,8 +27,9 @@ import ebmcompose as ec
 from . import compile as _compile
 from .base import MCMCKernel, all_finite, finite_per_chain, State, StepInfo, evaluate, per_chain, randn_like, sum_event
 from .mala import langevin_proposal
+from .record import reduced
 
-__all__ = ["ULA", "ULAInfo", "ula_acceptance_proxy"]
+__all__ = ["ULA", "ULAInfo", "ula_acceptance_proxy", "ula_transition", "ula_body"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,18 @@ def ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
     m = per_chain(moved, x)
     p = ula_acceptance_proxy(x, g, x_new, g_new, noise, step_size) * moved if proxy else None
     return torch.where(m, x_new, x), torch.where(m, g_new, g), moved, p, nfe
+
+
+def ula_body(energy, carry, draws, consts):
+    """:func:`ula_transition` (no proxy) on ``carry = (x, ∇E)``, ``draws = (ξ,)``, ``consts = (t, h)``;
+    outputs ``(acceptance, accepted, divergent, energy error (0), nfe)`` for :func:`~samplers.record.reduced`."""
+    x, g = carry
+    t, h = consts
+    x, g, moved, _, nfe = ula_transition(energy, x, g, t, draws[0], h, False)
+    if moved is None:  # eagerly, every chain moved
+        moved = torch.ones(x.shape[:1], dtype=torch.bool, device=x.device)
+    acceptance = moved.to(x.dtype)
+    return (x, g), (acceptance, moved, ~moved, torch.zeros_like(acceptance), nfe)
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,23 @@ class ULA(MCMCKernel):
 
     def adaptation_statistic(self, info: ULAInfo) -> Tensor:
         return info.proxy_acceptance.mean()
+
+    # kept transitions of a compiled run, several per graph call (``MCMCKernel.steps``); ``step`` below
+    # is the same transition one at a time, with the adaptation's proxy when asked
+    scan_body = reduced(ula_body)
+
+    def _draws(self, x, generator):
+        return (randn_like(x, generator),)
+
+    def _carry(self, state):
+        return state.x, state.grad
+
+    def _consts(self, state, h):
+        return state.t, h
+
+    def _state(self, state, carry):
+        x, g = carry
+        return state.replace(x=x, energy=None, grad=g)
 
     def step(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator]) -> Tuple[State, ULAInfo]:
         """One ULA transition from ``state`` (``x`` ``(B, *event)``)."""
