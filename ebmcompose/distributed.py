@@ -21,7 +21,8 @@ Processes: :func:`session` joins the process group when launched by ``torchrun``
 them it is a one-process session and nothing here touches ``torch.distributed``.
 
 Failures: :func:`all_or_none` makes every rank agree on an error before anything is written,
-so a rank that raises ends every rank with that error (rank 0 writes nothing).
+so a rank that raises ends every rank with that error (rank 0 writes nothing), also when it
+raises in the middle of a run whose ranks exchange data (SMC): :func:`agree`.
 
 SMC: ``sample(SMC(...), energy, n, seed=..., block=..., session=...)`` runs ONE population of
 ``n`` particles cut into the same blocks (a sampler with a ``sample_sharded`` method): block ``b``
@@ -47,10 +48,12 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .resampling import SCHEMES, resample
+from .sharded_result import EXTRA_KEYS, BlockReport, ShardedResult
 
 __all__ = [
     "DEFAULT_BLOCK", "block_seed", "block_generator", "shared_generator", "launched_by_torchrun", "Session",
-    "session", "BlockPlan", "RankError", "agree", "all_or_none", "all_gather_objects", "gather_rows",
+    "session", "BlockPlan", "RankError", "PeerFailed", "agree", "all_or_none", "all_gather_objects", "gather_rows",
     "BlockReport", "ShardedResult", "sample", "resample_indices", "take_rows",
 ]
 
@@ -263,21 +266,41 @@ def _portable(exc: BaseException) -> BaseException:
         return RankError(f"{type(exc).__name__}: {exc}")
 
 
+class PeerFailed(RuntimeError):
+    """Raised by a collective (:func:`gather_rows`) on the ranks that did not fail, when another rank
+    failed before reaching it; :func:`agree` then raises that rank's error everywhere."""
+
+
+def _check_in(s: Session, failed: bool) -> int:
+    """Collective: the lowest rank that reports ``failed``, or ``-1`` when none does (one all-reduce)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([s.rank if failed else s.world_size], dtype=torch.int64, device=s.comm_device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    rank = int(flag)
+    return -1 if rank == s.world_size else rank
+
+
 def agree(s: Session, error: Optional[BaseException]) -> None:
     """Collective: every rank passes its error (or ``None``); if any rank failed, every rank raises.
 
     A failed rank raises its own error; the others raise the error of the lowest failed rank,
-    with a note naming that rank.
+    with a note naming that rank. The ranks first check in (one all-reduce: did any rank fail?);
+    only then are the errors themselves gathered. Collectives inside a guarded run check in the same
+    way (:func:`gather_rows`), so a rank that fails between two of them releases the others at their
+    next one (they raise :class:`PeerFailed`, which is not an error of their own) instead of leaving
+    them waiting.
     """
     if not s.distributed:
         if error is not None:
             raise error
         return
-    errors = all_gather_objects(None if error is None else _portable(error), s)
-    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
-    if not failed:
+    peer = isinstance(error, PeerFailed)
+    if not peer and _check_in(s, error is not None) < 0:  # a PeerFailed rank has checked in already
         return
-    if error is not None:
+    errors = all_gather_objects(None if error is None or peer else _portable(error), s)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if error is not None and not peer:
         raise error
     rank, remote = failed[0]
     remote.add_note(f"(raised on rank {rank} of {s.world_size}; every rank stopped and nothing was written)")
@@ -318,6 +341,9 @@ def gather_rows(local: Tensor, plan: BlockPlan, s: Session) -> Tensor:
         return local
     import torch.distributed as dist
 
+    failed = _check_in(s, False)
+    if failed >= 0:
+        raise PeerFailed(f"rank {failed} failed before this collective; this rank stopped here")
     counts = [plan.rows_of(r).numel() for r in range(plan.world_size)]
     width = max(counts)
     send = local.detach().to(s.comm_device)
@@ -334,114 +360,6 @@ def gather_rows(local: Tensor, plan: BlockPlan, s: Session) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- the driver
-#: Per-block scalars kept when a sampler reports them (SMC's log-normaliser and resampling events).
-EXTRA_KEYS = ("log_z", "n_resampled")
-
-
-@dataclass(frozen=True)
-class BlockReport:
-    """What one block's run reported (from its ``res.info`` and ``res.warnings``).
-
-    Attributes
-    ----------
-    block, n : int
-        The block and its number of chains.
-    nfe : int
-        Evaluations of the block's run (each one a batched call over its chains).
-    acceptance : float or None
-        Its mean acceptance (``None`` without a Metropolis or proxy acceptance).
-    divergences : int
-        Its divergent proposals.
-    step_size : float or None
-        Its final step size when it is one number (each block adapts its own).
-    warnings : tuple
-        Its ``res.warnings`` (``samplers.health.Problem``).
-    extra : tuple of (str, float)
-        The block's values of :data:`EXTRA_KEYS` that its sampler reports.
-    """
-
-    block: int
-    n: int
-    nfe: int
-    acceptance: Optional[float]
-    divergences: int
-    step_size: Optional[float]
-    warnings: Tuple[Any, ...] = ()
-    extra: Tuple[Tuple[str, float], ...] = ()
-
-    @classmethod
-    def of(cls, block: int, res) -> "BlockReport":
-        info = res.info
-        h = info.get("step_size")
-        h = float(torch.as_tensor(h)) if h is not None and torch.as_tensor(h).numel() == 1 else None
-        return cls(block=block, n=int(res.samples.shape[0]), nfe=int(info["nfe"]),
-                   acceptance=getattr(info, "mean_acceptance", None),
-                   divergences=int(info.get("divergences", 0) or 0), step_size=h,
-                   warnings=tuple(getattr(res, "warnings", ())),
-                   extra=tuple((k, float(info.get(k))) for k in EXTRA_KEYS if info.get(k) is not None))
-
-
-def _weighted(values: Sequence[Tuple[float, int]]) -> Optional[float]:
-    if not values:
-        return None
-    return sum(v * k for v, k in values) / sum(k for _, k in values)
-
-
-@dataclass(frozen=True)
-class ShardedResult:
-    """What :func:`sample` returns on every rank.
-
-    Attributes
-    ----------
-    samples : Tensor
-        ``(n, *event)`` all chains in global order, on the run's device.
-    blocks : tuple of BlockReport
-        One per block, in block order.
-    plan : BlockPlan
-        The blocks and this rank's share.
-    population : dict or None
-        For a sampler run as one population over all blocks (SMC): what describes the whole
-        population, the same on every rank: ``log_z`` (float), ``n_resampled`` (int), ``ess``
-        ``(L,)`` float64 and ``resampled`` ``(L,)`` bool per level; ``None`` for independent chains.
-    """
-
-    samples: Tensor
-    blocks: Tuple[BlockReport, ...]
-    plan: BlockPlan
-    population: Optional[dict] = None
-
-    @property
-    def nfe(self) -> int:
-        """Evaluations each chain went through (the most over the blocks)."""
-        return max(b.nfe for b in self.blocks)
-
-    @property
-    def acceptance(self) -> Optional[float]:
-        """Mean acceptance over the chains (blocks weighted by size); ``None`` without one."""
-        return _weighted([(b.acceptance, b.n) for b in self.blocks if b.acceptance is not None])
-
-    @property
-    def divergences(self) -> int:
-        return sum(b.divergences for b in self.blocks)
-
-    @property
-    def step_size(self) -> Optional[float]:
-        """Mean final step size over the chains (blocks weighted by size); ``None`` if not one number."""
-        return _weighted([(b.step_size, b.n) for b in self.blocks if b.step_size is not None])
-
-    @property
-    def warnings(self) -> Tuple[Any, ...]:
-        """Every block's warnings, in block order, each kind once."""
-        seen, out = set(), []
-        for b in self.blocks:
-            for p in b.warnings:
-                key = (getattr(p, "kind", None), getattr(p, "fatal", None))
-                if key not in seen:
-                    seen.add(key)
-                    out.append(p)
-        return tuple(out)
-
-
 def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence[int]] = None,
            init: Optional[Callable[[int, torch.Generator], Tensor]] = None, block: int = DEFAULT_BLOCK,
            session: Optional[Session] = None, device=None, dtype: Optional[torch.dtype] = None,
@@ -567,22 +485,15 @@ def resample_indices(log_weights: Tensor, generator: torch.Generator, method: st
         A CPU generator in the same state on every rank.
     method : {"systematic", "stratified", "multinomial"}
         Systematic: one uniform, particle ``i`` gets ``floor`` or ``ceil`` of ``N w_i`` copies;
-        stratified: one uniform in each of the ``N`` strata; multinomial: ``N`` independent draws.
+        stratified: one uniform in each of the ``N`` strata; multinomial: ``N`` independent draws
+        (the schemes of :mod:`ebmcompose.resampling`, which ``samplers.SMC`` uses too).
     """
     lw = log_weights.detach().to("cpu", torch.float64).flatten()
     if lw.numel() == 0 or not bool(torch.isfinite(lw).any()) or bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):
         raise InputError("log_weights must be non-empty, without NaN or +inf, with at least one finite entry")
-    w = torch.softmax(lw, dim=0)
-    n = w.numel()
-    if method == "multinomial":
-        return torch.multinomial(w, n, replacement=True, generator=generator)
-    if method not in ("systematic", "stratified"):
-        raise InputError(f"method must be 'systematic', 'stratified' or 'multinomial', got {method!r}")
-    draws = torch.rand(() if method == "systematic" else (n,), generator=generator, dtype=torch.float64)
-    u = (torch.arange(n, dtype=torch.float64) + draws) / n
-    cdf = torch.cumsum(w, 0)
-    cdf[-1] = 1.0
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+    if method not in SCHEMES:
+        raise InputError(f"method must be one of {', '.join(map(repr, SCHEMES))}, got {method!r}")
+    return resample(lw, method, generator)
 
 
 def take_rows(local: Tensor, indices: Tensor, plan: BlockPlan, s: Session) -> Tensor:

@@ -44,7 +44,7 @@ from .ladder import LevelInfo, prior_sample
 from .resampling import resample
 
 __all__ = ["Population", "OneGenerator", "ShardedPopulation", "particle_fields", "take_state", "rows", "slice_rows", "cat_states",
-           "whole", "each_block", "rejuvenate_blocks", "level_info_of_blocks"]
+           "cat_optional", "STEP_JOIN", "whole", "each_block", "rejuvenate_blocks", "level_info_of_blocks"]
 
 Block = Tuple[int, int, Optional[torch.Generator]]
 
@@ -218,33 +218,32 @@ def cat_states(states: Sequence[State]) -> State:
     return states[0].replace(**{k: torch.cat([getattr(s, k) for s in states]) for k in particle_fields(states[0])})
 
 
-def whole(blocks, like) -> bool:
-    """Whether one block holds every local row (``SMC.sample``): then nothing is sliced or copied."""
-    m = like.x.shape[0] if isinstance(like, State) else like.shape[0]
-    return len(blocks) == 1 and blocks[0][0] == 0 and blocks[0][1] == m
+def cat_optional(vs: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
+    """The tensors concatenated, or ``None`` when the first is (a per-particle value a run has not)."""
+    return None if vs[0] is None else torch.cat(list(vs))
 
 
-def each_block(blocks, fn: Callable, first, *rest):
-    """``fn(generator, first, *rest)`` on each block's rows, outputs joined (State/Tensor: concatenated
-    in block order; int: the largest, e.g. NFE; None stays None)."""
-    if whole(blocks, first):
-        return fn(blocks[0][2], first, *rest)
-    outs = []
-    for lo, hi, g in blocks:
-        part = rows(first, lo, hi) if isinstance(first, State) else first[lo:hi]
-        outs.append(fn(g, part, *(slice_rows(v, lo, hi) for v in rest)))
-    joined = []
-    for k, v in enumerate(outs[0]):
-        vs = [o[k] for o in outs]
-        if isinstance(v, State):
-            joined.append(cat_states(vs))
-        elif isinstance(v, Tensor):
-            joined.append(torch.cat(vs))
-        elif v is None:
-            joined.append(None)
-        else:
-            joined.append(max(vs))
-    return tuple(joined)
+#: How each output of a block's step is joined over the blocks: ``(state, log weights, FKC rate, nfe)``
+#: (NFE: the most any block's particles went through).
+STEP_JOIN = (cat_states, cat_optional, cat_optional, max)
+
+
+def whole(blocks) -> bool:
+    """Whether one block holds every local row (the blocks cover them all): nothing to slice or copy."""
+    return len(blocks) == 1
+
+
+def each_block(blocks, fn: Callable, args: tuple, split: tuple, join: tuple):
+    """``fn(generator, *args)`` on each block's rows, its outputs joined in block order.
+
+    ``split[k](args[k], lo, hi)`` cuts argument ``k`` (:func:`rows` for a state, :func:`slice_rows`
+    for a tensor or ``None``); ``join[k](values)`` joins output ``k`` over the blocks (e.g.
+    :data:`STEP_JOIN`). One block holding every row calls ``fn`` once on the arguments as they are.
+    """
+    if whole(blocks):
+        return fn(blocks[0][2], *args)
+    outs = [fn(g, *(cut(v, lo, hi) for cut, v in zip(split, args))) for lo, hi, g in blocks]
+    return tuple(j([o[k] for o in outs]) for k, j in enumerate(join))
 
 
 def level_info_of_blocks(t: float, nfe: int, parts) -> LevelInfo:

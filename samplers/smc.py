@@ -92,13 +92,15 @@ from .adaptation import DualAveraging
 from .annealed_langevin import step_size_exponent
 from .base import MCMCKernel, State, check_positive_int, evaluate, randn_like, require_energy, sum_event
 from .fkc import FKCScores, fkc_increment, fkc_start, step_integrals
-from .ladder import (LadderState, LevelInfo, check_kernel, check_time_dependent, correct, level_info, run_ladder, step_factors,
+from .ladder import (check_kernel, check_time_dependent, correct, level_info, run_ladder, step_factors,
                      summarise)
-from .population import OneGenerator, Population, ShardedPopulation, each_block, rejuvenate_blocks, take_state, whole
+from .population import (STEP_JOIN, OneGenerator, Population, ShardedPopulation, each_block, rejuvenate_blocks, rows, slice_rows,
+                         take_state, whole)
 from .resampling import SCHEMES, ess as _ess
-from .result import LadderSummary, SampleResult
+from .result import SampleResult
 from .reverse_diffusion import DiffusionStep, ddim_coefficients, ddim_update
 from .run import search_step_size
+from .smc_state import SMCLevelInfo, SMCState, SMCSummary
 
 __all__ = ["SMC", "SMCState", "SMCLevelInfo", "SMCSummary", "smc_steps", "STEP_RULES", "WEIGHTS"]
 
@@ -115,70 +117,6 @@ _NONFINITE_HINT = (
     "use more steps (n_steps), a smaller rejuvenation step_size (or step_rule='adapt'), and check that "
     "the energy is finite at every t of the ladder (ε-networks and DiffusionEnergy are not at t = 0: pass t_min > 0)"
 )
-
-
-@dataclass(frozen=True)
-class SMCState(LadderState):
-    """:class:`~samplers.ladder.LadderState` plus the particle weights.
-
-    Attributes
-    ----------
-    log_weights : Tensor
-        ``(B,)`` running log weights since the last resampling (float32 or wider).
-    log_z : Tensor
-        0-d ``log Ẑ`` accumulated at the resampling events so far (``log Ẑ`` of the level is
-        ``log_z + log mean exp(log_weights)``).
-    fkc_rate : Tensor or None
-        ``(B,)`` FKC rate ``r(x, t) = ½(|S|² − Σ β_i |s_i|²)`` at the particles (``weights="fkc"``
-        only; :mod:`samplers.fkc`).
-    """
-
-    log_z: Optional[Tensor] = None
-    fkc_rate: Optional[Tensor] = None
-
-
-@dataclass(frozen=True)
-class SMCLevelInfo(LevelInfo):
-    """:class:`~samplers.ladder.LevelInfo` plus ``ess`` (0-d, after reweighting, before resampling)
-    and ``resampled`` (0-d bool)."""
-
-    ess: Optional[Tensor] = None
-    resampled: Optional[Tensor] = None
-
-
-@dataclass(frozen=True, eq=False)
-class SMCSummary(LadderSummary):
-    """:class:`~samplers.result.LadderSummary` of an SMC run, plus:
-
-    Attributes
-    ----------
-    log_z : float
-        ``log Ẑ`` of the final target ``∫ exp(−E(x, t_min)) dx`` (module notes); with FKC weights
-        an estimate of ``log ∫ Π_i q_i(x, t_min)^{β_i} dx`` that is consistent only as the steps
-        shrink (module notes: "Score-only energies").
-    weights : str
-        ``"energy"`` or ``"fkc"``: the importance weights this run used.
-    ess : Tensor
-        ``(n_steps + 1,)`` effective sample size in ``(0, B]`` at each level after reweighting
-        (level 0: the start), before resampling.
-    resampled : Tensor
-        ``(n_steps + 1,)`` bool: levels where the population was resampled (``ESS < threshold · B``;
-        the last level always).
-    n_resampled : int
-        Resampling events (``resampled.sum()``).
-    particles : int
-        ``B``.
-    scheme : str
-        Resampling scheme.
-    """
-
-    log_z: Optional[float] = None
-    ess: Optional[Tensor] = None
-    resampled: Optional[Tensor] = None
-    n_resampled: Optional[int] = None
-    particles: Optional[int] = None
-    scheme: Optional[str] = None
-    weights: Optional[str] = None
 
 
 def smc_steps(schedule: ec.VPSchedule, ts: Tensor, eta: float, variance: str = "large") -> List[DiffusionStep]:
@@ -569,12 +507,13 @@ class SMC:
 
         def move(i: int, ls: SMCState):
             j = i + 1
-            st, log_w, rate, nfe = each_block(blocks, lambda g, p, w, r: propose(g, p, w, r, i), ls.kernel_state,
-                                               ls.log_weights, ls.fkc_rate)
+            st, log_w, rate, nfe = each_block(blocks, lambda g, p, w, r: propose(g, p, w, r, i),
+                                               (ls.kernel_state, ls.log_weights, ls.fkc_rate),
+                                               split=(rows, slice_rows, slice_rows), join=STEP_JOIN)
             st, log_w, log_z, e, do, rate = reweight(st, log_w, ls.log_z, force=j == len(steps), rate=rate)
             carry, base = ls.step_size, None
             if kernel is not None and K:
-                if whole(blocks, st):
+                if whole(blocks):
                     st, rate, carry, rec, h, n = rejuvenate(blocks[0][2], st, rate, carry, j)
                     base = level_info(ts[j], nfe + n, rec, h)
                 else:  # block by block, each with its generator and its own (adapted) step size
@@ -586,7 +525,7 @@ class SMC:
             return SMCState(x=st.x, t=ts[j], level=j, kernel_state=st, step_size=carry, log_weights=log_w,
                             log_z=log_z, fkc_rate=rate), info
 
-        st0, log_w0, rate0, nfe0 = each_block(blocks, begin, x)
+        st0, log_w0, rate0, nfe0 = each_block(blocks, begin, (x,), split=(slice_rows,), join=STEP_JOIN)
         st0, log_w0, log_z0, ess0, do0, rate0 = reweight(st0, log_w0, torch.zeros((), device=x.device, dtype=wdtype),
                                                          rate=rate0)
         start = SMCState(x=st0.x, t=ts[0], level=0, kernel_state=st0, log_weights=log_w0, log_z=log_z0,
@@ -599,7 +538,8 @@ class SMC:
         x_out = st.x
         if ts[-1] > 0.0:  # noise-free x0-prediction from t_min to 0 (cached gradient)
             last = ddim_coefficients(self.schedule, torch.tensor([ts[-1], 0.0], dtype=torch.float64), 0.0)[0]
-            x_out, = each_block(blocks, lambda g, s_: (ddim_update(s_.x, s_.grad, last, None),), st)
+            x_out, = each_block(blocks, lambda g, s_: (ddim_update(s_.x, s_.grad, last, None),), (st,), split=(rows,),
+                                join=(torch.cat,))
         ess_all = torch.stack([ess0] + [i.ess for i in infos]).detach().to("cpu", torch.float64)
         res_all = torch.stack([do0] + [i.resampled for i in infos]).detach().cpu()
         corrected = [False] + [i.n_transitions > 0 for i in infos] if kernel is not None else None

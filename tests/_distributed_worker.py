@@ -5,6 +5,10 @@
 rank 0 writes each result to ``OUT/<name>.npy``. Then every rank runs :func:`fail`, where block 1
 raises and rank 0 would write ``OUT/failed/samples.npy`` through ``staged_output`` only if every
 rank succeeded; each rank writes the error it ended with to ``OUT/error-<rank>.txt``.
+Last, :func:`fail_mid_smc`: a sharded SMC population whose energy raises on rank 1 only, at its
+fourth evaluation (between two of the run's collectives); each rank writes the error it ended
+with to ``OUT/smc-error-<rank>.txt`` (the launch would hang, and time out, if rank 0 were left
+waiting in a collective).
 (One launch for all: starting two processes costs tens of seconds on a loaded machine.)
 """
 
@@ -117,6 +121,24 @@ def fail(s: ec.distributed.Session, out: Path) -> None:
             np.save(staging / "samples.npy", res.samples.numpy())
 
 
+def fail_mid_smc(s: ec.distributed.Session) -> None:
+    """A sharded SMC run whose energy raises on rank 1 at its fourth call (module notes)."""
+    from samplers import SMC
+
+    gm = target().diffused(SCHEDULE)
+    calls = []
+
+    def energy_fn(x, t):
+        calls.append(1)
+        if s.rank == 1 and len(calls) == 4:
+            raise ValueError("rank 1's energy broke mid-run on purpose")
+        return gm.energy(x, t)
+
+    energy = ec.EnergyFunction(energy_fn, time_dependent=True)
+    ec.distributed.sample(SMC(SCHEDULE, 12, ess_threshold=1.0), energy, N, seed=SEED, event_shape=(2,),
+                          block=BLOCK, session=s)
+
+
 class _nothing:
     def __enter__(self):
         return None
@@ -147,6 +169,11 @@ def main(argv) -> None:
         except Exception as exc:
             notes = "".join("\n" + n for n in getattr(exc, "__notes__", []))
             (out / f"error-{s.rank}.txt").write_text(f"{type(exc).__name__}: {exc}{notes}")
+        try:
+            fail_mid_smc(s)
+        except Exception as exc:
+            notes = "".join("\n" + n for n in getattr(exc, "__notes__", []))
+            (out / f"smc-error-{s.rank}.txt").write_text(f"{type(exc).__name__}: {exc}{notes}")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,15 @@ def test_a_rank_that_raises_stops_every_rank_and_writes_nothing(two_process_runs
     assert not list(two_process_runs.glob(".ebmcompose-*"))  # no staging folder left
 
 
+def test_a_rank_that_raises_mid_smc_releases_the_others(two_process_runs):
+    """Sharded SMC exchanges weights and particles every level: rank 1 failing between two exchanges
+    ends rank 0 at its next one with rank 1's error (no hang until torchrun's timeout)."""
+    errors = [(two_process_runs / f"smc-error-{r}.txt").read_text() for r in (0, 1)]
+    assert errors[1] == "ValueError: rank 1's energy broke mid-run on purpose"
+    assert errors[0].startswith("ValueError: rank 1's energy broke mid-run on purpose")
+    assert "raised on rank 1 of 2" in errors[0]
+
+
 # ------------------------------------------------------------------------------ one-process agreement
 def test_all_or_none_reraises_in_one_process():
     with pytest.raises(KeyError, match="boom"):
