@@ -6,7 +6,7 @@ The study of issue "composition benchmark": for the three tasks of Du et al. 202
 unequal weight), every row is
 
     sampler  x  parameterisation  x  model
-    {DDPM, DDIM, annealed Langevin, PC + ULA, PC + MALA, PC + HMC, SMC + MALA}  x  {energy, ε}  x  {exact, learned}
+    {DDPM, DDIM, annealed Langevin, PC + ULA, PC + MALA, PC + HMC, SMC + MALA, SMC (FKC)}  x  {energy, ε}  x  {exact, learned}
 
 and the columns are histogram TV against the exact density (with its noise floor), MMD² and the
 mean log-likelihood against the exact target, the mode-weight error, Metropolis acceptance, NFE
@@ -59,6 +59,7 @@ import torch
 import ebmcompose as ec
 import samplers
 import toy
+from samplers.fkc import FKCScores
 from ebmcompose.cli import experiments as ex
 from ebmcompose.cli.errors import OutputError
 from ebmcompose.cli.outputs import staged_output
@@ -84,8 +85,11 @@ __all__ = [
 
 #: Samplers whose Metropolis correction needs energy values.
 NEEDS_ENERGY = frozenset({"pc_mala", "pc_hmc", "smc"})
-#: First time of every ladder (``t_max`` of every sampler).
+#: First time of every ladder (``t_max`` of every sampler but SMC with FKC weights).
 T_START = 0.99
+#: First time of SMC with FKC weights: a step of the cosine ladder near ``t = 1`` integrates
+#: ``β`` over far more than 1, where the weights' discretisation collapses the ESS.
+FKC_T_MAX = 0.9
 #: Histogram cells per axis of the TV metric (the demo's and ``ebmcompose sample``'s).
 TV_RESOLUTION = ex.TV_RESOLUTION
 #: Fixed RBF bandwidths of the MMD, so that MMD² values are comparable across rows.
@@ -205,6 +209,9 @@ def sampler_configs(
     * SMC + MALA: ``P`` reverse-diffusion proposal steps with importance weights and adaptive
       resampling (:class:`samplers.SMC`), ``K`` MALA rejuvenation transitions per level; NFE
       ``P (1 + K) + 1``. Exact models weight down to ``t = 0``; learned ones to ``t = 0.01``.
+    * SMC (FKC): ``budget − 1`` reverse-diffusion proposal steps with the Feynman–Kac corrector
+      weights of the leaves' scores (``weights="fkc"``, no rejuvenation; score-only leaves too), from
+      :data:`FKC_T_MAX`; NFE ``budget``.
     """
     # Annealed Langevin's rule is step_i = step_size * sigma_i^2 / sigma_L^2; starting it at
     # ALD_STEP * sigma_i^2 keeps the first, noisiest levels stable (a fixed step_size of 0.01 at
@@ -240,6 +247,8 @@ def sampler_configs(
         schedule, n_steps=levels, rejuvenate=samplers.MALA(step_size=0.1, n_steps=K), step_rule="adapt",
         t_max=t_max, t_min=0.0 if final_correction else 0.01,
     )
+    out["smc_fkc"] = samplers.SMC(schedule, n_steps=max(budget - 1, 2), weights="fkc", t_max=min(t_max, FKC_T_MAX),
+                                  t_min=0.0 if final_correction else 0.01)
     return out
 
 
@@ -394,6 +403,10 @@ def _run(cfg: StudyConfig, device, log) -> dict:
                         if energy is None:
                             rows.append(_row(tname, model, param, s, b, status="n/a", reason=why))
                             continue
+                        if s == "smc_fkc" and not fkc_applies(energy):
+                            rows.append(_row(tname, model, param, s, b, status="n/a",
+                                             reason="FKC weights need a linear composition (sums, AND, NOT); the mixture's | is not"))
+                            continue
                         if s in NEEDS_ENERGY and not energy.has_energy:
                             what = "SMC's importance weights" if s == "smc" else "Metropolis correction"
                             rows.append(_row(tname, model, param, s, b, status="n/a",
@@ -432,6 +445,15 @@ def _run(cfg: StudyConfig, device, log) -> dict:
     result["findings"] = findings(rows, task_info)
     result["_plot_samples"] = plot_samples
     return result
+
+
+def fkc_applies(energy) -> bool:
+    """Whether FKC weights apply to ``energy`` (a linear composition of leaves: not a mixture)."""
+    try:
+        FKCScores(energy)
+    except ec.InputError:
+        return False
+    return True
 
 
 def replace_exact(ref: _Reference, seed: int) -> _Reference:

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 __all__ = ["SAMPLERS", "SAMPLER_LABELS", "findings", "format_markdown", "plot_task", "fmt_se", "NOTES"]
 
 #: Sampler keys, in table order.
-SAMPLERS: Tuple[str, ...] = ("ddpm", "ddim", "annealed", "pc_ula", "pc_mala", "pc_hmc", "smc")
+SAMPLERS: Tuple[str, ...] = ("ddpm", "ddim", "annealed", "pc_ula", "pc_mala", "pc_hmc", "smc", "smc_fkc")
 #: Display names of :data:`SAMPLERS`.
 SAMPLER_LABELS: Dict[str, str] = {
     "ddpm": "reverse diffusion (DDPM)",
@@ -24,6 +24,7 @@ SAMPLER_LABELS: Dict[str, str] = {
     "pc_mala": "PC + MALA",
     "pc_hmc": "PC + HMC",
     "smc": "SMC + MALA",
+    "smc_fkc": "SMC (FKC weights)",
 }
 
 
@@ -71,6 +72,7 @@ def findings(rows: List[dict], tasks: Dict[str, dict]) -> List[dict]:
     * ``mcmc_vs_reverse``: the best Metropolis-corrected PC (MALA or HMC; PC + ULA for ε rows)
       vs reverse diffusion (DDPM) at the same task / model / parameterisation / budget;
     * ``metropolis_vs_ula``: PC + MALA and PC + HMC vs PC + ULA (energy rows);
+    * ``smc_vs_pc``: the better SMC (energy weights + MALA, or FKC weights) vs the best PC sampler;
     * ``learned_vs_exact``: the same sampler and budget on the learned vs the exact energy model.
     """
     out = []
@@ -87,6 +89,12 @@ def findings(rows: List[dict], tasks: Dict[str, dict]) -> List[dict]:
             d, se, v = _compare(best, ddpm, fl(task))
             out.append(dict(kind="mcmc_vs_reverse", **kw, a=best["sampler"], b="ddpm",
                             a_tv=best["tv"]["mean"], b_tv=ddpm["tv"]["mean"], diff=d, se=se, verdict=v))
+        smcs = [r for r in (_get(rows, sampler=s, **kw) for s in ("smc", "smc_fkc")) if r is not None]
+        if smcs and cands:
+            best, pc = min(smcs, key=lambda r: r["tv"]["mean"]), min(cands, key=lambda r: r["tv"]["mean"])
+            d, se, v = _compare(best, pc, fl(task))
+            out.append(dict(kind="smc_vs_pc", **kw, a=best["sampler"], b=pc["sampler"], a_tv=best["tv"]["mean"],
+                            b_tv=pc["tv"]["mean"], diff=d, se=se, verdict=v))
         ula = _get(rows, sampler="pc_ula", **kw)
         for s in ("pc_mala", "pc_hmc"):
             r = _get(rows, sampler=s, **kw)
@@ -151,6 +159,13 @@ def _summary_lines(result: dict) -> List[str]:
             f"- **Does energy-parameterised MALA/HMC beat ULA (as PC correctors, same NFE)?** Better in "
             f"{c['better']}, tied in {c['tie']}, worse in {c['worse']} of {len(mu)} comparisons. Better: "
             f"{where(mu, 'better')}. Worse: {where(mu, 'worse')}."
+        )
+    sp, c = count("smc_vs_pc")
+    if sp:
+        lines.append(
+            f"- **Do importance weights and resampling (SMC) beat the best PC sampler at matched NFE?** "
+            f"Better in {c['better']}, tied in {c['tie']}, worse in {c['worse']} of {len(sp)} groups. Better: "
+            f"{where(sp, 'better')}. Worse: {where(sp, 'worse')}."
         )
     lv, c = count("learned_vs_exact")
     if lv:

@@ -18,7 +18,7 @@ from .errors import UsageError
 
 __all__ = [
     "TV_RESOLUTION", "SAMPLERS", "STATIC_SAMPLERS", "PC_SAMPLERS", "DIFFUSION_SAMPLERS", "KERNELS",
-    "STEP_RULES", "REJUVENATE", "MODELS", "generator", "Target", "components_by_name", "used_names", "load_learned",
+    "STEP_RULES", "REJUVENATE", "SMC_WEIGHTS", "smc_weights", "MODELS", "generator", "Target", "components_by_name", "used_names", "load_learned",
     "task_energy", "learned_schedule", "build_target", "SamplerOptions", "needs_energy", "make_sampler",
     "RunSummary", "summarize", "tv_floor", "compare_to_exact", "markdown_table", "fmt",
 ]
@@ -33,6 +33,8 @@ DIFFUSION_SAMPLERS = ("annealed", "ddpm", "ddim") + PC_SAMPLERS + ("smc",)
 KERNELS = ("ula", "mala", "hmc")
 #: ``--rejuvenate`` choices of ``--sampler smc``.
 REJUVENATE = ("mala", "hmc", "ula", "none")
+#: ``--weights`` choices of ``--sampler smc``.
+SMC_WEIGHTS = ("energy", "fkc")
 STEP_RULES = ("adapt", "sigma2", "beta", "fixed")
 #: ``--model`` choices: analytic energies or the learned checkpoints.
 MODELS = ("exact", "epsilon", "energy")
@@ -289,6 +291,7 @@ class SamplerOptions:
     t_max: Optional[float] = None
     ess_threshold: Optional[float] = None
     rejuvenate: Optional[str] = None
+    weights: Optional[str] = None
 
     @classmethod
     def from_args(cls, args) -> "SamplerOptions":
@@ -296,9 +299,18 @@ class SamplerOptions:
         return cls(**{f.name: getattr(args, f.name, None) for f in fields(cls)})
 
 
-def needs_energy(sampler: str, kernel: Optional[str] = None) -> bool:
-    """Whether the sampler's Metropolis step needs energy values (not only scores)."""
-    return sampler in ("mala", "hmc", "pc-mala", "pc-hmc", "smc") or (sampler == "annealed" and (kernel or "ula") != "ula")
+def needs_energy(sampler: str, kernel: Optional[str] = None, weights: Optional[str] = None) -> bool:
+    """Whether the sampler needs energy values (not only scores): a Metropolis step, or SMC's energy
+    weights (``weights``: ``"energy"`` or ``"fkc"``, see :func:`smc_weights`)."""
+    if sampler == "smc":
+        return weights != "fkc"
+    return sampler in ("mala", "hmc", "pc-mala", "pc-hmc") or (sampler == "annealed" and (kernel or "ula") != "ula")
+
+
+def smc_weights(weights: Optional[str], has_energy: bool) -> str:
+    """``--weights`` of ``--sampler smc``: as given, else ``"energy"`` for a model with energies and
+    ``"fkc"`` (Feynman–Kac corrector weights from scores) for a score-only one."""
+    return weights or ("energy" if has_energy else "fkc")
 
 
 def make_sampler(opts: SamplerOptions, schedule, exact: bool):
@@ -358,13 +370,16 @@ def _kernel(name: str, h, k: int, opts: SamplerOptions):
 
 
 def _make_smc(opts: SamplerOptions, schedule, exact: bool, ladder: dict):
-    """``--sampler smc``: ``--levels`` [100] proposal steps, ``--rejuvenate`` [mala] with
-    ``--corrector-steps`` [1] transitions per level; learned models run the weights on ``[0.01, 0.98]``
-    (their energies are undefined at ``t = 0``, and the cosine schedule's first step from ``t = 1``
-    amplifies the x0-prediction's error ~100-fold)."""
+    """``--sampler smc``: ``--levels`` [100] proposal steps, ``--rejuvenate`` [mala; none with FKC
+    weights] with ``--corrector-steps`` [1] transitions per level; learned models run the weights on
+    ``[0.01, 0.98]`` (their energies are undefined at ``t = 0``, and the cosine schedule's first step
+    from ``t = 1`` amplifies the x0-prediction's error ~100-fold), FKC weights on ``[0.01, 0.9]``
+    (each step must integrate the schedule's ``β`` over much less than 1, which the cosine schedule's
+    steps near ``t = 1`` do not). ``opts.weights``: ``"energy"`` or ``"fkc"`` (resolved)."""
     import samplers
 
-    h, name = opts.step_size, opts.rejuvenate or "mala"
+    fkc = opts.weights == "fkc"
+    h, name = opts.step_size, opts.rejuvenate or ("none" if fkc else "mala")
     k = 1 if opts.corrector_steps is None else opts.corrector_steps
     kernel = None
     if name != "none" and k > 0:
@@ -373,7 +388,8 @@ def _make_smc(opts: SamplerOptions, schedule, exact: bool, ladder: dict):
         schedule, n_steps=opts.levels or 100, rejuvenate=kernel,
         ess_threshold=0.5 if opts.ess_threshold is None else opts.ess_threshold,
         step_rule=(opts.step_rule or "adapt") if kernel is not None else None,
-        t_min=0.0 if exact else 0.01, **{"t_max": 1.0 if exact else 0.98, **ladder},
+        t_min=0.0 if exact else 0.01, weights=opts.weights or "energy",
+        **{"t_max": 1.0 if exact else (0.9 if fkc else 0.98), **ladder},
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 
@@ -32,6 +33,7 @@ _OPTION_USERS = {
     "particles": ("smc",),
     "ess_threshold": ("smc",),
     "rejuvenate": ("smc",),
+    "weights": ("smc",),
     "clip_x0": ("ddpm", "ddim") + ex.PC_SAMPLERS,
     "t": ex.STATIC_SAMPLERS,
 }
@@ -52,7 +54,7 @@ static composed energy, diffusion samplers (annealed, ddpm, ddim, pc-*) follow t
 the exactly *diffused* components (linear schedule). --model epsilon / energy use the learned
 checkpoints (toy/checkpoints, or --checkpoint-dir DIR from `ebmcompose train`): the expression is
 composed over the learned leaves; static samplers evaluate them at a fixed small time --t.
-epsilon models are score-only: no mala/hmc/pc-mala/pc-hmc and no OR (|).
+epsilon models are score-only: no mala/hmc/pc-mala/pc-hmc, smc with --weights fkc, and no OR (|).
 
 Settings (defaults in brackets; an option a sampler does not use is an error):
   ula, mala      --steps [500], --step-size [adapted by dual averaging], --t [0.01, learned only]
@@ -66,7 +68,10 @@ Settings (defaults in brackets; an option a sampler does not use is an error):
                  reverse-diffusion steps, importance weights toward the composed targets, resampled
                  when ESS/particles < --ess-threshold [0.5]; --rejuvenate [mala] (hmc, ula, none)
                  with --corrector-steps [1] per level, --step-rule [adapt] (sigma2, fixed), --leapfrog
-                 [5]; needs energies (exact or --model energy); metrics add the log-normaliser log_z
+                 [5]; --weights [energy; fkc for epsilon models]: importance weights from energy
+                 values (exact or --model energy), or Feynman-Kac corrector weights from scores
+                 (AND/NOT of any model; --rejuvenate ula or none [none], ladder from t = 0.9 on
+                 learned models); metrics add the log-normaliser log_z
 
 Writes OUT/samples.pt (torch tensor (n, 2); load with torch.load(..., weights_only=True)),
 OUT/samples.npy (the same as a NumPy array), OUT/samples.png (exact density, the samples, exact
@@ -124,7 +129,10 @@ def add_parser(subparsers) -> None:
     smp.add_argument("--t", type=diffusion_time, help="time at which static samplers evaluate learned models (default 0.01)")
     smp.add_argument("--particles", type=positive_int, help="smc: particle population = samples written (same as --n)")
     smp.add_argument("--ess-threshold", type=_fraction, help="smc: resample when ESS/particles falls below it, in [0, 1] (default 0.5)")
-    smp.add_argument("--rejuvenate", choices=ex.REJUVENATE, help="smc: MCMC kernel after each level's resampling (default: mala)")
+    smp.add_argument("--rejuvenate", choices=ex.REJUVENATE, help="smc: MCMC kernel after each level's resampling (default: mala; none with --weights fkc)")
+    smp.add_argument("--weights", choices=ex.SMC_WEIGHTS,
+                     help="smc: importance weights from energy values, or Feynman-Kac corrector weights from scores "
+                     "(epsilon models) (default: energy when the model has energies, else fkc)")
     smp.add_argument("--init-scale", type=positive_float, default=3.0, help="static samplers start from N(0, s²I) (default: %(default)s)")
     run_ = s.add_argument_group("run")
     run_.add_argument("--n", type=positive_int, default=_DEFAULT_N, help="number of samples (chains) (default: %(default)s)")
@@ -173,6 +181,11 @@ def check_options(args) -> None:
             raise UsageError("--step-rule beta is not available for smc; use adapt, sigma2 or fixed")
         if args.leapfrog is not None and rej != "hmc":
             raise UsageError("--leapfrog applies to --sampler smc only with --rejuvenate hmc")
+        if args.weights == "fkc" and rej in ("mala", "hmc") and args.rejuvenate is not None:
+            raise UsageError(f"--rejuvenate {rej} needs energy values, which --weights fkc does without: use "
+                             "--rejuvenate ula (a heuristic) or none, or --weights energy with --model energy or exact")
+        if args.rejuvenate is None and args.weights == "fkc":
+            rej = "none"
         if rej == "none" and (args.step_size is not None or args.step_rule is not None or args.corrector_steps):
             raise UsageError("--step-size, --step-rule and --corrector-steps set the rejuvenation kernel; drop them with --rejuvenate none")
     rule = args.step_rule or "adapt"
@@ -217,7 +230,7 @@ def _markdown(record: dict) -> str:
 _CONFIG_KEYS = (
     "task", "expr", "model", "checkpoint_dir", "sampler", "n", "seed", "device", "steps", "step_size",
     "leapfrog", "levels", "corrector_steps", "kernel", "step_rule", "clip_x0", "t", "init_scale", "block",
-    "ess_threshold", "rejuvenate",
+    "ess_threshold", "rejuvenate", "weights",
 )
 
 
@@ -264,16 +277,20 @@ def _sample(args, session):
         task=args.task, expr=args.expr, model=args.model, static_sampler=args.sampler in ex.STATIC_SAMPLERS,
         checkpoint_dir=args.checkpoint_dir, t=args.t, device=str(dev),
     )
-    if ex.needs_energy(args.sampler, args.kernel) and not target.energy.has_energy:
+    weights = ex.smc_weights(args.weights, target.energy.has_energy) if args.sampler == "smc" else None
+    if ex.needs_energy(args.sampler, args.kernel, weights) and not target.energy.has_energy:
         kind = f"{args.sampler} with --kernel {args.kernel}" if args.sampler == "annealed" else args.sampler
+        smc = args.sampler == "smc"
         raise UsageError(
-            f"--sampler {kind} needs energy values for its {'importance weights' if args.sampler == 'smc' else 'Metropolis accept/reject step'}, but --model "
-            f"{args.model} provides scores only (epsilon networks). Use a score-only sampler (ula, "
-            "pc-ula, ddpm, ddim or annealed with --kernel ula), or --model energy (energy-parameterised "
-            "checkpoints) or --model exact."
+            f"--sampler {kind} needs energy values for its {'importance weights' if smc else 'Metropolis accept/reject step'}, but --model "
+            f"{args.model} provides scores only (epsilon networks). Use "
+            + ("--weights fkc (Feynman-Kac corrector weights from scores), " if smc else "")
+            + "a score-only sampler (ula, pc-ula, ddpm, ddim or annealed with --kernel ula), or --model energy "
+            "(energy-parameterised checkpoints) or --model exact."
         )
     _check_fits_bounds(target)
-    sampler = ex.make_sampler(ex.SamplerOptions.from_args(args), target.schedule, exact=args.model == "exact")
+    opts = dataclasses.replace(ex.SamplerOptions.from_args(args), weights=weights)
+    sampler = ex.make_sampler(opts, target.schedule, exact=args.model == "exact")
     run = dict(seed=args.seed, block=args.block, session=session,
                progress=progress(args.progress), on_divergence="ignore")
     t0 = time.perf_counter()
@@ -292,7 +309,7 @@ def _sample(args, session):
         ) from None
     seconds = time.perf_counter() - t0
     x = res.samples.detach()
-    acceptance = res.acceptance if ex.needs_energy(args.sampler, args.kernel) else None
+    acceptance = res.acceptance if ex.needs_energy(args.sampler, args.kernel, weights) else None
     summary = ex.RunSummary(res.nfe, acceptance, res.divergences, res.step_size)
     why = _fatal_problems(res, quiet=not session.is_main)
     if why is not None:

@@ -57,7 +57,10 @@ def test_smc_is_reproducible(tmp_path, capsys):
         (["--sampler", "smc", "--leapfrog", "3"], ["--leapfrog", "--rejuvenate hmc"]),
         (["--sampler", "smc", "--step-rule", "beta"], ["beta is not available"]),
         (["--sampler", "smc", "--particles", "10", "--n", "20"], ["disagree"]),
-        (["--sampler", "smc", "--model", "epsilon"], ["importance weights", "--model energy"]),
+        (["--sampler", "smc", "--model", "epsilon", "--weights", "energy"], ["importance weights", "--weights fkc", "--model energy"]),
+        (["--sampler", "smc", "--weights", "fkc", "--rejuvenate", "mala"], ["--rejuvenate mala needs energy values", "ula"]),
+        (["--sampler", "ddpm", "--weights", "fkc"], ["--weights does not apply", "smc"]),
+        (["--sampler", "smc", "--task", "mixture", "--model", "epsilon"], ["OR / | (a mixture) needs energies"]),
         (["--sampler", "smc", "--rejuvenate", "gibbs"], ["invalid choice", "mala"]),
     ],
 )
@@ -83,3 +86,21 @@ def test_smc_population_beyond_the_default_block_size_is_one_population_in_block
     assert record["config"]["block"] == distributed.DEFAULT_BLOCK and math.isfinite(record["metrics"]["log_z"])
     assert record["metrics"]["n_resampled"] == 4  # every level (threshold 1) of the whole population
     assert torch.load(out / "samples.pt", weights_only=True).shape == (n, 2)
+
+
+@pytest.mark.parametrize("extra", [[], ["--rejuvenate", "ula"]], ids=["none", "ula"])
+def test_smc_on_epsilon_models_uses_fkc_weights(extra, tmp_path, capsys):
+    """A score-only ε model gets Feynman-Kac corrector weights by default (no rejuvenation unless asked:
+    MALA/HMC need energies), on the ladder from t = 0.9."""
+    out = tmp_path / "out"
+    rc, _, err = run(["sample", "--task", "negation", "--model", "epsilon", "--sampler", "smc", "--particles", 64,
+                      "--levels", 10, *extra, "--out", out], capsys)
+    assert rc == 0, err
+    record = json.loads((out / "metrics.json").read_text())
+    assert "weights='fkc'" in record["sampler"] and "t_max=0.9" in record["sampler"]
+    assert ("rejuvenate=ULA(" in record["sampler"]) == bool(extra)
+    m = record["metrics"]
+    assert math.isfinite(m["log_z"]) and m["acceptance"] is None
+    # one batched forward per level (ULA: + its move and a re-evaluation per level, + the first level's step-size search)
+    assert m["nfe"] == 11 if not extra else m["nfe"] >= 11 + 2 * 10
+    assert torch.load(out / "samples.pt", weights_only=True).shape == (64, 2)
