@@ -4,6 +4,7 @@
     python -m benchmarks.composition_images --quick --out /tmp/ci      # tiny random-weight models
     python -m benchmarks.composition_images --models position:energy --tasks positions --out part1 &
     python -m benchmarks.composition_images --merge part1/composition_images.json part2/... --out OUT
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m -- benchmarks.composition_images --block 25 --out OUT
 
 Cells (each ``n`` images; every image gets its own random request, drawn like the training data):
 
@@ -29,6 +30,7 @@ the numbers (differences are called significant only beyond 2 standard errors).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -117,14 +119,32 @@ def _one_hot(names: List[str]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- cells
-def _sample(energy, sm, sampler_name: str, nfe: int, n: int, seed: int):
-    sampler = build_sampler(sampler_name, sm.schedule, nfe)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    res = sampler.sample(energy, shape=sm.shape(n), generator=g)
+def _builder(sm, keep: Sequence[torch.Tensor], negs: Sequence[torch.Tensor] = (), weight: float = 3.0):
+    """``build(lo, hi)``: ``sm.combine`` of one leaf per condition tensor of ``keep`` (AND NOT ``negs``),
+    each ``(n, cond_dim)`` with one row per image, restricted to images ``[lo, hi)``."""
+    return lambda lo, hi: sm.combine([sm.leaf(c[lo:hi]) for c in keep], [sm.leaf(c[lo:hi]) for c in negs], weight=weight)
+
+
+def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=None):
+    """``(images in [0, 1], NFE, seconds)`` of ``n`` images of the energy ``build(0, n)``.
+
+    ``blocks = (block, session)``: drawn through ``ec.distributed.sample`` in blocks of ``block`` images,
+    each with the energy of its rows and the stream of ``(seed, b)``, spread over the session's ranks
+    (the same images on any number of processes); ``None``: one generator for all (one process).
+    """
     from toy.scene_model import to_unit
 
-    return to_unit(res.samples), int(res.info["nfe"]), time.perf_counter() - t0
+    sampler = build_sampler(sampler_name, sm.schedule, nfe)
+    t0 = time.perf_counter()
+    if blocks is None:
+        res = sampler.sample(build(0, n), shape=sm.shape(n), generator=torch.Generator().manual_seed(seed))
+        images, used = res.samples, int(res.info["nfe"])
+    else:
+        block, session = blocks
+        res = ec.distributed.sample(sampler, ec.distributed.PerBlock(build), n, seed=seed, event_shape=sm.shape(1)[1:],
+                                    block=block, session=session)
+        images, used = res.samples, res.nfe
+    return to_unit(images), used, time.perf_counter() - t0
 
 
 def _rate(ok: torch.Tensor) -> Dict[str, float]:
@@ -133,8 +153,13 @@ def _rate(ok: torch.Tensor) -> Dict[str, float]:
     return {"p": p, "se": math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")}
 
 
+def fingerprint(images: torch.Tensor) -> str:
+    """The first 12 hex digits of the SHA-1 of the images' float32 bytes (same images, same digits)."""
+    return hashlib.sha1(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:12]
+
+
 def _row(task: str, k: int, model: str, param: str, sampler: str, n: int, acc, strict, nfe: int, seconds: float,
-         budget: Optional[int] = None, weight: Optional[float] = None) -> Dict[str, Any]:
+         budget: Optional[int] = None, weight: Optional[float] = None, images: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     return {
         "task": task, "k": k, "model": model, "parameterisation": param, "sampler": sampler, "n": n,
         "nfe_budget": budget, "weight": weight,
@@ -142,6 +167,7 @@ def _row(task: str, k: int, model: str, param: str, sampler: str, n: int, acc, s
         "strict": None if strict is None else round(strict["p"], 4),
         "strict_se": None if strict is None else round(strict["se"], 4),
         "nfe": nfe, "seconds_per_image": round(seconds / n, 4),
+        "images_sha1": None if images is None else fingerprint(images),
     }
 
 
@@ -155,13 +181,16 @@ TASKS = ("positions", "not", "attributes")
 def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] = (1, 2, 3, 4, 5), samplers: Sequence[str] = SAMPLERS,
         weight: float = 3.0, seed: int = 0, checkpoint_dir=None, max_batch: Optional[int] = None,
         tasks: Sequence[str] = TASKS, energy_ks: Optional[Sequence[int]] = None, energy_samplers: Optional[Sequence[str]] = None,
-        variants: Optional[Dict[str, Any]] = None, models: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
+        variants: Optional[Dict[str, Any]] = None, models: Optional[Sequence[str]] = None, block: Optional[int] = None,
+        session=None, log=print) -> Dict[str, Any]:
     """Run the cells of ``tasks``; returns ``{"rows": [...], "settings": {...}, "missing": [...]}``.
 
     ``energy_ks`` / ``energy_samplers`` restrict the (costlier) energy-parameterised cells (default:
     ``ks`` / ``samplers``); ``variants`` maps a label to another position ε model (e.g. the
     embedding-only net), run on the position cells with the ε samplers as model ``composed (label)``;
-    ``models`` restricts the checkpoints loaded (keys of :data:`MODELS`, default all).
+    ``models`` restricts the checkpoints loaded (keys of :data:`MODELS`, default all). ``block``: draw
+    each cell's images in blocks of ``block`` over the ranks of ``session`` (``ec.distributed``; the
+    same images whatever the number of processes); ``None``: one generator per cell, one process.
     """
     from toy import scenes
 
@@ -170,6 +199,13 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
         raise ec.InputError(f"unknown tasks {sorted(unknown)}; valid tasks are {', '.join(TASKS)}")
     only = models
     models = load_models(quick, checkpoint_dir, max_batch, only)
+    blocks = None if block is None else (block, session or ec.distributed.Session())
+    if blocks is None and session is not None and session.distributed:
+        raise ec.InputError("several processes draw images in blocks: pass block=B (--block B)")
+
+    def draw(build, sm, s, seed_):
+        return _sample(build, sm, s, nfe, n, seed_, blocks)
+
     energy_ks = list(ks) if energy_ks is None else list(energy_ks)
     energy_samplers = list(samplers) if energy_samplers is None else list(energy_samplers)
 
@@ -192,57 +228,57 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
         for label, param, sm in position_models:
             if sm is None or (param == "energy" and k not in energy_ks):
                 continue
-            energy = sm.combine([sm.leaf(_conds(xy[:, j])) for j in range(k)], weight=weight)
+            build = _builder(sm, [_conds(xy[:, j]) for j in range(k)], weight=weight)
             for s in samplers_for(param):
-                images, used, secs = _sample(energy, sm, s, nfe, n, seed + k)
+                images, used, secs = draw(build, sm, s, seed + k)
                 acc, strict = score(images)
-                rows.append(_row(f"positions K={k}", k, label, param, s, n, acc, strict, used, secs, nfe, weight))
+                rows.append(_row(f"positions K={k}", k, label, param, s, n, acc, strict, used, secs, nfe, weight, images))
                 log(f"positions K={k} {label} {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
         sm = models.get("joint:epsilon")
         if sm is not None:
             joint = torch.zeros(n, 15)
             for j in range(k):
                 joint[:, 3 * j : 3 * j + 3] = _conds(xy[:, j])
-            energy = sm.combine([sm.leaf(joint)], weight=weight)
+            build = _builder(sm, [joint], weight=weight)
             for s in _samplers_for("epsilon", [x for x in samplers if x in ("ddpm", "ddim")]):
-                images, used, secs = _sample(energy, sm, s, nfe, n, seed + k)
+                images, used, secs = draw(build, sm, s, seed + k)
                 acc, strict = score(images)
-                rows.append(_row(f"positions K={k}", k, "joint", "epsilon", s, n, acc, strict, used, secs, nfe, weight))
+                rows.append(_row(f"positions K={k}", k, "joint", "epsilon", s, n, acc, strict, used, secs, nfe, weight, images))
                 log(f"positions K={k} joint   {s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
     if "not" in tasks:
-        rows += _negation_cells(position_models[:2], n, nfe, weight, seed, samplers_for, log)
+        rows += _negation_cells(position_models[:2], n, nfe, weight, seed, samplers_for, draw, log)
     for ci, cell in enumerate(ATTRIBUTE_CELLS if "attributes" in tasks else ()):
         require, forbid = attribute_requests(cell, n, torch.Generator().manual_seed(seed + 1000 + ci))
         for param in ("epsilon", "energy"):
             sm = models.get(f"attribute:{param}")
             if sm is None:
                 continue
-            keep = [sm.leaf(_one_hot([r[j] for r in require])) for j in range(len(require[0]))]
-            negs = [sm.leaf(_one_hot([f[j] for f in forbid])) for j in range(len(forbid[0]))]
-            energy = sm.combine(keep, negs, weight=weight)
+            keep = [_one_hot([r[j] for r in require]) for j in range(len(require[0]))]
+            negs = [_one_hot([f[j] for f in forbid]) for j in range(len(forbid[0]))]
+            build = _builder(sm, keep, negs, weight=weight)
             for s in samplers_for(param):
-                images, used, secs = _sample(energy, sm, s, nfe, n, seed + 1000 + ci)
+                images, used, secs = draw(build, sm, s, seed + 1000 + ci)
                 ok = torch.stack([scenes.attribute_accuracy(images[i : i + 1], require=require[i], forbid=forbid[i])[0] for i in range(n)])
                 acc = _rate(ok)
-                rows.append(_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs, nfe, weight))
+                rows.append(_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs, nfe, weight, images))
                 log(f"attributes {cell:<26}{param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
             if sm.attribute_labels == "multi" and len(require[0]) > 1 and not forbid[0]:
                 # the jointly conditioned baseline: one multi-hot condition holding every requested attribute
-                energy = sm.combine([sm.leaf(torch.stack([scenes.attributes(r) for r in require]))], weight=weight)
+                build = _builder(sm, [torch.stack([scenes.attributes(r) for r in require])], weight=weight)
                 for s in _samplers_for(param, [x for x in samplers if x in ("ddpm", "ddim")]):
-                    images, used, secs = _sample(energy, sm, s, nfe, n, seed + 1000 + ci)
+                    images, used, secs = draw(build, sm, s, seed + 1000 + ci)
                     ok = torch.stack([scenes.attribute_accuracy(images[i : i + 1], require=require[i])[0] for i in range(n)])
                     acc = _rate(ok)
-                    rows.append(_row(f"attributes: {cell}", len(require[0]), "joint", param, s, n, acc, None, used, secs, nfe, weight))
+                    rows.append(_row(f"attributes: {cell}", len(require[0]), "joint", param, s, n, acc, None, used, secs, nfe, weight, images))
                     log(f"attributes {cell:<26}joint {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
     settings = {"quick": quick, "n": n, "nfe_budget": nfe, "ks": list(ks), "samplers": list(samplers), "weight": weight,
                 "tasks": list(tasks), "energy_ks": energy_ks, "energy_samplers": energy_samplers, "variants": sorted(variants or {}),
                 "models_run": sorted(models), "seed": seed, "radius": RADIUS, "threads": torch.get_num_threads(),
-                "models": "random-weight tiny nets (quick mode)" if quick else "shipped checkpoints"}
+                "models": "random-weight tiny nets (quick mode)" if quick else "shipped checkpoints", "block": block}
     return {"rows": rows, "settings": settings, "missing": missing}
 
 
-def _negation_cells(position_models, n: int, nfe: int, weight: float, seed: int, samplers_for, log) -> List[Dict[str, Any]]:
+def _negation_cells(position_models, n: int, nfe: int, weight: float, seed: int, samplers_for, draw, log) -> List[Dict[str, Any]]:
     """``at(p) AND NOT at(q)``, and ``at(p)`` alone on the same requests: how often an object sits at
     ``q`` with and without the NOT (the NOT target: at most half as often)."""
     from toy import scenes
@@ -254,15 +290,15 @@ def _negation_cells(position_models, n: int, nfe: int, weight: float, seed: int,
     for label, param, sm in position_models:
         if sm is None:
             continue
-        for task, negs in (("NOT", [sm.leaf(_conds(xy[:, 1]))]), ("NOT (without the NOT)", [])):
-            energy = sm.combine([sm.leaf(_conds(xy[:, 0]))], negs, weight=weight)
+        for task, negs in (("NOT", [_conds(xy[:, 1])]), ("NOT (without the NOT)", [])):
+            build = _builder(sm, [_conds(xy[:, 0])], negs, weight=weight)
             for s in samplers_for(param):
-                images, used, secs = _sample(energy, sm, s, nfe, n, seed + 7)
+                images, used, secs = draw(build, sm, s, seed + 7)
                 ok = torch.stack([scenes.position_accuracy(images[i : i + 1], at=p[i], not_at=[q[i]], radius=RADIUS)[0] for i in range(n)])
                 at_p = torch.stack([scenes.count_near(images[i : i + 1], p[i][0], radius=RADIUS)[0] for i in range(n)])
                 at_q = torch.stack([scenes.count_near(images[i : i + 1], q[i], radius=RADIUS)[0] for i in range(n)])
                 acc = _rate(ok)
-                row = _row(task, 1, label, param, s, n, acc, None, used, secs, nfe, weight)
+                row = _row(task, 1, label, param, s, n, acc, None, used, secs, nfe, weight, images)
                 row.update({"object_at_p": round(_rate(at_p)["p"], 4), "object_at_q": round(_rate(at_q)["p"], 4),
                             "object_at_q_se": round(_rate(at_q)["se"], 4)})
                 rows.append(row)
@@ -441,8 +477,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--models", nargs="+", default=None, choices=list(MODELS), help="checkpoints to run (default: all)")
     p.add_argument("--merge", nargs="+", default=None, metavar="PART.json",
                    help="write OUT/composition_images.* from these runs' JSON files instead of sampling")
+    p.add_argument("--block", type=int, default=None,
+                   help="draw each cell's images in blocks of B, each from its own stream (seed, b): the same "
+                   "images on any number of torchrun processes (required under torchrun; default: one generator per cell)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    if args.block is not None and args.block < 1:
+        p.error(f"--block must be a positive integer, got {args.block}")
+    if args.block is None and ec.distributed.launched_by_torchrun():
+        p.error("under torchrun the images are drawn in blocks spread over the processes: add --block B (e.g. --block 25)")
     out = Path(args.out)
     if args.merge:
         result = merge([json.loads(Path(f).read_text()) for f in args.merge])
@@ -459,11 +502,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         from toy.scene_model import SceneModel
 
         variants[label] = SceneModel.load(path, parameterisation="epsilon", max_batch=args.max_batch)
-    result = run(quick=args.quick, n=n, nfe=nfe, ks=args.ks, samplers=args.samplers, weight=args.weight, seed=args.seed,
-                 checkpoint_dir=args.checkpoint_dir, max_batch=args.max_batch, tasks=args.tasks, energy_ks=args.energy_ks,
-                 energy_samplers=args.energy_samplers, variants=variants, models=args.models)
-    result["settings"]["argv"] = list(sys.argv[1:] if argv is None else argv)
-    _write(result, out)
+    with ec.distributed.session("cpu") as session:
+        with ec.distributed.all_or_none(session):
+            result = run(quick=args.quick, n=n, nfe=nfe, ks=args.ks, samplers=args.samplers, weight=args.weight,
+                         seed=args.seed, checkpoint_dir=args.checkpoint_dir, max_batch=args.max_batch, tasks=args.tasks,
+                         energy_ks=args.energy_ks, energy_samplers=args.energy_samplers, variants=variants,
+                         models=args.models, block=args.block, session=session,
+                         log=print if session.is_main else (lambda *a, **k: None))
+        if session.is_main:  # every rank has the gathered images and scores; one writes
+            result["settings"]["argv"] = list(sys.argv[1:] if argv is None else argv)
+            result["settings"]["processes"] = session.world_size
+            _write(result, out)
     return 0
 
 

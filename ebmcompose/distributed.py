@@ -53,7 +53,7 @@ from .sharded_result import EXTRA_KEYS, BlockReport, ShardedResult
 
 __all__ = [
     "DEFAULT_BLOCK", "block_seed", "block_generator", "shared_generator", "launched_by_torchrun", "Session",
-    "session", "BlockPlan", "RankError", "PeerFailed", "agree", "all_or_none", "all_gather_objects", "gather_rows",
+    "session", "BlockPlan", "PerBlock", "RankError", "PeerFailed", "agree", "all_or_none", "all_gather_objects", "gather_rows",
     "BlockReport", "ShardedResult", "sample", "resample_indices", "take_rows",
 ]
 
@@ -360,6 +360,24 @@ def gather_rows(local: Tensor, plan: BlockPlan, s: Session) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- the driver
+class PerBlock:
+    """An energy that differs between blocks: ``build(lo, hi)`` the energy of global chains ``[lo, hi)``.
+
+    For batches whose rows carry their own conditions (each image its own request): pass
+    ``PerBlock(lambda lo, hi: compose(conditions[lo:hi]))`` as the energy of :func:`sample`, and each
+    block is sampled with the energy of its own rows.
+    """
+
+    def __init__(self, build: Callable[[int, int], Any]):
+        if not callable(build):
+            raise InputError(f"PerBlock needs a function build(lo, hi) -> Energy, got {type(build).__name__}")
+        self.build = build
+
+    def for_rows(self, lo: int, hi: int):
+        """The energy of global rows ``[lo, hi)``."""
+        return self.build(lo, hi)
+
+
 def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence[int]] = None,
            init: Optional[Callable[[int, torch.Generator], Tensor]] = None, block: int = DEFAULT_BLOCK,
            session: Optional[Session] = None, device=None, dtype: Optional[torch.dtype] = None,
@@ -379,8 +397,9 @@ def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence
         instead as ONE population of ``n`` particles spread over the blocks (SMC resamples
         globally: see :func:`take_rows`); its result's ``population`` holds ``log_z`` and the
         resampling events of the whole population.
-    energy : Energy
-        The target, on the run's device.
+    energy : Energy or PerBlock
+        The target, on the run's device; a :class:`PerBlock` gives each block the energy of its own
+        rows (not with a ``sample_sharded`` sampler: one population has one target).
     n : int
         Chains in all.
     seed : int
@@ -419,7 +438,10 @@ def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence
         raise InputError("pass exactly one of event_shape=(...) (start from the sampler's prior) or init=fn(m, g) -> x0")
     plan = BlockPlan.of(n, block, s)
     dev = torch.device(device) if device is not None else s.device
+    per_block = isinstance(energy, PerBlock)
     if callable(getattr(sampler, "sample_sharded", None)):  # one population over every block (SMC)
+        if per_block:
+            raise InputError("a sharded SMC population has one target: pass one energy, not PerBlock")
         return _sample_population(sampler, energy, plan, s, seed=seed, event_shape=event_shape, init=init,
                                   device=dev, dtype=dtype, progress=progress and s.is_main, **kwargs)
     results = []
@@ -428,11 +450,12 @@ def sample(sampler, energy, n: int, *, seed: int, event_shape: Optional[Sequence
             start, stop = plan.bounds(b)
             g = block_generator(seed, b, dev)
             show = progress and s.is_main
+            target = energy.for_rows(start, stop) if per_block else energy
             if init is not None:
-                res = sampler.sample(energy, init(stop - start, g), generator=g, progress=show, **kwargs)
+                res = sampler.sample(target, init(stop - start, g), generator=g, progress=show, **kwargs)
             else:
                 extra = {} if dtype is None else {"dtype": dtype}
-                res = sampler.sample(energy, shape=(stop - start, *event_shape), generator=g, device=dev,
+                res = sampler.sample(target, shape=(stop - start, *event_shape), generator=g, device=dev,
                                      progress=show, **extra, **kwargs)
             results.append((b, res))
     reports = [BlockReport.of(b, res) for b, res in results]

@@ -47,6 +47,32 @@ def test_bad_plan_and_arguments_are_input_errors():
         dist_.sample(ULA(step_size=0.1, n_steps=1), ec.EnergyFunction(lambda x: (x**2).sum(1)), 4, seed=0)
 
 
+def test_per_block_energies_are_built_from_each_blocks_rows():
+    """PerBlock(build): block [lo, hi) runs on build(lo, hi); here each chain's target is N(row index, 0.1²)."""
+    centres = torch.arange(7, dtype=torch.float32)[:, None]
+    built = []
+
+    def build(lo, hi):
+        built.append((lo, hi))
+        c = centres[lo:hi]
+        return ec.EnergyFunction(lambda x: 50.0 * (x - c).square().sum(1))
+
+    res = dist_.sample(MALA(step_size=0.002, n_steps=200), dist_.PerBlock(build), 7, seed=1, init=lambda m, g: torch.zeros(m, 1),
+                       block=3)
+    assert built == [(0, 3), (3, 6), (6, 7)]
+    assert (res.samples - centres).abs().max() < 0.5  # each chain found its own row's target
+
+
+def test_per_block_needs_a_function_and_is_refused_by_one_smc_population():
+    with pytest.raises(ec.InputError, match="build"):
+        dist_.PerBlock("not a function")
+    from samplers import SMC
+
+    gm = worker.target().diffused(worker.SCHEDULE)
+    with pytest.raises(ec.InputError, match="one energy, not PerBlock"):
+        dist_.sample(SMC(worker.SCHEDULE, 3), dist_.PerBlock(lambda lo, hi: gm), 4, seed=0, event_shape=(2,), block=2)
+
+
 def test_one_process_runs_each_block_with_its_own_generator():
     gm = worker.target()
     energy = ec.EnergyFunction(lambda x: -gm.log_prob(x))

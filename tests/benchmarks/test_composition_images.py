@@ -3,6 +3,8 @@
 import json
 import math
 
+import torch
+
 from benchmarks import composition_images as ci
 
 
@@ -129,3 +131,56 @@ def test_a_multi_hot_attribute_model_adds_the_joint_baseline_to_the_and_cells(mo
         rows = ci.run(quick=True, n=2, nfe=2, samplers=["ddim"], tasks=["attributes"], log=lambda *a: None)["rows"]
         assert {r["task"] for r in rows if r["model"] == "joint"} == joint_cells
         assert len([r for r in rows if r["model"] == "composed"]) == len(ci.ATTRIBUTE_CELLS)
+
+
+def _cells(path):
+    rows = json.loads((path / "composition_images.json").read_text())["rows"]
+    return {(r["task"], r["model"], r["parameterisation"], r["sampler"]): (r["images_sha1"], r["accuracy"], r["strict"], r["nfe"])
+            for r in rows}
+
+
+def test_two_torchrun_processes_give_the_cells_of_one(tmp_path):
+    """Under torchrun the study draws each cell's images in blocks (each block the energy of its own
+    images' requests): the same cells as one process with the same --block; without --block it refuses."""
+    import _distributed_worker as worker
+
+    argv = ["--quick", "--n", "5", "--nfe", "3", "--ks", "2", "--samplers", "ddpm", "--tasks", "positions", "not",
+            "--models", "position:epsilon", "--block", "2"]
+    assert ci.main([*argv, "--out", str(tmp_path / "one")]) == 0
+    proc = worker.torchrun(["-m", "--", "benchmarks.composition_images", *argv, "--out", tmp_path / "two"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    one, two = _cells(tmp_path / "one"), _cells(tmp_path / "two")
+    assert len(one) == 3 and one == two  # K = 2, NOT, NOT without the NOT
+    settings = json.loads((tmp_path / "two" / "composition_images.json").read_text())["settings"]
+    assert settings["processes"] == 2 and settings["block"] == 2
+
+
+def test_blocks_give_each_block_the_energy_of_its_own_requests(monkeypatch):
+    """Drawn in blocks, block b's energy holds the conditions of images [lo, hi) only."""
+    seen = []
+    real = ci._builder
+
+    def spy(sm, keep, negs=(), weight=3.0):
+        build = real(sm, keep, negs, weight)
+
+        def traced(lo, hi):
+            seen.append((lo, hi, keep[0][lo:hi].clone(), keep[0]))
+            return build(lo, hi)
+        return traced
+
+    monkeypatch.setattr(ci, "_builder", spy)
+    ci.run(quick=True, n=5, nfe=2, ks=[1], samplers=["ddim"], tasks=["positions"], models=["position:epsilon"], block=2,
+           log=lambda *a: None)
+    assert [(lo, hi) for lo, hi, *_ in seen] == [(0, 2), (2, 4), (4, 5)]
+    for lo, hi, rows, full in seen:
+        assert torch.equal(rows, full[lo:hi]) and rows.shape[0] == hi - lo
+
+
+def test_torchrun_without_block_is_refused(monkeypatch, capsys):
+    import pytest
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exc:
+        ci.main(["--quick", "--out", "unused"])
+    assert exc.value.code == 2 and "--block" in capsys.readouterr().err
