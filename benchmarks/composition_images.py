@@ -21,7 +21,8 @@ Cells (each ``n`` images; every image gets its own random request, drawn like th
 
 Every cell reports accuracy and strict accuracy with binomial standard errors
 ``sqrt(p (1 − p) / n)``, the NFE (network forwards, all leaves batched into one) and seconds per
-image. Samplers are built at a matched NFE budget by :func:`ebmcompose.cli.scene_sampling.build_sampler`
+image. The ``smc`` sampler (:class:`PerImageSMC`) runs :data:`SMC_PARTICLES` weighted particles per
+image (NFE per particle, so each image costs that many times the compute: see its seconds). Samplers are built at a matched NFE budget by :func:`ebmcompose.cli.scene_sampling.build_sampler`
 (MALA and HMC only on the energy-parameterised model). Writes
 ``OUT/composition_images.{json,md,png}`` atomically; the markdown's findings are computed from
 the numbers (differences are called significant only beyond 2 standard errors).
@@ -30,6 +31,7 @@ the numbers (differences are called significant only beyond 2 standard errors).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -120,9 +122,42 @@ def _one_hot(names: List[str]) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- cells
 def _builder(sm, keep: Sequence[torch.Tensor], negs: Sequence[torch.Tensor] = (), weight: float = 3.0):
-    """``build(lo, hi)``: ``sm.combine`` of one leaf per condition tensor of ``keep`` (AND NOT ``negs``),
-    each ``(n, cond_dim)`` with one row per image, restricted to images ``[lo, hi)``."""
-    return lambda lo, hi: sm.combine([sm.leaf(c[lo:hi]) for c in keep], [sm.leaf(c[lo:hi]) for c in negs], weight=weight)
+    """``build(lo, hi, repeat=1)``: ``sm.combine`` of one leaf per condition tensor of ``keep`` (AND NOT
+    ``negs``), each ``(n, cond_dim)`` with one row per image, restricted to images ``[lo, hi)``, each
+    row repeated ``repeat`` times (SMC's particles of one image)."""
+    def build(lo, hi, repeat=1):
+        rows = lambda c: c[lo:hi].repeat_interleave(repeat, 0)
+        return sm.combine([sm.leaf(rows(c)) for c in keep], [sm.leaf(rows(c)) for c in negs], weight=weight)
+    return build
+
+
+#: Particles per image of the study's ``smc`` sampler, and the first time of its ladder (FKC weights need
+#: small steps: see ``samplers.fkc``).
+SMC_PARTICLES = 4
+SMC_T_MAX = {"energy": 0.98, "epsilon": 0.9}
+
+
+class PerImageSMC:
+    """SMC with ``m`` particles per image: each image of a batch is one population of ``m`` particles
+    (its request's conditions repeated ``m`` times, ``samplers.SMC.sample(..., populations=n)``), and
+    gives its first particle after the final resampling (an equally weighted draw). Energy weights on
+    energy-parameterised models, Feynman–Kac corrector weights on ε-models; no rejuvenation. NFE per
+    particle ``levels + 1``; each image costs ``m`` particles."""
+
+    def __init__(self, schedule, nfe: int, parameterisation: str, m: int = SMC_PARTICLES):
+        from samplers import SMC
+
+        self.m = m
+        self.smc = SMC(schedule, max(nfe - 1, 1), weights="energy" if parameterisation == "energy" else "fkc",
+                       t_max=SMC_T_MAX[parameterisation], t_min=0.01)
+
+    def sample(self, energy, shape, generator=None, **kwargs):
+        """``energy`` of ``n · m`` rows (each image's ``m`` in a row); ``shape`` ``(n, *event)``."""
+        import dataclasses
+
+        n, event = shape[0], tuple(shape[1:])
+        res = self.smc.sample(energy, shape=(n * self.m, *event), generator=generator, populations=n, **kwargs)
+        return dataclasses.replace(res, samples=res.samples.view(n, self.m, *event)[:, 0])
 
 
 def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=None):
@@ -134,14 +169,18 @@ def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=No
     """
     from toy.scene_model import to_unit
 
-    sampler = build_sampler(sampler_name, sm.schedule, nfe)
+    if sampler_name == "smc":  # each image's conditions once per particle
+        sampler = PerImageSMC(sm.schedule, nfe, sm.parameterisation)
+        energy_of = functools.partial(build, repeat=sampler.m)
+    else:
+        sampler, energy_of = build_sampler(sampler_name, sm.schedule, nfe), build
     t0 = time.perf_counter()
     if blocks is None:
-        res = sampler.sample(build(0, n), shape=sm.shape(n), generator=torch.Generator().manual_seed(seed))
+        res = sampler.sample(energy_of(0, n), shape=sm.shape(n), generator=torch.Generator().manual_seed(seed))
         images, used = res.samples, int(res.info["nfe"])
     else:
         block, session = blocks
-        res = ec.distributed.sample(sampler, ec.distributed.PerBlock(build), n, seed=seed, event_shape=sm.shape(1)[1:],
+        res = ec.distributed.sample(sampler, ec.distributed.PerBlock(energy_of), n, seed=seed, event_shape=sm.shape(1)[1:],
                                     block=block, session=session)
         images, used = res.samples, res.nfe
     return to_unit(images), used, time.perf_counter() - t0
@@ -169,6 +208,10 @@ def _row(task: str, k: int, model: str, param: str, sampler: str, n: int, acc, s
         "nfe": nfe, "seconds_per_image": round(seconds / n, 4),
         "images_sha1": None if images is None else fingerprint(images),
     }
+
+
+#: The study's samplers: those of ``ebmcompose scenes sample`` and per-image SMC (:class:`PerImageSMC`).
+STUDY_SAMPLERS = SAMPLERS + ("smc",)
 
 
 def _samplers_for(param: str, names: Sequence[str]) -> List[str]:
@@ -462,14 +505,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny random-weight models, few images (a pipeline test)")
     p.add_argument("--n", type=int, default=None, help="images per cell (default 200; quick 4)")
     p.add_argument("--nfe", type=int, default=None, help="NFE budget per sampler (default 50; quick 4)")
-    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(STUDY_SAMPLERS),
+                   help="default: every sampler of `ebmcompose scenes sample`; smc: SMC with SMC_PARTICLES particles per image")
     p.add_argument("--ks", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--weight", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None, help="folder of scenes_* checkpoints (default: shipped)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="which cells to run (default: all)")
     p.add_argument("--energy-ks", nargs="+", type=int, default=None, help="K values of the energy-model cells (default: --ks)")
-    p.add_argument("--energy-samplers", nargs="+", default=None, choices=list(SAMPLERS), help="samplers of the energy model (default: --samplers)")
+    p.add_argument("--energy-samplers", nargs="+", default=None, choices=list(STUDY_SAMPLERS), help="samplers of the energy model (default: --samplers)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=PATH",
                    help="another position epsilon checkpoint to report beside the shipped one (repeatable)")
     p.add_argument("--max-batch", type=int, default=None)

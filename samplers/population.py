@@ -77,7 +77,8 @@ class Population:
         raise NotImplementedError
 
     def ancestors(self, log_weights: Tensor, do: Tensor, scheme: str) -> Optional[Tensor]:
-        """``(N,)`` int64 ancestors from ``(N,)`` gathered log weights where ``do`` (0-d bool), or ``None``
+        """``(N,)`` int64 global ancestors from the gathered log weights ``(G, M)`` of ``G`` populations of
+        ``M`` consecutive particles, each resampled within itself where ``do`` ``(G,)`` bool; ``None``
         when nothing moves."""
         raise NotImplementedError
 
@@ -105,8 +106,10 @@ class OneGenerator(Population):
         return local
 
     def ancestors(self, log_weights: Tensor, do: Tensor, scheme: str) -> Optional[Tensor]:
+        g, m = log_weights.shape
         idx = resample(log_weights, scheme, self.generator)  # drawn every level: no sync for the decision
-        return torch.where(do, idx, torch.arange(log_weights.shape[0], device=idx.device))
+        own = torch.arange(g * m, device=idx.device).view(g, m)
+        return torch.where(do[:, None], idx + own[:, :1], own).reshape(-1)
 
     def take(self, local: Tensor, idx: Optional[Tensor]) -> Tensor:
         return local if idx is None else local.index_select(0, idx)
@@ -177,9 +180,11 @@ class ShardedPopulation(Population):
     def ancestors(self, log_weights: Tensor, do: Tensor, scheme: str) -> Optional[Tensor]:
         from ebmcompose.distributed import resample_indices
 
-        if not bool(do):  # the same decision on every rank (gathered weights)
+        if log_weights.shape[0] != 1:
+            raise ec.InputError("a sharded SMC run is one population (populations=1)")
+        if not bool(do[0]):  # the same decision on every rank (gathered weights)
             return None
-        return resample_indices(log_weights, self._resample_gen, scheme).to(log_weights.device)
+        return resample_indices(log_weights[0], self._resample_gen, scheme).to(log_weights.device)
 
     def take(self, local: Tensor, idx: Optional[Tensor]) -> Tensor:
         from ebmcompose.distributed import take_rows

@@ -287,6 +287,7 @@ class SMC:
         callback: Optional[Callable] = None,
         trace_every: int = 0,
         on_divergence: str = "warn",
+        populations: int = 1,
     ) -> SampleResult:
         """Move ``B`` weighted particles down the ladder; return them equally weighted.
 
@@ -307,13 +308,20 @@ class SMC:
         progress, callback, trace_every, on_divergence
             As :meth:`samplers.PredictorCorrector.sample`; the callback gets an :class:`SMCState`
             and an :class:`SMCLevelInfo`.
+        populations : int
+            ``G``: the particles form ``G`` independent populations of ``M = B / G`` consecutive
+            rows (rows ``[g M, (g + 1) M)``), each with its own weights, ESS, resampling decisions
+            and ``log Ẑ``; resampling never moves a particle to another population. For batches whose
+            rows carry their own conditions: ``M`` particles per request, each request's conditions
+            repeated ``M`` times (``cond.repeat_interleave(M, 0)``). Default 1.
 
         Returns
         -------
         SampleResult
-            ``samples`` ``(B, *event)`` at ``t = 0``, equally weighted; ``info`` an
-            :class:`SMCSummary` (``log_z``, per-level ``ess`` and ``resampled``, ``nfe``,
-            rejuvenation acceptance and step sizes like :class:`~samplers.result.LadderSummary`).
+            ``samples`` ``(B, *event)`` at ``t = 0``, equally weighted (within each population);
+            ``info`` an :class:`SMCSummary` (``log_z``, per-level ``ess`` and ``resampled``, ``nfe``,
+            rejuvenation acceptance and step sizes like :class:`~samplers.result.LadderSummary`;
+            with ``G > 1``: ``log_z_populations`` ``(G,)``, ``ess`` and ``resampled`` ``(L + 1, G)``).
 
         Raises
         ------
@@ -325,8 +333,9 @@ class SMC:
         NonFiniteStateError
             A particle's position, energy or gradient became NaN/inf; names the level.
         """
+        check_positive_int(populations, "populations")
         return self._run(energy, OneGenerator(generator), x0, shape, device, dtype, progress, callback, trace_every,
-                         on_divergence)
+                         on_divergence, populations)
 
     def sample_sharded(
         self,
@@ -396,7 +405,7 @@ class SMC:
         return self._run(energy, pop, None, shape, dev, dtype, progress, callback, trace_every, on_divergence)
 
     def _run(self, energy, pop: Population, x0, shape, device, dtype, progress, callback, trace_every,
-             on_divergence) -> SampleResult:
+             on_divergence, populations: int = 1) -> SampleResult:
         """The algorithm (module notes) on the population ``pop`` (:mod:`samplers.population`)."""
         check_positive_int(trace_every, "trace_every", allow_zero=True)
         health.check_on_divergence(on_divergence)
@@ -430,8 +439,13 @@ class SMC:
         blocks = pop.blocks(x)
         d = math.prod(x.shape[1:])
         wdtype = torch.promote_types(x.dtype, torch.float32)
-        log_b = math.log(b)
-        thr = float(self.ess_threshold) * b
+        if b % populations:
+            raise ec.InputError(f"{b} particles cannot form {populations} populations of equal size: "
+                                "give a multiple of populations (M particles for each of the G populations)")
+        G, M = populations, b // populations
+        log_m = math.log(M)
+        thr = float(self.ess_threshold) * M
+        per = (lambda v: v[0]) if G == 1 else (lambda v: v)  # one population: 0-d ESS and decision per level
         state_type = kernel.state_type if kernel is not None else State
         guess_scale = (kernel.initial_step_size_guess * d ** (-step_size_exponent(kernel) / 3.0)
                        if kernel is not None else None)
@@ -460,16 +474,17 @@ class SMC:
             return st0, log_w0, rate0, nfe0
 
         def reweight(st: State, log_w: Tensor, log_z: Tensor, force: bool = False, rate: Optional[Tensor] = None):
-            """ESS and adaptive resampling of the whole population: ``(state, log_w, log_z, ess, resampled, rate)``."""
+            """ESS and adaptive resampling of each population: ``(state, log_w, log_z, ess, resampled, rate)``."""
             log_w = torch.nan_to_num(log_w, nan=-math.inf, posinf=-math.inf)
-            lw_all = pop.gather(log_w)  # (N,)
-            e = _ess(lw_all)
+            lw_all = pop.gather(log_w).view(G, M)
+            e = _ess(lw_all)  # (G,)
             do = torch.ones_like(e, dtype=torch.bool) if force else e < thr
             idx = pop.ancestors(lw_all, do, self.resampling)
-            lse = torch.logsumexp(lw_all, 0) - log_b
+            lse = torch.logsumexp(lw_all, -1) - log_m
             log_z = torch.where(do, log_z + lse, log_z)
-            log_w = torch.where(do, torch.zeros_like(log_w), log_w)
-            return take_state(st, idx, pop.take), log_w, log_z, e, do, None if rate is None else pop.take(rate, idx)
+            log_w = torch.where(do.repeat_interleave(M) if G > 1 else do, torch.zeros_like(log_w), log_w)
+            return (take_state(st, idx, pop.take), log_w, log_z, per(e), per(do),
+                    None if rate is None else pop.take(rate, idx))
 
         def propose(g, prev: State, log_w: Tensor, rate_prev: Optional[Tensor], i: int):
             """One block's proposal step ``i`` and weight: ``(state, log_w, rate, nfe)``."""
@@ -526,7 +541,7 @@ class SMC:
                             log_z=log_z, fkc_rate=rate), info
 
         st0, log_w0, rate0, nfe0 = each_block(blocks, begin, (x,), split=(slice_rows,), join=STEP_JOIN)
-        st0, log_w0, log_z0, ess0, do0, rate0 = reweight(st0, log_w0, torch.zeros((), device=x.device, dtype=wdtype),
+        st0, log_w0, log_z0, ess0, do0, rate0 = reweight(st0, log_w0, torch.zeros(G, device=x.device, dtype=wdtype),
                                                          rate=rate0)
         start = SMCState(x=st0.x, t=ts[0], level=0, kernel_state=st0, log_weights=log_w0, log_z=log_z0,
                          fkc_rate=rate0)
@@ -546,8 +561,9 @@ class SMC:
         base = summarise(ts, infos, len(steps), trace, trace_t, corrected=corrected, extra_nfe=nfe0,
                          corrector_steps=0 if kernel is not None else None, eta=float(self.eta))
         info = SMCSummary(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
-                          log_z=float(log_z), ess=ess_all, resampled=res_all, n_resampled=int(res_all.sum()),
-                          particles=b, scheme=self.resampling, weights=mode)
+                          log_z=float(log_z[0]) if G == 1 else None, ess=ess_all, resampled=res_all,
+                          n_resampled=int(res_all.sum()), particles=b, scheme=self.resampling, weights=mode,
+                          populations=G, log_z_populations=None if G == 1 else log_z.detach().to("cpu", torch.float64))
         out = SampleResult(samples=x_out, info=info, state=st)
         if x.shape[0] == 0:  # an idle rank of a sharded population: nothing of its own to assess
             return out

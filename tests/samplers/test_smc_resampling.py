@@ -79,5 +79,25 @@ def test_same_generator_same_ancestors_and_bad_input():
         assert torch.equal(a, b) and a.dtype == torch.int64 and a.shape == (64,)
     with pytest.raises(ec.InputError, match="unknown resampling scheme"):
         resampling.resample(log_w, "residual")
-    with pytest.raises(ec.InputError, match=r"shape \(B,\)"):
-        resampling.resample(log_w.reshape(8, 8))
+    with pytest.raises(ec.InputError, match=r"shape \(B,\) or \(G, B\)"):
+        resampling.resample(log_w.reshape(4, 4, 4))
+
+
+@pytest.mark.parametrize("scheme", sorted(resampling.SCHEMES))
+def test_populations_resample_independently_within_their_rows(scheme):
+    """``(G, B)`` log weights: each row resampled on its own (unbiased counts per row, indices into the
+    row); one row draws what the ``(B,)`` call draws."""
+    w = torch.stack([WEIGHTS, WEIGHTS.flip(0)])
+    lw = w.log()
+    g = torch.Generator().manual_seed(8)
+    reps, b = 3000, w.shape[1]
+    tot = torch.zeros(2, b, dtype=torch.float64)
+    for _ in range(reps):
+        idx = resampling.resample(lw, scheme, g)
+        assert idx.shape == (2, b) and int(idx.min()) >= 0 and int(idx.max()) < b
+        tot += torch.stack([counts(i, b) for i in idx])
+    se = (b * w * (1 - w) / reps).sqrt().clamp(min=1e-3)  # multinomial's variance bounds the others'
+    assert ((tot / reps - b * w).abs() <= 4.5 * se).all(), tot / reps
+    one = resampling.resample(lw[0], scheme, torch.Generator().manual_seed(9))
+    assert torch.equal(resampling.resample(lw[:1], scheme, torch.Generator().manual_seed(9))[0], one)
+    assert float(resampling.ess(torch.zeros(3, 5))[1]) == pytest.approx(5.0) and resampling.ess(torch.zeros(3, 5)).shape == (3,)
