@@ -161,7 +161,8 @@ class PerImageSMC:
 
 
 def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=None):
-    """``(images in [0, 1], NFE, seconds)`` of ``n`` images of the energy ``build(0, n)``.
+    """``(images in [0, 1], NFE, seconds, extra)`` of ``n`` images of the energy ``build(0, n)`` (``extra``:
+    row fields a sampler adds, e.g. SMC's mean ESS fraction in one process).
 
     ``blocks = (block, session)``: drawn through ``ec.distributed.sample`` in blocks of ``block`` images,
     each with the energy of its rows and the stream of ``(seed, b)``, spread over the session's ranks
@@ -169,6 +170,7 @@ def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=No
     """
     from toy.scene_model import to_unit
 
+    extra = {}
     if sampler_name == "smc":  # each image's conditions once per particle
         sampler = PerImageSMC(sm.schedule, nfe, sm.parameterisation)
         energy_of = functools.partial(build, repeat=sampler.m)
@@ -178,12 +180,14 @@ def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=No
     if blocks is None:
         res = sampler.sample(energy_of(0, n), shape=sm.shape(n), generator=torch.Generator().manual_seed(seed))
         images, used = res.samples, int(res.info["nfe"])
+        if sampler_name == "smc":  # how far the weights degenerate: ESS / particles, mean over levels and images
+            extra["smc_mean_ess_fraction"] = round(float(res.info.ess.mean()) / sampler.m, 4)
     else:
         block, session = blocks
         res = ec.distributed.sample(sampler, ec.distributed.PerBlock(energy_of), n, seed=seed, event_shape=sm.shape(1)[1:],
                                     block=block, session=session)
         images, used = res.samples, res.nfe
-    return to_unit(images), used, time.perf_counter() - t0
+    return to_unit(images), used, time.perf_counter() - t0, extra
 
 
 def _rate(ok: torch.Tensor) -> Dict[str, float]:
@@ -273,9 +277,9 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
                 continue
             build = _builder(sm, [_conds(xy[:, j]) for j in range(k)], weight=weight)
             for s in samplers_for(param):
-                images, used, secs = draw(build, sm, s, seed + k)
+                images, used, secs, extra = draw(build, sm, s, seed + k)
                 acc, strict = score(images)
-                rows.append(_row(f"positions K={k}", k, label, param, s, n, acc, strict, used, secs, nfe, weight, images))
+                rows.append({**_row(f"positions K={k}", k, label, param, s, n, acc, strict, used, secs, nfe, weight, images), **extra})
                 log(f"positions K={k} {label} {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
         sm = models.get("joint:epsilon")
         if sm is not None:
@@ -284,9 +288,9 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
                 joint[:, 3 * j : 3 * j + 3] = _conds(xy[:, j])
             build = _builder(sm, [joint], weight=weight)
             for s in _samplers_for("epsilon", [x for x in samplers if x in ("ddpm", "ddim")]):
-                images, used, secs = draw(build, sm, s, seed + k)
+                images, used, secs, extra = draw(build, sm, s, seed + k)
                 acc, strict = score(images)
-                rows.append(_row(f"positions K={k}", k, "joint", "epsilon", s, n, acc, strict, used, secs, nfe, weight, images))
+                rows.append({**_row(f"positions K={k}", k, "joint", "epsilon", s, n, acc, strict, used, secs, nfe, weight, images), **extra})
                 log(f"positions K={k} joint   {s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} strict {strict['p']:.3f} nfe {used} {secs / n:.3f} s/img")
     if "not" in tasks:
         rows += _negation_cells(position_models[:2], n, nfe, weight, seed, samplers_for, draw, log)
@@ -300,19 +304,19 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
             negs = [_one_hot([f[j] for f in forbid]) for j in range(len(forbid[0]))]
             build = _builder(sm, keep, negs, weight=weight)
             for s in samplers_for(param):
-                images, used, secs = draw(build, sm, s, seed + 1000 + ci)
+                images, used, secs, extra = draw(build, sm, s, seed + 1000 + ci)
                 ok = torch.stack([scenes.attribute_accuracy(images[i : i + 1], require=require[i], forbid=forbid[i])[0] for i in range(n)])
                 acc = _rate(ok)
-                rows.append(_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs, nfe, weight, images))
+                rows.append({**_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs, nfe, weight, images), **extra})
                 log(f"attributes {cell:<26}{param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
             if sm.attribute_labels == "multi" and len(require[0]) > 1 and not forbid[0]:
                 # the jointly conditioned baseline: one multi-hot condition holding every requested attribute
                 build = _builder(sm, [torch.stack([scenes.attributes(r) for r in require])], weight=weight)
                 for s in _samplers_for(param, [x for x in samplers if x in ("ddpm", "ddim")]):
-                    images, used, secs = draw(build, sm, s, seed + 1000 + ci)
+                    images, used, secs, extra = draw(build, sm, s, seed + 1000 + ci)
                     ok = torch.stack([scenes.attribute_accuracy(images[i : i + 1], require=require[i])[0] for i in range(n)])
                     acc = _rate(ok)
-                    rows.append(_row(f"attributes: {cell}", len(require[0]), "joint", param, s, n, acc, None, used, secs, nfe, weight, images))
+                    rows.append({**_row(f"attributes: {cell}", len(require[0]), "joint", param, s, n, acc, None, used, secs, nfe, weight, images), **extra})
                     log(f"attributes {cell:<26}joint {param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
     settings = {"quick": quick, "n": n, "nfe_budget": nfe, "ks": list(ks), "samplers": list(samplers), "weight": weight,
                 "tasks": list(tasks), "energy_ks": energy_ks, "energy_samplers": energy_samplers, "variants": sorted(variants or {}),
@@ -336,12 +340,12 @@ def _negation_cells(position_models, n: int, nfe: int, weight: float, seed: int,
         for task, negs in (("NOT", [_conds(xy[:, 1])]), ("NOT (without the NOT)", [])):
             build = _builder(sm, [_conds(xy[:, 0])], negs, weight=weight)
             for s in samplers_for(param):
-                images, used, secs = draw(build, sm, s, seed + 7)
+                images, used, secs, extra = draw(build, sm, s, seed + 7)
                 ok = torch.stack([scenes.position_accuracy(images[i : i + 1], at=p[i], not_at=[q[i]], radius=RADIUS)[0] for i in range(n)])
                 at_p = torch.stack([scenes.count_near(images[i : i + 1], p[i][0], radius=RADIUS)[0] for i in range(n)])
                 at_q = torch.stack([scenes.count_near(images[i : i + 1], q[i], radius=RADIUS)[0] for i in range(n)])
                 acc = _rate(ok)
-                row = _row(task, 1, label, param, s, n, acc, None, used, secs, nfe, weight, images)
+                row = {**_row(task, 1, label, param, s, n, acc, None, used, secs, nfe, weight, images), **extra}
                 row.update({"object_at_p": round(_rate(at_p)["p"], 4), "object_at_q": round(_rate(at_q)["p"], 4),
                             "object_at_q_se": round(_rate(at_q)["se"], 4)})
                 rows.append(row)

@@ -211,4 +211,4 @@ def test_the_smc_cells_run_on_both_parameterisations():
     rows = ci.run(quick=True, n=2, nfe=3, ks=[1], samplers=["smc"], tasks=["positions"],
                   models=["position:epsilon", "position:energy"], log=lambda *a: None)["rows"]
     assert {(r["parameterisation"], r["sampler"]) for r in rows} == {("epsilon", "smc"), ("energy", "smc")}
-    assert all(r["nfe"] == 3 and r["n"] == 2 for r in rows)
+    assert all(r["nfe"] == 3 and r["n"] == 2 and 0 < r["smc_mean_ess_fraction"] <= 1 for r in rows)
