@@ -307,10 +307,25 @@ def needs_energy(sampler: str, kernel: Optional[str] = None, weights: Optional[s
     return sampler in ("mala", "hmc", "pc-mala", "pc-hmc") or (sampler == "annealed" and (kernel or "ula") != "ula")
 
 
-def smc_weights(weights: Optional[str], has_energy: bool) -> str:
-    """``--weights`` of ``--sampler smc``: as given, else ``"energy"`` for a model with energies and
-    ``"fkc"`` (Feynman–Kac corrector weights from scores) for a score-only one."""
-    return weights or ("energy" if has_energy else "fkc")
+def smc_weights(weights: Optional[str], energy, exact: bool) -> str:
+    """``--weights`` of ``--sampler smc``: as given; else ``"energy"`` for exact energies, and for
+    learned models ``"fkc"`` (Feynman–Kac corrector weights from scores) wherever they apply (a linear
+    composition: not a mixture). Learned energies' *values* are fitted only through their gradients, so
+    between separated modes they can be off by a lot: on the 2-D product, energy weights put every
+    particle in one of its two modes (``benchmarks/results/composition_2d.md``), FKC weights do not."""
+    if weights:
+        return weights
+    if exact:
+        return "energy"
+    from samplers.fkc import FKCScores
+
+    from ebmcompose import InputError
+
+    try:
+        FKCScores(energy)
+    except InputError:  # a mixture: FKC weights do not apply
+        return "energy" if energy.has_energy else "fkc"
+    return "fkc"
 
 
 def make_sampler(opts: SamplerOptions, schedule, exact: bool):

@@ -68,10 +68,11 @@ Settings (defaults in brackets; an option a sampler does not use is an error):
                  reverse-diffusion steps, importance weights toward the composed targets, resampled
                  when ESS/particles < --ess-threshold [0.5]; --rejuvenate [mala] (hmc, ula, none)
                  with --corrector-steps [1] per level, --step-rule [adapt] (sigma2, fixed), --leapfrog
-                 [5]; --weights [energy; fkc for epsilon models]: importance weights from energy
-                 values (exact or --model energy), or Feynman-Kac corrector weights from scores
-                 (AND/NOT of any model; --rejuvenate ula or none [none], ladder from t = 0.9 on
-                 learned models); metrics add the log-normaliser log_z
+                 [5]; --weights [energy for exact models, fkc for learned ones]: importance
+                 weights from energy values (exact or --model energy; learned energy values can be
+                 far off between modes), or Feynman-Kac corrector weights from scores (AND/NOT of
+                 any model; --rejuvenate ula or none [none], ladder from t = 0.9 on learned
+                 models); metrics add the log-normaliser log_z
 
 Writes OUT/samples.pt (torch tensor (n, 2); load with torch.load(..., weights_only=True)),
 OUT/samples.npy (the same as a NumPy array), OUT/samples.png (exact density, the samples, exact
@@ -132,7 +133,7 @@ def add_parser(subparsers) -> None:
     smp.add_argument("--rejuvenate", choices=ex.REJUVENATE, help="smc: MCMC kernel after each level's resampling (default: mala; none with --weights fkc)")
     smp.add_argument("--weights", choices=ex.SMC_WEIGHTS,
                      help="smc: importance weights from energy values, or Feynman-Kac corrector weights from scores "
-                     "(epsilon models) (default: energy when the model has energies, else fkc)")
+                     "(default: energy for --model exact, fkc for learned models where it applies)")
     smp.add_argument("--init-scale", type=positive_float, default=3.0, help="static samplers start from N(0, s²I) (default: %(default)s)")
     run_ = s.add_argument_group("run")
     run_.add_argument("--n", type=positive_int, default=_DEFAULT_N, help="number of samples (chains) (default: %(default)s)")
@@ -277,7 +278,7 @@ def _sample(args, session):
         task=args.task, expr=args.expr, model=args.model, static_sampler=args.sampler in ex.STATIC_SAMPLERS,
         checkpoint_dir=args.checkpoint_dir, t=args.t, device=str(dev),
     )
-    weights = ex.smc_weights(args.weights, target.energy.has_energy) if args.sampler == "smc" else None
+    weights = ex.smc_weights(args.weights, target.energy, args.model == "exact") if args.sampler == "smc" else None
     if ex.needs_energy(args.sampler, args.kernel, weights) and not target.energy.has_energy:
         kind = f"{args.sampler} with --kernel {args.kernel}" if args.sampler == "annealed" else args.sampler
         smc = args.sampler == "smc"

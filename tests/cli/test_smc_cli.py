@@ -104,3 +104,14 @@ def test_smc_on_epsilon_models_uses_fkc_weights(extra, tmp_path, capsys):
     # one batched forward per level (ULA: + its move and a re-evaluation per level, + the first level's step-size search)
     assert m["nfe"] == 11 if not extra else m["nfe"] >= 11 + 2 * 10
     assert torch.load(out / "samples.pt", weights_only=True).shape == (64, 2)
+
+
+@pytest.mark.parametrize("task, weights", [("product", "fkc"), ("mixture", "energy")])
+def test_learned_energy_models_default_to_fkc_weights_where_they_apply(task, weights, tmp_path, capsys):
+    """Learned energies' values are unreliable between modes: FKC weights by default, energy weights for
+    a mixture (FKC needs a linear composition)."""
+    out = tmp_path / "out"
+    rc, _, err = run(["sample", "--task", task, "--model", "energy", "--sampler", "smc", "--particles", 32,
+                      "--levels", 5, "--rejuvenate", "none", "--out", out], capsys)
+    assert rc == 0, err
+    assert f"weights='{weights}'" in json.loads((out / "metrics.json").read_text())["sampler"]
