@@ -309,7 +309,16 @@ NOTES = """
   and exact rows differ by model error only. All ladders start at t = 0.99 instead of 1: the
   cosine α̅ is clamped to 1e-8 at t = 1, and a first reverse step from there multiplies the
   x0-prediction error by ~150, which throws non-normalised compositions and learned models out of
-  the support (`samplers.ReverseDiffusion` notes). Every sampler gets `t_max = 0.99`.
+  the support (`samplers.ReverseDiffusion` notes). Every sampler gets `t_max = 0.99` but SMC with
+  FKC weights (`t_max = 0.9`, below).
+- **SMC.** SMC + MALA: reverse-diffusion proposals weighted by energy differences toward the
+  composed intermediate targets, resampled when ESS/n < 0.5, one MALA rejuvenation transition per
+  level (`samplers.SMC`). SMC (FKC weights): Feynman–Kac corrector weights from the leaves' scores
+  (no energies, no rejuvenation; mixtures are not linear compositions, so n/a), from `t_max = 0.9`:
+  the weights discretise a continuous identity, and the cosine ladder's steps near t = 1 integrate
+  the schedule's β over far more than 1. Energy weights need energy values that are right *between*
+  modes; a learned energy is fitted through its gradient, and where its values between separated
+  modes are off the weights move the mass to the wrong mode (compare the learned and exact rows).
 - **ε vs energy.** For exact models, "epsilon" wraps each diffused component's score as a
   score-only `ec.ScoreFunction`, so score-based samplers give the same numbers as the energy rows
   (same score, same random numbers) and Metropolis correctors are n/a. For learned models the two
