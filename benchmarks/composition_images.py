@@ -404,10 +404,12 @@ def findings(result: Dict[str, Any]) -> List[str]:
             for b, w in settings:
                 at = f"NFE {b}" + ("" if w is None else f", α = {w:g}")
                 base = _best(rows, task=task, model="composed", parameterisation=param, sampler="ddpm", nfe_budget=b, weight=w)
-                for s in ("ddim", "pc-ula", "pc-mala", "pc-hmc", "annealed-ula"):
+                for s in ("ddim", "pc-ula", "pc-mala", "pc-hmc", "annealed-ula", "smc"):
                     r = _best(rows, task=task, model="composed", parameterisation=param, sampler=s, nfe_budget=b, weight=w)
                     if base and r:
-                        out.append(f"{task}, {param}: {s} vs ddpm at {at}: {_versus(r, base)}.")
+                        cost = (f" (SMC: {SMC_PARTICLES} particles per image, mean ESS {r['smc_mean_ess_fraction']:.2f} of them)"
+                                if s == "smc" and r.get("smc_mean_ess_fraction") is not None else "")
+                        out.append(f"{task}, {param}: {s} vs ddpm at {at}: {_versus(r, base)}{cost}.")
     return out
 
 
