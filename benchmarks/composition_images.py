@@ -142,14 +142,16 @@ class PerImageSMC:
     (its request's conditions repeated ``m`` times, ``samplers.SMC.sample(..., populations=n)``), and
     gives its first particle after the final resampling (an equally weighted draw). Energy weights on
     energy-parameterised models, Feynman–Kac corrector weights on ε-models; no rejuvenation. NFE per
-    particle ``levels + 1``; each image costs ``m`` particles."""
+    particle ``levels + 1``; each image costs ``m`` particles. ``weights="fkc"``: FKC weights on any model
+    (the study's ``smc-fkc``)."""
 
-    def __init__(self, schedule, nfe: int, parameterisation: str, m: int = SMC_PARTICLES):
+    def __init__(self, schedule, nfe: int, parameterisation: str, m: int = SMC_PARTICLES, weights: Optional[str] = None):
         from samplers import SMC
 
         self.m = m
-        self.smc = SMC(schedule, max(nfe - 1, 1), weights="energy" if parameterisation == "energy" else "fkc",
-                       t_max=SMC_T_MAX[parameterisation], t_min=0.01)
+        weights = weights or ("energy" if parameterisation == "energy" else "fkc")
+        self.smc = SMC(schedule, max(nfe - 1, 1), weights=weights,
+                       t_max=SMC_T_MAX["energy" if weights == "energy" else "epsilon"], t_min=0.01)
 
     def sample(self, energy, shape, generator=None, **kwargs):
         """``energy`` of ``n · m`` rows (each image's ``m`` in a row); ``shape`` ``(n, *event)``."""
@@ -171,8 +173,8 @@ def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=No
     from toy.scene_model import to_unit
 
     extra = {}
-    if sampler_name == "smc":  # each image's conditions once per particle
-        sampler = PerImageSMC(sm.schedule, nfe, sm.parameterisation)
+    if sampler_name in ("smc", "smc-fkc"):  # each image's conditions once per particle
+        sampler = PerImageSMC(sm.schedule, nfe, sm.parameterisation, weights="fkc" if sampler_name == "smc-fkc" else None)
         energy_of = functools.partial(build, repeat=sampler.m)
     else:
         sampler, energy_of = build_sampler(sampler_name, sm.schedule, nfe), build
@@ -180,7 +182,7 @@ def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=No
     if blocks is None:
         res = sampler.sample(energy_of(0, n), shape=sm.shape(n), generator=torch.Generator().manual_seed(seed))
         images, used = res.samples, int(res.info["nfe"])
-        if sampler_name == "smc":  # how far the weights degenerate: ESS / particles, mean over levels and images
+        if sampler_name in ("smc", "smc-fkc"):  # how far the weights degenerate: ESS / particles, mean over levels and images
             extra["smc_mean_ess_fraction"] = round(float(res.info.ess.mean()) / sampler.m, 4)
     else:
         block, session = blocks
@@ -214,8 +216,9 @@ def _row(task: str, k: int, model: str, param: str, sampler: str, n: int, acc, s
     }
 
 
-#: The study's samplers: those of ``ebmcompose scenes sample`` and per-image SMC (:class:`PerImageSMC`).
-STUDY_SAMPLERS = SAMPLERS + ("smc",)
+#: The study's samplers: those of ``ebmcompose scenes sample`` and per-image SMC (:class:`PerImageSMC`; ``smc``:
+#: energy weights where the model has energies, ``smc-fkc``: FKC weights always).
+STUDY_SAMPLERS = SAMPLERS + ("smc", "smc-fkc")
 
 
 def _samplers_for(param: str, names: Sequence[str]) -> List[str]:
@@ -404,11 +407,11 @@ def findings(result: Dict[str, Any]) -> List[str]:
             for b, w in settings:
                 at = f"NFE {b}" + ("" if w is None else f", α = {w:g}")
                 base = _best(rows, task=task, model="composed", parameterisation=param, sampler="ddpm", nfe_budget=b, weight=w)
-                for s in ("ddim", "pc-ula", "pc-mala", "pc-hmc", "annealed-ula", "smc"):
+                for s in ("ddim", "pc-ula", "pc-mala", "pc-hmc", "annealed-ula", "smc", "smc-fkc"):
                     r = _best(rows, task=task, model="composed", parameterisation=param, sampler=s, nfe_budget=b, weight=w)
                     if base and r:
                         cost = (f" (SMC: {SMC_PARTICLES} particles per image, mean ESS {r['smc_mean_ess_fraction']:.2f} of them)"
-                                if s == "smc" and r.get("smc_mean_ess_fraction") is not None else "")
+                                if r.get("smc_mean_ess_fraction") is not None else "")
                         out.append(f"{task}, {param}: {s} vs ddpm at {at}: {_versus(r, base)}{cost}.")
     return out
 
@@ -512,7 +515,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--n", type=int, default=None, help="images per cell (default 200; quick 4)")
     p.add_argument("--nfe", type=int, default=None, help="NFE budget per sampler (default 50; quick 4)")
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(STUDY_SAMPLERS),
-                   help="default: every sampler of `ebmcompose scenes sample`; smc: SMC with SMC_PARTICLES particles per image")
+                   help="default: every sampler of `ebmcompose scenes sample`; smc / smc-fkc: SMC with SMC_PARTICLES "
+                   "particles per image, energy weights (where the model has energies) / FKC weights")
     p.add_argument("--ks", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--weight", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)

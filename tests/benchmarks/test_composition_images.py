@@ -208,7 +208,11 @@ def test_per_image_smc_gives_each_image_its_own_population():
 
 
 def test_the_smc_cells_run_on_both_parameterisations():
-    rows = ci.run(quick=True, n=2, nfe=3, ks=[1], samplers=["smc"], tasks=["positions"],
+    import ebmcompose as ec
+
+    rows = ci.run(quick=True, n=2, nfe=3, ks=[1], samplers=["smc", "smc-fkc"], tasks=["positions"],
                   models=["position:epsilon", "position:energy"], log=lambda *a: None)["rows"]
-    assert {(r["parameterisation"], r["sampler"]) for r in rows} == {("epsilon", "smc"), ("energy", "smc")}
+    assert {(r["parameterisation"], r["sampler"]) for r in rows} == {(p, s) for p in ("epsilon", "energy") for s in ("smc", "smc-fkc")}
+    assert "weights='fkc'" in repr(ci.PerImageSMC(ec.VPSchedule.cosine(), 5, "energy", weights="fkc").smc)
+    assert "weights='energy'" in repr(ci.PerImageSMC(ec.VPSchedule.cosine(), 5, "energy").smc)
     assert all(r["nfe"] == 3 and r["n"] == 2 and 0 < r["smc_mean_ess_fraction"] <= 1 for r in rows)
