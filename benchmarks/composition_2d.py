@@ -59,7 +59,7 @@ import torch
 import ebmcompose as ec
 import samplers
 import toy
-from samplers.fkc import FKCScores
+from samplers.fkc import fkc_applies
 from ebmcompose.cli import experiments as ex
 from ebmcompose.cli.errors import OutputError
 from ebmcompose.cli.outputs import staged_output
@@ -445,15 +445,6 @@ def _run(cfg: StudyConfig, device, log) -> dict:
     result["findings"] = findings(rows, task_info)
     result["_plot_samples"] = plot_samples
     return result
-
-
-def fkc_applies(energy) -> bool:
-    """Whether FKC weights apply to ``energy`` (a linear composition of leaves: not a mixture)."""
-    try:
-        FKCScores(energy)
-    except ec.InputError:
-        return False
-    return True
 
 
 def replace_exact(ref: _Reference, seed: int) -> _Reference:

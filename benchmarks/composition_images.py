@@ -131,10 +131,12 @@ def _builder(sm, keep: Sequence[torch.Tensor], negs: Sequence[torch.Tensor] = ()
     return build
 
 
-#: Particles per image of the study's ``smc`` sampler, and the first time of its ladder (FKC weights need
-#: small steps: see ``samplers.fkc``).
+#: Particles per image of the study's SMC samplers, and the first time of their ladder by weights (FKC
+#: weights need small steps: see ``samplers.fkc``).
 SMC_PARTICLES = 4
-SMC_T_MAX = {"energy": 0.98, "epsilon": 0.9}
+SMC_T_MAX = {"energy": 0.98, "fkc": 0.9}
+#: The study's per-image SMC samplers (:class:`PerImageSMC`): energy weights where the model has energies / FKC weights.
+SMC_SAMPLERS = ("smc", "smc-fkc")
 
 
 class PerImageSMC:
@@ -151,7 +153,7 @@ class PerImageSMC:
         self.m = m
         weights = weights or ("energy" if parameterisation == "energy" else "fkc")
         self.smc = SMC(schedule, max(nfe - 1, 1), weights=weights,
-                       t_max=SMC_T_MAX["energy" if weights == "energy" else "epsilon"], t_min=0.01)
+                       t_max=SMC_T_MAX[weights], t_min=0.01)
 
     def sample(self, energy, shape, generator=None, **kwargs):
         """``energy`` of ``n · m`` rows (each image's ``m`` in a row); ``shape`` ``(n, *event)``."""
@@ -173,7 +175,7 @@ def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=No
     from toy.scene_model import to_unit
 
     extra = {}
-    if sampler_name in ("smc", "smc-fkc"):  # each image's conditions once per particle
+    if sampler_name in SMC_SAMPLERS:  # each image's conditions once per particle
         sampler = PerImageSMC(sm.schedule, nfe, sm.parameterisation, weights="fkc" if sampler_name == "smc-fkc" else None)
         energy_of = functools.partial(build, repeat=sampler.m)
     else:
@@ -182,7 +184,7 @@ def _sample(build, sm, sampler_name: str, nfe: int, n: int, seed: int, blocks=No
     if blocks is None:
         res = sampler.sample(energy_of(0, n), shape=sm.shape(n), generator=torch.Generator().manual_seed(seed))
         images, used = res.samples, int(res.info["nfe"])
-        if sampler_name in ("smc", "smc-fkc"):  # how far the weights degenerate: ESS / particles, mean over levels and images
+        if sampler_name in SMC_SAMPLERS:  # how far the weights degenerate: ESS / particles, mean over levels and images
             extra["smc_mean_ess_fraction"] = round(float(res.info.ess.mean()) / sampler.m, 4)
     else:
         block, session = blocks
@@ -216,9 +218,8 @@ def _row(task: str, k: int, model: str, param: str, sampler: str, n: int, acc, s
     }
 
 
-#: The study's samplers: those of ``ebmcompose scenes sample`` and per-image SMC (:class:`PerImageSMC`; ``smc``:
-#: energy weights where the model has energies, ``smc-fkc``: FKC weights always).
-STUDY_SAMPLERS = SAMPLERS + ("smc", "smc-fkc")
+#: The study's samplers: those of ``ebmcompose scenes sample`` and per-image SMC.
+STUDY_SAMPLERS = SAMPLERS + SMC_SAMPLERS
 
 
 def _samplers_for(param: str, names: Sequence[str]) -> List[str]:
@@ -407,7 +408,7 @@ def findings(result: Dict[str, Any]) -> List[str]:
             for b, w in settings:
                 at = f"NFE {b}" + ("" if w is None else f", α = {w:g}")
                 base = _best(rows, task=task, model="composed", parameterisation=param, sampler="ddpm", nfe_budget=b, weight=w)
-                for s in ("ddim", "pc-ula", "pc-mala", "pc-hmc", "annealed-ula", "smc", "smc-fkc"):
+                for s in ("ddim", "pc-ula", "pc-mala", "pc-hmc", "annealed-ula") + SMC_SAMPLERS:
                     r = _best(rows, task=task, model="composed", parameterisation=param, sampler=s, nfe_budget=b, weight=w)
                     if base and r:
                         cost = (f" (SMC: {SMC_PARTICLES} particles per image, mean ESS {r['smc_mean_ess_fraction']:.2f} of them)"

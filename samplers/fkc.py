@@ -47,7 +47,7 @@ from torch import Tensor
 import ebmcompose as ec
 from ebmcompose.energy import GRAD
 
-__all__ = ["linear_leaves", "leaf_scores", "FKCScores", "step_integrals", "fkc_start", "fkc_increment"]
+__all__ = ["linear_leaves", "fkc_applies", "leaf_scores", "FKCScores", "step_integrals", "fkc_start", "fkc_increment"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -129,6 +129,16 @@ def leaf_scores(leaves: Sequence[ec.Energy], x: Tensor, t: Tensor) -> Tuple[Tens
             out[i] = -g
         nfe += n
     return torch.stack(out, 0), nfe
+
+
+def fkc_applies(energy: ec.Energy) -> bool:
+    """Whether FKC weights apply to ``energy``: a linear composition of leaves (:func:`linear_leaves`
+    accepts it; a mixture ``a | b`` is not one)."""
+    try:
+        linear_leaves(energy)
+    except ec.InputError:
+        return False
+    return True
 
 
 class FKCScores:

@@ -18,7 +18,7 @@ from .errors import UsageError
 
 __all__ = [
     "TV_RESOLUTION", "SAMPLERS", "STATIC_SAMPLERS", "PC_SAMPLERS", "DIFFUSION_SAMPLERS", "KERNELS",
-    "STEP_RULES", "REJUVENATE", "SMC_WEIGHTS", "smc_weights", "MODELS", "generator", "Target", "components_by_name", "used_names", "load_learned",
+    "STEP_RULES", "REJUVENATE", "SMC_WEIGHTS", "smc_weights", "smc_rejuvenate", "MODELS", "generator", "Target", "components_by_name", "used_names", "load_learned",
     "task_energy", "learned_schedule", "build_target", "SamplerOptions", "needs_energy", "make_sampler",
     "RunSummary", "summarize", "tv_floor", "compare_to_exact", "markdown_table", "fmt",
 ]
@@ -317,15 +317,17 @@ def smc_weights(weights: Optional[str], energy, exact: bool) -> str:
         return weights
     if exact:
         return "energy"
-    from samplers.fkc import FKCScores
+    from samplers.fkc import fkc_applies
 
-    from ebmcompose import InputError
+    if fkc_applies(energy):
+        return "fkc"
+    return "energy" if energy.has_energy else "fkc"  # a mixture: FKC weights do not apply
 
-    try:
-        FKCScores(energy)
-    except InputError:  # a mixture: FKC weights do not apply
-        return "energy" if energy.has_energy else "fkc"
-    return "fkc"
+
+def smc_rejuvenate(rejuvenate: Optional[str], weights: Optional[str]) -> str:
+    """``--rejuvenate`` of ``--sampler smc``: as given, else ``"none"`` with FKC weights (MALA/HMC need
+    energy values) and ``"mala"`` with energy weights."""
+    return rejuvenate or ("none" if weights == "fkc" else "mala")
 
 
 def make_sampler(opts: SamplerOptions, schedule, exact: bool):
@@ -394,7 +396,7 @@ def _make_smc(opts: SamplerOptions, schedule, exact: bool, ladder: dict):
     import samplers
 
     fkc = opts.weights == "fkc"
-    h, name = opts.step_size, opts.rejuvenate or ("none" if fkc else "mala")
+    h, name = opts.step_size, smc_rejuvenate(opts.rejuvenate, opts.weights)
     k = 1 if opts.corrector_steps is None else opts.corrector_steps
     kernel = None
     if name != "none" and k > 0:

@@ -176,22 +176,26 @@ def check_options(args) -> None:
         if args.n not in (args.particles, _DEFAULT_N):
             raise UsageError(f"--particles {args.particles} and --n {args.n} disagree: smc writes one sample per particle; give one of them")
         args.n = args.particles
-    if s == "smc":
-        rej = args.rejuvenate or "mala"
-        if args.step_rule == "beta":
-            raise UsageError("--step-rule beta is not available for smc; use adapt, sigma2 or fixed")
-        if args.leapfrog is not None and rej != "hmc":
-            raise UsageError("--leapfrog applies to --sampler smc only with --rejuvenate hmc")
-        if args.weights == "fkc" and rej in ("mala", "hmc") and args.rejuvenate is not None:
-            raise UsageError(f"--rejuvenate {rej} needs energy values, which --weights fkc does without: use "
-                             "--rejuvenate ula (a heuristic) or none, or --weights energy with --model energy or exact")
-        if args.rejuvenate is None and args.weights == "fkc":
-            rej = "none"
-        if rej == "none" and (args.step_size is not None or args.step_rule is not None or args.corrector_steps):
-            raise UsageError("--step-size, --step-rule and --corrector-steps set the rejuvenation kernel; drop them with --rejuvenate none")
+    if s == "smc" and args.step_rule == "beta":
+        raise UsageError("--step-rule beta is not available for smc; use adapt, sigma2 or fixed")
     rule = args.step_rule or "adapt"
     if s in ex.PC_SAMPLERS + ("smc",) and rule != "adapt" and args.step_size is None:
         raise UsageError(f"--step-rule {rule} scales a base step size: give --step-size too (or use --step-rule adapt)")
+
+
+def check_smc_kernel(args, weights: str) -> None:
+    """Reject rejuvenation options of ``--sampler smc`` that its kernel (from ``--rejuvenate`` and the
+    resolved ``weights``, :func:`~ebmcompose.cli.experiments.smc_rejuvenate`) does not use."""
+    rej = ex.smc_rejuvenate(args.rejuvenate, weights)
+    if args.leapfrog is not None and rej != "hmc":
+        raise UsageError("--leapfrog applies to --sampler smc only with --rejuvenate hmc")
+    if weights == "fkc" and rej in ("mala", "hmc"):
+        raise UsageError(f"--rejuvenate {rej} needs energy values, which --weights fkc does without: use "
+                         "--rejuvenate ula (a heuristic) or none, or --weights energy with --model energy or exact")
+    if rej == "none" and (args.step_size is not None or args.step_rule is not None or args.corrector_steps):
+        raise UsageError("--step-size, --step-rule and --corrector-steps set the rejuvenation kernel, and "
+                         f"--sampler smc has none here (--rejuvenate none{', the default with --weights fkc' if args.rejuvenate is None else ''}): "
+                         f"drop them, or give --rejuvenate {'ula' if weights == 'fkc' else 'ula, mala or hmc'}")
 
 
 def _fatal_problems(res, quiet: bool = False) -> "str | None":
@@ -279,6 +283,8 @@ def _sample(args, session):
         checkpoint_dir=args.checkpoint_dir, t=args.t, device=str(dev),
     )
     weights = ex.smc_weights(args.weights, target.energy, args.model == "exact") if args.sampler == "smc" else None
+    if weights is not None:
+        check_smc_kernel(args, weights)
     if ex.needs_energy(args.sampler, args.kernel, weights) and not target.energy.has_energy:
         kind = f"{args.sampler} with --kernel {args.kernel}" if args.sampler == "annealed" else args.sampler
         smc = args.sampler == "smc"

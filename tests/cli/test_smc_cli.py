@@ -59,6 +59,8 @@ def test_smc_is_reproducible(tmp_path, capsys):
         (["--sampler", "smc", "--particles", "10", "--n", "20"], ["disagree"]),
         (["--sampler", "smc", "--model", "epsilon", "--weights", "energy"], ["importance weights", "--weights fkc", "--model energy"]),
         (["--sampler", "smc", "--weights", "fkc", "--rejuvenate", "mala"], ["--rejuvenate mala needs energy values", "ula"]),
+        (["--sampler", "smc", "--model", "energy", "--rejuvenate", "hmc"], ["--rejuvenate hmc needs energy values"]),
+        (["--sampler", "smc", "--model", "energy", "--step-size", "0.1"], ["the default with --weights fkc", "--rejuvenate ula"]),
         (["--sampler", "ddpm", "--weights", "fkc"], ["--weights does not apply", "smc"]),
         (["--sampler", "smc", "--task", "mixture", "--model", "epsilon"], ["OR / | (a mixture) needs energies"]),
         (["--sampler", "smc", "--rejuvenate", "gibbs"], ["invalid choice", "mala"]),
