@@ -10,13 +10,16 @@ or a missing compiler makes it run eagerly instead, with one warning naming the 
 :func:`scan` runs several transitions in one graph call (a ``torch.while_loop``), so the cost of
 entering a compiled graph (guards, wrappers: ~0.1-0.3 ms on a CPU) is paid once per chunk of steps
 instead of once per step; the draws of the chunk are made beforehand in the eager order.
+
+On the CPU each graph is built with the options of :func:`inductor_options` (inductor's C++
+wrapper, no vectorised loop tails).
 """
 
 from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -24,7 +27,7 @@ import torch._dynamo.config as _dynamo_config
 import torch._dynamo.exc as _dynamo_exc  # torch's public home of its compiler errors
 import torch._inductor.exc as _inductor_exc
 
-__all__ = ["call", "scan", "COMPILE_ERRORS"]
+__all__ = ["call", "scan", "inductor_options", "COMPILE_ERRORS"]
 
 #: What a failed compilation raises: graph breaks under ``fullgraph`` (``Unsupported``), backend
 #: failures (``BackendCompilerFailed``, both ``TorchDynamoException``) and inductor's own errors.
@@ -54,9 +57,20 @@ def _failed(energy) -> set:
 _FELL_BACK = object()
 
 
-def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args):
-    """``torch.compile(fn)(*args)``, the graph cached under ``key``; :data:`_FELL_BACK` (after one
-    warning naming ``name`` and torch's reason) when ``name`` cannot be compiled for ``energy``.
+def inductor_options(x: Optional[Tensor]) -> Dict[str, object]:
+    """Inductor options of a graph whose chains are ``x`` ``(B, *event)``: on the CPU, the C++
+    wrapper (the graph's loop and buffers run in C++, not Python) and no vectorised loop tails
+    (a row shorter than a vector, e.g. a 10-D event, runs as a scalar loop instead of masked
+    vector loads); elsewhere torch's defaults. Measured in ``benchmarks/results/peers.md``."""
+    if x is None or x.device.type != "cpu":
+        return {}
+    return {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False}
+
+
+def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args, options: Optional[Dict[str, object]] = None):
+    """``torch.compile(fn, options=options)(*args)``, the graph cached under ``(key, options)``;
+    :data:`_FELL_BACK` (after one warning naming ``name`` and torch's reason) when ``name`` cannot
+    be compiled for ``energy``.
 
     Runs under ``no_grad``: a sampler's graph never needs autograd (``torch.func.grad`` inside
     ignores it), and parameters that require grad made a looped graph's gradients wrong.
@@ -64,9 +78,11 @@ def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args):
     failed = _failed(energy)
     if name in failed:
         return _FELL_BACK
+    options = options or {}
+    key = (key, tuple(sorted(options.items())))
     graph = cache.get(key)
     if graph is None:
-        graph = cache[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+        graph = cache[key] = torch.compile(fn, dynamic=False, fullgraph=True, options=dict(options) or None)
     # the limit is raised for this call only (plain set and restore: config.patch costs ~7 small ops)
     limit = _dynamo_config.recompile_limit
     _dynamo_config.recompile_limit = max(limit, RECOMPILE_LIMIT)
@@ -87,10 +103,21 @@ def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args):
         _dynamo_config.recompile_limit = limit
 
 
+def _first_tensor(args) -> Optional[Tensor]:
+    """The first tensor of ``args`` (tuples searched in order): the chains ``x``, first by convention."""
+    for a in args:
+        found = _first_tensor(a) if isinstance(a, (tuple, list)) else a if isinstance(a, Tensor) else None
+        if found is not None:
+            return found
+    return None
+
+
 def call(fn: Callable, compile: bool, energy, *args):
     """``fn(energy, *args)``, compiled as one graph when ``compile`` (static shapes, one graph per
     shape and dtype; pass step sizes as 0-d tensors so a new value does not recompile)."""
-    out = _compiled(_GRAPHS, fn, fn, fn.__name__, energy, energy, *args) if compile else _FELL_BACK
+    out = _FELL_BACK
+    if compile:
+        out = _compiled(_GRAPHS, fn, fn, fn.__name__, energy, energy, *args, options=inductor_options(_first_tensor(args)))
     return fn(energy, *args) if out is _FELL_BACK else out
 
 
@@ -149,7 +176,7 @@ def scan(body: Callable, compile: bool, energy, n: int, carry: Tuple[Tensor, ...
     if compile:
         n_t = torch.tensor(n, dtype=torch.int64, device=x.device)
         out = _compiled(_SCANS, body, _loop, body.__name__, energy, body, energy, n_t, tuple(carry), tuple(draws),
-                        means, sums, kept, tuple(consts))
+                        means, sums, kept, tuple(consts), options=inductor_options(x))
     if out is _FELL_BACK:  # the same iterations, buffers written in place
         for i in range(n):
             carry, vals = _step(body, energy, tuple(carry), tuple(d[i] for d in draws), consts, x.dtype)

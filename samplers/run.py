@@ -88,20 +88,28 @@ def run_steps(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: int,
 
 #: Transitions per compiled graph call in :func:`run_steps` (a callback or progress bar: one per call).
 CHUNK = 50
-#: Chunk length when every step's position is traced.
+#: Chunk length when every step's position is traced: the loop copies its ``(chunk, B, *event)``
+#: position buffer each step, so chunks hold about :data:`TRACE_NUMBERS` numbers, between
+#: :data:`TRACE_CHUNK` and :data:`CHUNK` steps.
 TRACE_CHUNK = 10
+TRACE_NUMBERS = 2 ** 15
+
+
+def trace_chunk(x: Tensor) -> int:
+    """Steps per compiled call when every position ``x`` ``(B, *event)`` is kept."""
+    return max(TRACE_CHUNK, min(CHUNK, TRACE_NUMBERS // max(x.numel(), 1)))
 
 
 def _run_chunks(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: int, generator, recorder) -> State:
     """:func:`run_steps` of a compiled kernel, several transitions per graph call.
 
     Chunks of :data:`CHUNK` steps, or of ``trace_every`` steps when recording a trace (each chunk
-    then ends on a recorded step), or, to trace every step, of :data:`TRACE_CHUNK` steps that keep
-    their positions (the loop copies its position buffer each step: short chunks).
+    then ends on a recorded step), or, to trace every step, of :func:`trace_chunk` steps that keep
+    their positions (the loop copies its position buffer each step: short chunks for many chains).
     """
     every = recorder.trace_every if recorder is not None else 0
     keep = every == 1
-    chunk = min(TRACE_CHUNK if keep else every or CHUNK, n_steps)
+    chunk = min(trace_chunk(state.x) if keep else every or CHUNK, n_steps)
     done = 0
     while done < n_steps:
         m = min(chunk, n_steps - done)

@@ -140,3 +140,46 @@ def test_the_recompile_limit_is_raised_only_during_a_compiled_call():
     assert dynamo_config.recompile_limit == before  # restored after the call
     sc._compiled({}, "spy", spy, "spy", energy, energy, torch.zeros(2))  # traced: reads the limit at trace time
     assert seen and seen[0] >= sc.RECOMPILE_LIMIT and dynamo_config.recompile_limit == before
+
+
+def test_cpu_graphs_compile_with_the_cpp_wrapper_and_scalar_loop_tails(monkeypatch):
+    """On the CPU every sampler graph is built with ``samplers.compile.inductor_options`` (C++ wrapper,
+    no vectorised loop tails: a 10-D event runs as scalar loops, not masked vector loads), and the chains
+    still equal the eager ones; other devices keep torch's defaults."""
+    from samplers import compile as sc
+
+    assert sc.inductor_options(torch.zeros(4, 10)) == {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False}
+    assert sc.inductor_options(torch.zeros(4, 10, device="meta")) == {}
+    seen = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        seen.append(kw.get("options"))
+        return real(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    monkeypatch.setattr(sc, "_SCANS", {})  # a fresh graph, built through the spy
+    energy = ec.EnergyFunction(eight_schools)
+    x0 = torch.randn(16, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    kernel = MALA(step_size=0.05, n_steps=12, n_warmup=0)
+    eager = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(4), trace_every=1)
+    compiled = _no_fallback(kernel.compiled(), energy, x0, seed=4)
+    assert seen and all(o == sc.inductor_options(x0) for o in seen)
+    torch.testing.assert_close(compiled.samples, eager.samples, rtol=1e-10, atol=1e-10)
+
+
+def test_a_traced_compiled_run_in_long_chunks_equals_eager():
+    """Every step traced: a few chains run ``trace_chunk`` = 50 steps per compiled call (many chains:
+    10), and 120 steps in chunks of 50, 50 and 20 give the eager chains and trace."""
+    from samplers.run import CHUNK, TRACE_CHUNK, trace_chunk
+
+    assert trace_chunk(torch.zeros(4, 10)) == CHUNK and trace_chunk(torch.zeros(10_000, 10)) == TRACE_CHUNK
+    assert TRACE_CHUNK < trace_chunk(torch.zeros(128, 10)) < CHUNK
+    energy = ec.EnergyFunction(eight_schools)
+    x0 = torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    kernel = HMC(step_size=0.2, n_leapfrog=3, n_steps=120, n_warmup=0, jitter=0.0)
+    eager = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(6), trace_every=1)
+    compiled = _no_fallback(kernel.compiled(), energy, x0, seed=6)
+    assert compiled.info.trace.shape == eager.info.trace.shape == (120, 4, 10)
+    torch.testing.assert_close(compiled.info.trace, eager.info.trace, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(compiled.info.mean_acceptance, eager.info.mean_acceptance, rtol=1e-9, atol=1e-9)
