@@ -44,10 +44,10 @@ def model_name(family: str, parameterisation: str) -> str:
 
 def train_one(family: str, parameterisation: str, *, out, run_root, size: str = "default", until: Optional[int] = None,
               steps: Optional[int] = None, resolution: Optional[int] = None, attribute_labels: Optional[str] = None,
-              progress: bool = True) -> it.TrainResult:
+              scale_shift: Optional[bool] = None, progress: bool = True) -> it.TrainResult:
     """Train (or continue) one model in ``run_root/<name>``; export it to ``out/<name>`` when complete."""
     config = it.config_for(family, parameterisation, size, steps=steps, resolution=resolution,
-                           attribute_labels=attribute_labels)
+                           attribute_labels=attribute_labels, scale_shift=scale_shift)
     name = model_name(family, parameterisation)
     run_dir = Path(run_root) / name
     t0 = time.perf_counter()
@@ -72,6 +72,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--resolution", type=int, default=None, help="override the image side (default: the family's, see toy.image_train.FAMILY_DEFAULTS)")
     p.add_argument("--attribute-labels", choices=("one", "multi"), default=None,
                    help="attribute family: one random attribute per image, or each kept with probability 1/2")
+    p.add_argument("--scale-shift", action="store_true", default=None,
+                   help="FiLM conditioning (a scale and shift of the ResNet blocks' features) instead of an added bias")
     p.add_argument("--until", type=int, default=None, help="stop each run after this many steps (resume later)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-progress", action="store_true")
@@ -81,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         family, _, param = spec.partition(":")
         train_one(family, param or "epsilon", out=args.out, run_root=args.run_root, size=args.size, until=args.until,
                   steps=args.steps, resolution=args.resolution, attribute_labels=args.attribute_labels,
-                  progress=not args.no_progress)
+                  scale_shift=args.scale_shift, progress=not args.no_progress)
     return 0
 
 

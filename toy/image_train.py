@@ -96,6 +96,8 @@ class TrainConfig:
         ignored for attributes.
     attribute_labels : {"one", "multi"}
         How the attribute family labels its images (:class:`toy.scenes.AttributeScenes`).
+    scale_shift : bool
+        FiLM conditioning of the net's ResNet blocks (see :class:`~toy.scene_nets.SceneUNet`).
     prediction : {"v", "epsilon"}, optional
         What the net's output means (default ``"v"``, see :class:`~toy.scene_nets.SceneUNet`). An
         ε-model's loss is then ``‖v̂ − v‖²`` (``v = α_t ε − σ_t x_0``); an energy model's is always
@@ -124,6 +126,7 @@ class TrainConfig:
     condition_map: bool = True
     attribute_labels: str = "one"
     prediction: Optional[str] = None
+    scale_shift: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -140,6 +143,8 @@ class TrainConfig:
             raise ec.InputError(f"t_min must be in (0, 1), got {self.t_min}")
         if self.attribute_labels not in ("one", "multi"):
             raise ec.InputError(f"attribute_labels must be 'one' or 'multi', got {self.attribute_labels!r}")
+        if not isinstance(self.scale_shift, bool):
+            raise ec.InputError(f"scale_shift must be True or False, got {self.scale_shift!r}")
         if self.prediction is None:
             object.__setattr__(self, "prediction", "v")
         if self.prediction not in ("epsilon", "v"):
@@ -165,6 +170,7 @@ class TrainConfig:
             condition_map=self.condition_map and self.family != "attribute",
             prediction=self.prediction,
             seed=self.seed,
+            scale_shift=self.scale_shift,
         )
 
 

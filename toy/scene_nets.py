@@ -130,6 +130,10 @@ class SceneUNet(nn.Module):
     condition_map : bool
         Append the position map of the condition as one more input channel (position and joint
         families only; see module notes).
+    scale_shift : bool
+        Condition the ResNet blocks by a scale and a shift of their normalised features (FiLM,
+        diffusers' ``resnet_time_scale_shift="scale_shift"``) instead of an added bias: a
+        multiplicative cue that can change an object's outline (its shape), not only its colour.
     prediction : {"epsilon", "v"}
         What the output means for an ε-parameterised model: the noise ``ε``, or the velocity
         ``v = α_t ε − σ_t x_0`` (Salimans & Ho 2022; :class:`VelocityToEpsilon` converts).
@@ -155,6 +159,7 @@ class SceneUNet(nn.Module):
         condition_map: bool = False,
         prediction: str = "epsilon",
         seed: int = 0,
+        scale_shift: bool = False,
     ):
         super().__init__()
         from diffusers import UNet2DModel
@@ -183,6 +188,7 @@ class SceneUNet(nn.Module):
             "condition_map": bool(condition_map),
             "prediction": prediction,
             "seed": int(seed),
+            "scale_shift": bool(scale_shift),
         }
         dim = 4 * channels[0]
         with torch.random.fork_rng(devices=[]):
@@ -198,6 +204,7 @@ class SceneUNet(nn.Module):
                 norm_num_groups=norm_groups,
                 add_attention=False,
                 class_embed_type="identity",
+                resnet_time_scale_shift="scale_shift" if scale_shift else "default",
             )
             self.encoder = ConditionEncoder(family, cond_dim, dim, n_frequencies)
 

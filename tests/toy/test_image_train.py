@@ -93,6 +93,10 @@ def test_bad_configs_are_input_errors():
         it.config_for("attribute", attribute_labels="some")
     multi = it.config_for("attribute", attribute_labels="multi")
     assert it.make_source(multi).labels == "multi" and it.make_source(it.config_for("attribute")).labels == "one"
+    with pytest.raises(ec.InputError, match="scale_shift"):
+        it.config_for("attribute", scale_shift="yes")
+    assert it.config_for("attribute", scale_shift=True).net_config()["scale_shift"] is True
+    assert it.config_for("attribute").net_config()["scale_shift"] is False
     with pytest.raises(ec.InputError, match="resume"):
         it.train(it.config_for(size="quick"), resume=True)
 

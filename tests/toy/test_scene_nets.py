@@ -146,3 +146,23 @@ def test_velocity_net_gives_the_epsilon_of_the_same_x0_estimate():
     assert torch.allclose(energy.energy(x, tt), expected, rtol=1e-9)
     with pytest.raises(ValueError, match="prediction"):
         _net(prediction="x0")
+
+
+def test_scale_shift_conditions_by_film_round_trips_and_old_configs_load_without_it():
+    """``scale_shift=True``: the condition scales and shifts the ResNet features (FiLM): the UNet's
+    time projections are twice as wide; the option survives the config round trip; a config written
+    before it existed builds the added-bias net."""
+    film, plain = _net("attribute", scale_shift=True, seed=2), _net("attribute", seed=2)
+    assert film.unet.config.resnet_time_scale_shift == "scale_shift" and film.config["scale_shift"] is True
+    proj = lambda n: n.unet.down_blocks[0].resnets[0].time_emb_proj.out_features
+    assert proj(film) == 2 * proj(plain)
+    twin = SceneUNet(**film.config)
+    old = dict(film.config)
+    del old["scale_shift"]
+    assert SceneUNet(**old).unet.config.resnet_time_scale_shift == "default"
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.7])
+    c = torch.zeros(2, 11)
+    c[0, 6], c[1, 7] = 1.0, 1.0  # circle, square
+    with torch.no_grad():
+        assert torch.equal(film(x, t, c), twin(x, t, c))
+        assert not torch.allclose(film(x, t, c), film(x, t, None))
