@@ -15,7 +15,8 @@ Cells (each ``n`` images; every image gets its own random request, drawn like th
   guidance scale) on the same requests;
 * ``NOT``: ``at(p) AND NOT at(q)``;
 * ``attributes``: ``colour``, ``colour AND shape``, ``colour AND shape AND size``,
-  ``colour AND NOT shape`` on the single-object attribute model, and (when it was trained with
+  ``colour AND NOT shape``, ``shape``, ``size`` and ``colour AND shape AND NOT size`` (e.g. "red AND
+  square AND NOT small") on the single-object attribute model, and (when it was trained with
   multi-hot labels) the jointly conditioned baseline of each AND cell: one condition holding all
   the requested attributes.
 
@@ -49,7 +50,8 @@ from ebmcompose.cli.scene_sampling import NEEDS_ENERGY, SAMPLERS, build_sampler
 
 __all__ = ["run", "main", "findings"]
 
-ATTRIBUTE_CELLS = ("colour", "colour AND shape", "colour AND shape AND size", "colour AND NOT shape")
+ATTRIBUTE_CELLS = ("colour", "colour AND shape", "colour AND shape AND size", "colour AND NOT shape", "shape", "size",
+                   "colour AND shape AND NOT size")
 RADIUS = 0.1
 
 
@@ -111,7 +113,13 @@ def attribute_requests(cell: str, n: int, generator: torch.Generator):
         return [[a, b] for a, b in zip(c, s)], [[] for _ in range(n)]
     if cell == "colour AND shape AND size":
         return [[a, b, d] for a, b, d in zip(c, s, z)], [[] for _ in range(n)]
-    return [[a] for a in c], [[b] for b in s]
+    if cell == "colour AND NOT shape":
+        return [[a] for a in c], [[b] for b in s]
+    if cell in ("shape", "size"):
+        return [[a] for a in (s if cell == "shape" else z)], [[] for _ in range(n)]
+    if cell == "colour AND shape AND NOT size":  # e.g. "red AND square AND NOT small"
+        return [[a, b] for a, b in zip(c, s)], [[d] for d in z]
+    raise ValueError(f"unknown attribute cell {cell!r}")
 
 
 def _one_hot(names: List[str]) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from benchmarks import composition_images as ci
@@ -216,3 +217,20 @@ def test_the_smc_cells_run_on_both_parameterisations():
     assert "weights='fkc'" in repr(ci.PerImageSMC(ec.VPSchedule.cosine(), 5, "energy", weights="fkc").smc)
     assert "weights='energy'" in repr(ci.PerImageSMC(ec.VPSchedule.cosine(), 5, "energy").smc)
     assert all(r["nfe"] == 3 and r["n"] == 2 and 0 < r["smc_mean_ess_fraction"] <= 1 for r in rows)
+
+
+def test_attribute_cells_request_the_kinds_they_name():
+    from toy import scenes
+
+    kind = lambda a: "colour" if a in scenes.COLORS else "shape" if a in scenes.SHAPES else "size"
+    want = {"colour": (["colour"], []), "colour AND shape": (["colour", "shape"], []),
+            "colour AND shape AND size": (["colour", "shape", "size"], []), "colour AND NOT shape": (["colour"], ["shape"]),
+            "shape": (["shape"], []), "size": (["size"], []), "colour AND shape AND NOT size": (["colour", "shape"], ["size"])}
+    assert set(ci.ATTRIBUTE_CELLS) == set(want)
+    for cell in ci.ATTRIBUTE_CELLS:
+        require, forbid = ci.attribute_requests(cell, 40, torch.Generator().manual_seed(1))
+        assert all([kind(a) for a in r] == want[cell][0] for r in require), cell
+        assert all([kind(a) for a in f] == want[cell][1] for f in forbid), cell
+        assert len({tuple(r) for r in require}) > 1  # drawn per image
+    with pytest.raises(ValueError, match="unknown attribute cell"):
+        ci.attribute_requests("colour OR shape", 4, torch.Generator())
