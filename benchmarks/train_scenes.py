@@ -10,7 +10,7 @@ bit) and, when complete, is exported to ``OUT/scenes_<family>_<eps|energy>.{safe
 ``--until N`` stops every run after ``N`` steps (continue later with the same command).
 
 One model per process on one thread is what the defaults were sized for (see
-:data:`toy.image_train.DEFAULT_STEPS`); to train two at once on two cores, start two processes::
+:data:`toy.image_train.DEFAULT_STEPS` and ``FAMILY_DEFAULTS``); to train two at once on two cores, start two processes::
 
     OMP_NUM_THREADS=1 nohup python -m benchmarks.train_scenes --models position:epsilon \\
         --run-root /work/train-runs --out toy/checkpoints > /work/train-logs/position_eps.log 2>&1 &
@@ -69,11 +69,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--models", nargs="+", default=list(SHIPPED), help="family:parameterisation pairs (default: all shipped)")
     p.add_argument("--size", default="default", choices=list(it.SIZES))
     p.add_argument("--steps", type=int, default=None, help="override the number of steps")
-    p.add_argument("--resolution", type=int, default=None, help="override the image side (default: the family's, see toy.image_train.FAMILY_DEFAULTS)")
+    p.add_argument("--resolution", type=int, default=None, help="override the image side (default 32)")
     p.add_argument("--attribute-labels", choices=("one", "multi"), default=None,
                    help="attribute family: one random attribute per image, or each kept with probability 1/2")
-    p.add_argument("--scale-shift", action="store_true", default=None,
-                   help="FiLM conditioning (a scale and shift of the ResNet blocks' features) instead of an added bias")
+    p.add_argument("--scale-shift", action=argparse.BooleanOptionalAction, default=None,
+                   help="FiLM conditioning (a scale and shift of the ResNet blocks' features) instead of an added bias "
+                        "(default: the family's, see toy.image_train.FAMILY_DEFAULTS)")
     p.add_argument("--until", type=int, default=None, help="stop each run after this many steps (resume later)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-progress", action="store_true")

@@ -43,6 +43,7 @@ from .train import schedule_config, schedule_from_config
 
 __all__ = [
     "TrainConfig",
+    "FAMILY_DEFAULTS",
     "TrainResult",
     "SIZES",
     "config_for",
@@ -175,13 +176,16 @@ class TrainConfig:
 
 
 #: Named sizes: ``quick`` trains in seconds (tests); ``default`` is what ships (≤ 45 min on one
-#: CPU thread; energy models cost ~2.5× per step, hence fewer steps).
+#: quiet CPU thread; energy models cost ~2.5× per step, hence fewer steps).
 SIZES: Dict[str, Dict[str, Any]] = {
     "quick": dict(resolution=32, channels=(8, 16), norm_groups=4, steps=30, batch_size=16, warmup=5, checkpoint_every=10, ema_decay=0.9),
     "default": dict(),
 }
 #: Steps of the default size by parameterisation (see :data:`SIZES`).
 DEFAULT_STEPS = {"epsilon": 2400, "energy": 1600}
+#: What the default size changes by family: the attribute model conditions by FiLM (an added bias
+#: moved colours and sizes but not shapes) and trains longer (shapes are learned last).
+FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {"attribute": dict(steps=6000, scale_shift=True)}
 
 
 def config_for(family: str = "position", parameterisation: str = "epsilon", size: str = "default", **overrides) -> TrainConfig:
@@ -197,6 +201,7 @@ def config_for(family: str = "position", parameterisation: str = "epsilon", size
     kw: Dict[str, Any] = dict(family=family, parameterisation=parameterisation)
     if size == "default":
         kw["steps"] = DEFAULT_STEPS.get(parameterisation, TrainConfig.steps)
+        kw.update(FAMILY_DEFAULTS.get(family, {}))
     kw.update(SIZES[size])
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**kw)

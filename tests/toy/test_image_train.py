@@ -96,7 +96,11 @@ def test_bad_configs_are_input_errors():
     with pytest.raises(ec.InputError, match="scale_shift"):
         it.config_for("attribute", scale_shift="yes")
     assert it.config_for("attribute", scale_shift=True).net_config()["scale_shift"] is True
-    assert it.config_for("attribute").net_config()["scale_shift"] is False
+    assert it.config_for("attribute").net_config()["scale_shift"] is True  # the family's default (FAMILY_DEFAULTS)
+    assert it.config_for("attribute").steps == it.FAMILY_DEFAULTS["attribute"]["steps"]
+    assert it.config_for("attribute", scale_shift=False).net_config()["scale_shift"] is False
+    assert it.config_for("position").net_config()["scale_shift"] is False
+    assert it.config_for("attribute", size="quick").steps == it.SIZES["quick"]["steps"]
     with pytest.raises(ec.InputError, match="resume"):
         it.train(it.config_for(size="quick"), resume=True)
 
