@@ -320,7 +320,7 @@ def run(*, quick: bool = False, n: int = 200, nfe: int = 50, ks: Sequence[int] =
                 ok = torch.stack([scenes.attribute_accuracy(images[i : i + 1], require=require[i], forbid=forbid[i])[0] for i in range(n)])
                 acc = _rate(ok)
                 rows.append({**_row(f"attributes: {cell}", len(require[0]) + len(forbid[0]), "composed", param, s, n, acc, None, used, secs, nfe, weight, images), **extra})
-                log(f"attributes {cell:<26}{param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
+                log(f"attributes {cell:<32}{param:<8}{s:<13} acc {acc['p']:.3f}±{acc['se']:.3f} nfe {used}")
             if sm.attribute_labels == "multi" and len(require[0]) > 1 and not forbid[0]:
                 # the jointly conditioned baseline: one multi-hot condition holding every requested attribute
                 build = _builder(sm, [torch.stack([scenes.attributes(r) for r in require])], weight=weight)
