@@ -127,8 +127,8 @@ def test_shipped_attribute_model_draws_the_requested_shape_far_above_chance():
     from toy.scene_model import to_unit
 
     sm = pretrained.scene_model("attribute", "epsilon")
-    sampler = build_sampler("ddim", sm.schedule, 20)
-    n = 12
+    sampler = build_sampler("ddim", sm.schedule, 15)
+    n = 8
     for require, forbid in ((["red", "square"], []), (["triangle"], ["small"])):
         x = sampler.sample(sm.compose_attributes(require, forbid), shape=sm.shape(n), generator=torch.Generator().manual_seed(3)).samples
         acc = scenes.attribute_accuracy(to_unit(x), require=require, forbid=forbid).float().mean()
