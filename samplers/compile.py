@@ -61,7 +61,8 @@ def inductor_options(x: Optional[Tensor]) -> Dict[str, object]:
     """Inductor options of a graph whose chains are ``x`` ``(B, *event)``: on the CPU, the C++
     wrapper (the graph's loop and buffers run in C++, not Python) and no vectorised loop tails
     (a row shorter than a vector, e.g. a 10-D event, runs as a scalar loop instead of masked
-    vector loads); elsewhere torch's defaults. Measured in ``benchmarks/results/peers.md``."""
+    vector loads); elsewhere torch's defaults. Only the device of ``x`` matters. The compiled rows
+    of ``benchmarks/results/peers.md`` run with these options."""
     if x is None or x.device.type != "cpu":
         return {}
     return {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False}
@@ -82,7 +83,7 @@ def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args, options:
     key = (key, tuple(sorted(options.items())))
     graph = cache.get(key)
     if graph is None:
-        graph = cache[key] = torch.compile(fn, dynamic=False, fullgraph=True, options=dict(options) or None)
+        graph = cache[key] = torch.compile(fn, dynamic=False, fullgraph=True, options=options or None)
     # the limit is raised for this call only (plain set and restore: config.patch costs ~7 small ops)
     limit = _dynamo_config.recompile_limit
     _dynamo_config.recompile_limit = max(limit, RECOMPILE_LIMIT)
