@@ -11,7 +11,10 @@ ones. Peers:
   library's business (an energy it cannot trace runs eagerly, with a warning the row keeps);
 - ``blackjax``: ``blackjax.hmc`` / ``blackjax.mala``, one ``jax.jit`` of ``jax.vmap`` over
   chains of a ``jax.lax.scan`` over steps, float64;
-- ``torchebm``: ``torchebm.samplers.HamiltonianMonteCarlo`` (it has no MALA).
+- ``torchebm``: ``torchebm.samplers.HamiltonianMonteCarlo`` (it has no MALA);
+- ``torch-loop``: the same HMC / MALA written by hand in plain torch, the whole run one compiled
+  ``torch.while_loop`` (:mod:`benchmarks.peer_torch_loop`): the floor of a ``torch.compile``
+  sampler, so that the gap to BlackJAX splits into the library's cost and the compiler's.
 
 Every diagnostic comes from one estimator for all peers: ``samplers.diagnostics.ess`` and
 ``mcse_mean`` on the ``(T, B, D)`` draws (JAX arrays converted to torch). Wall times are medians
@@ -53,6 +56,8 @@ from ebmcompose.cli.outputs import staged_output
 from ebmcompose.io import write_json, write_text
 from samplers import HMC, MALA, diagnostics
 
+from .peer_floor import gradient_floor
+from .peer_torch_loop import compiled_run
 from .peer_targets import SETTINGS, TARGETS, TORCH, jax_log_densities, load_jax, start_points
 
 __all__ = ["PEERS", "ALGORITHMS", "Config", "Draws", "PeerUnavailable", "measure_cell", "run", "format_markdown", "main"]
@@ -60,7 +65,7 @@ __all__ = ["PEERS", "ALGORITHMS", "Config", "Draws", "PeerUnavailable", "measure
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_RESULTS = Path(__file__).resolve().parents[1] / "outputs" / "peers_quick"
 STEM = "peers"
-PEERS = ("ebmcompose", "ebmcompose-compiled", "blackjax", "torchebm")
+PEERS = ("ebmcompose", "ebmcompose-compiled", "blackjax", "torchebm", "torch-loop")
 ALGORITHMS = ("hmc", "mala")
 
 
@@ -220,6 +225,22 @@ def torchebm_runner(name: str, algo: str, cfg: Config, x0: np.ndarray) -> Runner
     return go, post
 
 
+def torch_loop_runner(name: str, algo: str, cfg: Config, x0: np.ndarray) -> Runner:
+    """The hand-written compiled torch loop (:func:`benchmarks.peer_torch_loop.compiled_run`)."""
+    s = _setting(name, algo)
+    run_ = compiled_run(TORCH[name], algo, s["step_size"], s.get("n_leapfrog", 1))
+    x = torch.from_numpy(x0)
+
+    def go():
+        return run_(x, cfg.warmup, cfg.steps, torch.Generator().manual_seed(cfg.seed))
+
+    def post(out) -> Draws:
+        trace, acceptance, n_grad = out
+        return Draws(trace, acceptance, n_grad, None)
+
+    return go, post
+
+
 def runner(peer: str, name: str, algo: str, cfg: Config, x0: np.ndarray) -> Runner:
     if peer in ("ebmcompose", "ebmcompose-compiled"):
         return ebmcompose_runner(name, algo, cfg, x0, compiled=peer == "ebmcompose-compiled")
@@ -227,6 +248,8 @@ def runner(peer: str, name: str, algo: str, cfg: Config, x0: np.ndarray) -> Runn
         return blackjax_runner(name, algo, cfg, x0)
     if peer == "torchebm":
         return torchebm_runner(name, algo, cfg, x0)
+    if peer == "torch-loop":
+        return torch_loop_runner(name, algo, cfg, x0)
     raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
 
 
@@ -338,13 +361,19 @@ def run(cfg: Config, targets: Sequence[str], algorithms: Sequence[str], peers: S
             r, s = measure_cell(name, algo, peers, cfg)
             rows += r
             skipped += s
+    floor = []  # the compilers compared on gradients alone, beside the hand-written torch loop
+    if "torch-loop" in peers:
+        for name in targets:
+            floor.append(gradient_floor(name, start_points(name, cfg.chains, cfg.seed), cfg.threads,
+                                        n=200 if cfg.quick else 2000, repeats=max(cfg.repeats, 1)))
+            print(f"[peers] {name:13s} gradient floor: torch {floor[-1]['torch_us']:.1f} us, jax {_f(floor[-1]['jax_us'])} us", flush=True)
     meta = dict(config=cfg.__dict__, targets=list(targets), algorithms=list(algorithms), peers=list(peers),
                 settings={t: SETTINGS[t] for t in targets}, ebmcompose_hmc_extra_kwargs=HMC_FIXED,
                 versions=_versions(), source=_source_state(), cpu_count=os.cpu_count(),
                 torch_threads=torch.get_num_threads(), xla_flags=os.environ.get("XLA_FLAGS"),
                 platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 loadavg_before=list(load0), loadavg_after=list(os.getloadavg()))
-    return dict(meta=meta, rows=rows, skipped=skipped, total_seconds=time.perf_counter() - t0)
+    return dict(meta=meta, rows=rows, skipped=skipped, gradient_floor=floor, total_seconds=time.perf_counter() - t0)
 
 
 def _f(v, spec=".3g"):
@@ -355,7 +384,7 @@ def format_markdown(result: dict, command: str) -> str:
     m, cfg = result["meta"], result["meta"]["config"]
     v = m["versions"]
     lines = [
-        "# ebmcompose vs BlackJAX (and torchebm): HMC and MALA on the same targets",
+        "# ebmcompose vs BlackJAX (and torchebm, and a hand-written torch loop): HMC and MALA on the same targets",
         "",
         f"Command: `{command}` — total {result['total_seconds']:.0f} s." + (" **Quick smoke run.**" if cfg["quick"] else ""),
         "",
@@ -373,7 +402,7 @@ def format_markdown(result: dict, command: str) -> str:
         "repeat), the whole run (initial evaluation, warm-up and recorded steps); `first` is the first call, which "
         "includes compilation / jit tracing; `compile` = first − median. Gradient evaluations: batched ones over the "
         "whole run (each computes all chains' gradients; counted by ebmcompose's NFE and by wrapping torchebm's "
-        "model, by construction for BlackJAX: 1 + steps × L). ESS: `samplers.diagnostics.ess` on the recorded "
+        "model, by construction for BlackJAX and torch-loop: 1 + steps × L). ESS: `samplers.diagnostics.ess` on the recorded "
         "`(T, B, D)` draws for every peer (min and median over dimensions); ESS/grad = min ESS / (gradient "
         "evaluations × chains). Mean error: largest |mean − exact| over the coordinates with a known mean, and the "
         "same in Monte-Carlo standard errors (`mcse_mean`; |z| ≫ 3 flags a wrong sampler or an unconverged run). "
@@ -428,6 +457,16 @@ def format_markdown(result: dict, command: str) -> str:
         "and `compile` times depend on torch inductor's on-disk cache, which persists between processes (JAX keeps no "
         "cache by default), so after an earlier run they are warm-cache times, lower than a first-ever compilation.",
     ]
+    if result.get("gradient_floor"):
+        lines += ["", "## Compiler floor: one batched gradient", "",
+                  "The same loop of batched gradient evaluations (`benchmarks/peer_floor.py`: `x ← x − ε∇E(x)`, "
+                  f"{cfg['chains']} chains, float64) compiled whole by `torch.compile` (ebmcompose's inductor options) and by "
+                  "`jax.jit`; microseconds per gradient, medians of interleaved repeats. An HMC run is almost all "
+                  "gradients, so the ratio is about the least any `torch.compile` sampler reaches against BlackJAX "
+                  "there; `torch-loop` above is a user's own compiled loop (one graph per transition).", "",
+                  "| target | torch.compile µs | jax.jit µs | ratio |", "|---|---:|---:|---:|"]
+        for f in result["gradient_floor"]:
+            lines.append(f"| {f['target']} | {f['torch_us']:.1f} | {_f(f['jax_us'], '.1f')} | {_f(f['ratio'], '.2f')} |")
     notes = sorted({f"- {r['peer']} ({r['target']} {r['algorithm'].upper()}): {w}" for r in result["rows"] for w in r["warnings"]})
     notes += [f"- {r['peer']} ({r['target']} {r['algorithm'].upper()}): {r['note']}" for r in result["rows"] if r["note"]]
     skips = sorted({f"- {s['peer']}" + (f" ({s['algorithm'].upper()})" if "no MALA" in s["reason"] else "") + f": skipped — {s['reason']}"

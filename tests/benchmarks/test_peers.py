@@ -132,16 +132,24 @@ def test_missing_and_crashing_peers_are_skipped_not_errors(tmp_path, monkeypatch
 
         return go, None
 
+    def loop_runner(name, algo, cfg, x0):  # and so does the hand-written loop (no compilation in this test)
+        def go():
+            raise RuntimeError("bang")
+
+        return go, None
+
     monkeypatch.setattr(peers, "ebmcompose_runner", runner)
+    monkeypatch.setattr(peers, "torch_loop_runner", loop_runner)
     out = tmp_path / "res"
     argv = ["--quick", "--targets", "banana", "--algorithms", "mala", "--steps", "20", "--warmup", "0", "--out", str(out)]
     assert peers.main(argv) == 0
     data = json.loads((out / "peers.json").read_text())
     assert [r["peer"] for r in data["rows"]] == ["ebmcompose"]
     reasons = {s["peer"]: s["reason"] for s in data["skipped"]}
-    assert set(reasons) == {"ebmcompose-compiled", "blackjax", "torchebm"}
+    assert set(reasons) == {"ebmcompose-compiled", "blackjax", "torchebm", "torch-loop"}
     assert "not installed" in reasons["blackjax"] and "not installed" in reasons["torchebm"]
     assert reasons["ebmcompose-compiled"].startswith("failed: RuntimeError: boom")
+    assert reasons["torch-loop"].startswith("failed: RuntimeError: bang")
     assert "## Skipped" in (out / "peers.md").read_text()
 
 
@@ -149,3 +157,63 @@ def test_missing_and_crashing_peers_are_skipped_not_errors(tmp_path, monkeypatch
 def test_quick_run_never_replaces_the_committed_results(capsys):
     assert peers.main(["--quick", "--out", str(peers.RESULTS)]) == 2
     assert "never replaces" in capsys.readouterr().err
+
+
+def _gaussian(x):  # N(0, diag(1, 4))
+    return 0.5 * (x[:, 0].square() + x[:, 1].square() / 4.0)
+
+
+@pytest.mark.parametrize("algo, h, L", [("hmc", 0.5, 5), ("mala", 0.4, 1)])
+def test_hand_written_loop_samples_its_target(algo, h, L):
+    """The torch-loop peer's transitions, run eagerly (the same ``while_loop`` body): the exact mean
+    and variances within Monte-Carlo error, so a wrong step or acceptance ratio fails."""
+    from benchmarks import peer_torch_loop as tl
+    from samplers import diagnostics
+
+    g = torch.Generator().manual_seed(0)
+    step, consts = (tl.hmc_step, (h, L)) if algo == "hmc" else (tl.mala_step, (h,))
+    warmup, steps, B = 100, 600, 64
+    x0 = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    noise = torch.randn(warmup + steps, B, 2, generator=g, dtype=torch.float64)
+    u = torch.rand(warmup + steps, B, generator=g, dtype=torch.float64)
+    trace, accepted = tl._run(_gaussian, step, x0, noise, u, x0.new_zeros(steps, B, 2), warmup, consts)
+    acc = float(accepted.mean()) / steps
+    assert 0.5 < acc < 1.0, acc
+    mean_z = trace.mean((0, 1)) / diagnostics.mcse_mean(trace)
+    assert mean_z.abs().max() < 4.0, mean_z
+    var = trace.var((0, 1))
+    ess = diagnostics.ess(trace)
+    var_se = torch.tensor([1.0, 4.0], dtype=torch.float64) * math.sqrt(2.0) / ess.sqrt()
+    assert ((var - torch.tensor([1.0, 4.0], dtype=torch.float64)).abs() / var_se).max() < 4.0, (var, var_se)
+
+
+def test_hand_written_loop_rejects_a_non_finite_proposal():
+    from benchmarks import peer_torch_loop as tl
+
+    def wall(x):  # +inf energy beyond x0 = 1: every proposal there is rejected
+        return torch.where(x[:, 0] > 1.0, torch.full_like(x[:, 0], math.inf), 0.5 * x.square().sum(-1))
+
+    x = torch.tensor([[0.9, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    e, g = tl.value_and_grad(wall, x)
+    xi = torch.tensor([[5.0, 0.0], [0.1, 0.0]], dtype=torch.float64)
+    new, _, _, ok = tl.mala_step(wall, x, e, g, xi, torch.full((2,), 0.5, dtype=torch.float64), 0.1)
+    assert ok.tolist() == [False, True]
+    assert torch.equal(new[0], x[0]) and not torch.equal(new[1], x[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["hmc", "mala"])
+def test_hand_written_loop_compiled_equals_eager(algo):
+    from benchmarks import peer_torch_loop as tl
+
+    x0 = torch.from_numpy(pt.start_points("banana", 8))
+    run = tl.compiled_run(pt.TORCH["banana"], algo, 0.5, 3)
+    trace, acc, n_grad = run(x0, 5, 10, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn((15,) + tuple(x0.shape), generator=g, dtype=x0.dtype)
+    u = torch.rand((15, 8), generator=g, dtype=x0.dtype)
+    step, consts = (tl.hmc_step, (0.5, 3)) if algo == "hmc" else (tl.mala_step, (0.5,))
+    eager, accepted = tl._run(pt.TORCH["banana"], step, x0, noise, u, x0.new_zeros(10, 8, 2), 5, consts)
+    torch.testing.assert_close(trace, eager, rtol=1e-10, atol=1e-10)
+    assert acc == pytest.approx(float(accepted.mean()) / 10)
+    assert n_grad == 1 + 15 * (3 if algo == "hmc" else 1)
