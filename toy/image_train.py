@@ -175,8 +175,10 @@ class TrainConfig:
         )
 
 
-#: Named sizes: ``quick`` trains in seconds (tests); ``default`` is what ships (≤ 45 min on one
-#: quiet CPU thread; energy models cost ~2.5× per step, hence fewer steps).
+#: Named sizes: ``quick`` trains in seconds (tests); ``default`` is what ships (position models
+#: ≤ 45 min on one quiet CPU thread; energy models cost ~2.5× per step, hence fewer steps). The
+#: attribute family's 6000 steps (:data:`FAMILY_DEFAULTS`) take ~35 min for ε and, not keyed by
+#: parameterisation, ~2.5× that for an energy model (none ships).
 SIZES: Dict[str, Dict[str, Any]] = {
     "quick": dict(resolution=32, channels=(8, 16), norm_groups=4, steps=30, batch_size=16, warmup=5, checkpoint_every=10, ema_decay=0.9),
     "default": dict(),

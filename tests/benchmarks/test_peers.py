@@ -217,3 +217,21 @@ def test_hand_written_loop_compiled_equals_eager(algo):
     torch.testing.assert_close(trace, eager, rtol=1e-10, atol=1e-10)
     assert acc == pytest.approx(float(accepted.mean()) / 10)
     assert n_grad == 1 + 15 * (3 if algo == "hmc" else 1)
+
+
+@pytest.mark.slow
+def test_gradient_floor_loops_compute_the_gradient_steps_they_time():
+    """Both sides of the compiler floor run ``x ← x − ε∇E(x)`` (a missing or wrong gradient would
+    leave ``x`` off by about ε|∇E|, far above the tolerance)."""
+    pytest.importorskip("jax")
+    from benchmarks import peer_floor as pf
+
+    x0 = pt.start_points("banana", 4)
+    eager = torch.from_numpy(x0)
+    for _ in range(3):
+        eager = eager - pf.EPS * torch.func.grad(lambda z: pt.TORCH["banana"](z).sum())(eager)
+    assert not torch.equal(eager, torch.from_numpy(x0))
+    torch.testing.assert_close(pf.torch_gradient_loop("banana", x0, n=3)(), eager, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(pf.jax_gradient_loop("banana", x0, n=3)()), eager.numpy(), rtol=0, atol=1e-14)
+    row = pf.gradient_floor("banana", x0, n=3, repeats=2)
+    assert row["torch_us"] > 0 and row["jax_us"] > 0 and row["ratio"] > 0 and row["chains"] == 4
