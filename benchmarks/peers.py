@@ -361,9 +361,9 @@ def run(cfg: Config, targets: Sequence[str], algorithms: Sequence[str], peers: S
             r, s = measure_cell(name, algo, peers, cfg)
             rows += r
             skipped += s
-    floor = []  # the compilers compared on gradients alone, beside the hand-written torch loop
-    if "torch-loop" in peers:
-        for name in targets:
+    floor = []  # the compilers compared on gradients alone, beside the hand-written torch loop (where it ran)
+    for name in targets:
+        if any(r["peer"] == "torch-loop" and r["target"] == name for r in rows):
             floor.append(gradient_floor(name, start_points(name, cfg.chains, cfg.seed), cfg.threads,
                                         n=200 if cfg.quick else 2000, repeats=max(cfg.repeats, 1)))
             print(f"[peers] {name:13s} gradient floor: torch {floor[-1]['torch_us']:.1f} us, jax {_f(floor[-1]['jax_us'])} us", flush=True)

@@ -150,6 +150,7 @@ def test_missing_and_crashing_peers_are_skipped_not_errors(tmp_path, monkeypatch
     assert "not installed" in reasons["blackjax"] and "not installed" in reasons["torchebm"]
     assert reasons["ebmcompose-compiled"].startswith("failed: RuntimeError: boom")
     assert reasons["torch-loop"].startswith("failed: RuntimeError: bang")
+    assert data["gradient_floor"] == []  # the compiler floor sits beside a torch-loop row, none here
     assert "## Skipped" in (out / "peers.md").read_text()
 
 
