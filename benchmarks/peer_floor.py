@@ -3,8 +3,9 @@
 Both sides run the same loop of ``n`` steps ``x ← x - ε ∇E(x)`` (``ε`` tiny: the points stay where
 they start) as one compiled loop: ``torch.while_loop`` of ``torch.func.grad`` under ``torch.compile``
 with ebmcompose's inductor options, ``jax.lax.fori_loop`` of ``jax.vmap(jax.grad)`` under ``jax.jit``.
-Nothing of a sampler is in it, so the ratio of the two is the least that any ``torch.compile``
-sampler can reach against BlackJAX on an HMC run, whose time is almost all gradients.
+Nothing of a sampler is in it. A run's gradient evaluations times torch's time per gradient is
+what a ``torch.compile`` sampler would take if everything else were free: over BlackJAX's wall time,
+the lowest ratio to BlackJAX any such sampler can have (``peers.md``'s ``bound``).
 """
 
 from __future__ import annotations

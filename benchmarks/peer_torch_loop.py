@@ -18,7 +18,7 @@ from torch import Tensor
 
 from samplers.compile import inductor_options
 
-__all__ = ["value_and_grad", "hmc_step", "mala_step", "compiled_run"]
+__all__ = ["value_and_grad", "hmc_step", "mala_step", "run_transitions", "compiled_run"]
 
 Energy = Callable[[Tensor], Tensor]
 
@@ -59,8 +59,8 @@ def _accept(x, e, g, y, ey, gy, log_ratio, u):
     return torch.where(keep, y, x), torch.where(ok, ey, e), torch.where(keep, gy, g), ok
 
 
-def _run(fn: Energy, step: Callable, x: Tensor, noise: Tensor, u: Tensor, trace: Tensor, warmup: int, consts: tuple,
-         transition: Optional[Callable] = None):
+def run_transitions(fn: Energy, step: Callable, x: Tensor, noise: Tensor, u: Tensor, trace: Tensor, warmup: int,
+                    consts: tuple, transition: Optional[Callable] = None):
     """All ``len(noise)`` transitions, one call of ``transition`` (default: ``step`` itself) each;
     the kept steps' states are written to ``trace`` ``(T, B, D)``. Returns ``(trace, accepted)``,
     ``accepted`` ``(B,)`` each chain's count over the kept steps."""
@@ -97,7 +97,7 @@ def compiled_run(fn: Energy, algo: str, step_size: float, n_leapfrog: int = 1) -
             graph.append(torch.compile(lambda *a: step(fn, *a, *consts), fullgraph=True, dynamic=False,
                                        options=inductor_options(x0) or None))
         with torch.no_grad():
-            trace, accepted = _run(fn, step, x0, noise, u, x0.new_empty((steps,) + tuple(x0.shape)), warmup, consts, graph[0])
+            trace, accepted = run_transitions(fn, step, x0, noise, u, x0.new_empty((steps,) + tuple(x0.shape)), warmup, consts, graph[0])
         return trace, float(accepted.mean()) / steps, 1 + n * per_step
 
     return run

@@ -177,7 +177,7 @@ def test_hand_written_loop_samples_its_target(algo, h, L):
     x0 = torch.randn(B, 2, generator=g, dtype=torch.float64)
     noise = torch.randn(warmup + steps, B, 2, generator=g, dtype=torch.float64)
     u = torch.rand(warmup + steps, B, generator=g, dtype=torch.float64)
-    trace, accepted = tl._run(_gaussian, step, x0, noise, u, x0.new_zeros(steps, B, 2), warmup, consts)
+    trace, accepted = tl.run_transitions(_gaussian, step, x0, noise, u, x0.new_zeros(steps, B, 2), warmup, consts)
     acc = float(accepted.mean()) / steps
     assert 0.5 < acc < 1.0, acc
     mean_z = trace.mean((0, 1)) / diagnostics.mcse_mean(trace)
@@ -214,7 +214,7 @@ def test_hand_written_loop_compiled_equals_eager(algo):
     noise = torch.randn((15,) + tuple(x0.shape), generator=g, dtype=x0.dtype)
     u = torch.rand((15, 8), generator=g, dtype=x0.dtype)
     step, consts = (tl.hmc_step, (0.5, 3)) if algo == "hmc" else (tl.mala_step, (0.5,))
-    eager, accepted = tl._run(pt.TORCH["banana"], step, x0, noise, u, x0.new_zeros(10, 8, 2), 5, consts)
+    eager, accepted = tl.run_transitions(pt.TORCH["banana"], step, x0, noise, u, x0.new_zeros(10, 8, 2), 5, consts)
     torch.testing.assert_close(trace, eager, rtol=1e-10, atol=1e-10)
     assert acc == pytest.approx(float(accepted.mean()) / 10)
     assert n_grad == 1 + 15 * (3 if algo == "hmc" else 1)
