@@ -7,7 +7,7 @@ one graph (gradients of autograd energies by ``torch.func``, ``ebmcompose.autodi
 that cannot be traced into one graph (data-dependent Python, values read back, calls out of torch)
 or a missing compiler makes it run eagerly instead, with one warning naming the reason.
 
-:func:`scan` runs several transitions in one graph call (a ``torch.while_loop``), so the cost of
+:func:`scan` runs several transitions in one graph call (torch's ``scan``), so the cost of
 entering a compiled graph (guards, wrappers: ~0.1-0.3 ms on a CPU) is paid once per chunk of steps
 instead of once per step; the draws of the chunk are made beforehand in the eager order.
 
@@ -26,6 +26,11 @@ from torch import Tensor
 import torch._dynamo.config as _dynamo_config
 import torch._dynamo.exc as _dynamo_exc  # torch's public home of its compiler errors
 import torch._inductor.exc as _inductor_exc
+
+try:  # torch's scan (stacks each step's outputs in place); not public yet in torch 2.13
+    from torch._higher_order_ops.scan import scan as _torch_scan
+except ImportError:  # an older torch: compiled kernels run their chunks eagerly, with one warning
+    _torch_scan = None
 
 __all__ = ["call", "scan", "inductor_options", "COMPILE_ERRORS"]
 
@@ -91,17 +96,21 @@ def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args, options:
         with torch.no_grad():
             return graph(*args)
     except COMPILE_ERRORS as exc:
-        failed.add(name)
         reason = " ".join(str(exc).split())[:300]  # the message on one line (it may span many)
-        warnings.warn(
-            f"torch.compile could not compile {name} for {type(energy).__name__} "
-            f"({type(exc).__name__}: {reason}); running it eagerly instead",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        _warn_eager(energy, name, f"{type(exc).__name__}: {reason}", stacklevel=4)
         return _FELL_BACK
     finally:
         _dynamo_config.recompile_limit = limit
+
+
+def _warn_eager(energy, name: str, reason: str, stacklevel: int) -> None:
+    """Warn once per energy and transition ``name`` that it runs eagerly, and why."""
+    failed = _failed(energy)
+    if name in failed:
+        return
+    failed.add(name)
+    warnings.warn(f"torch.compile could not compile {name} for {type(energy).__name__} ({reason}); "
+                  "running it eagerly instead", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def _first_tensor(args) -> Optional[Tensor]:
@@ -129,29 +138,31 @@ def _step(body: Callable, energy, carry, draws_i, consts, dtype):
 
 
 def _loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], draws: Tuple[Tensor, ...],
-          means: Tensor, sums: Tensor, kept: Tuple[Tensor, ...], consts: tuple):
-    """``n`` (0-d int64) iterations of :func:`_step` as one ``torch.while_loop``, reducing as it goes.
+          n_outs: int, keep: int, consts: tuple):
+    """The transitions of :func:`scan` as one torch ``scan`` over the ``K`` rows of ``draws``.
 
-    Each step's outputs (``R`` per-chain ``(B,)`` values) become a row of chain means ``means[i]``
-    (``(K, R)``) and are added to the per-chain sums ``sums`` (``(R, B)``): a loop that stacked
-    per-chain outputs would copy its whole ``(K, ..., B)`` buffer every iteration. ``kept`` buffers
-    ``(K, ...)`` receive the first ``len(kept)`` carry entries of every step (traces).
+    Rows ``i >= n`` (0-d int64; padding) leave the carry as it is and add nothing. Each step's
+    ``R`` per-chain outputs give a row of chain means (stacked ``(K, R)``) and are added to
+    per-chain sums carried along (``(R, B)``; stacking them would hold ``K × R × B`` numbers), and
+    the first ``keep`` carry entries are stacked ``(K, ...)`` (traces). Unlike a
+    ``torch.while_loop``, whose buffers are written functionally (a copy of the whole ``(K, ...)``
+    trace every step), ``scan`` writes each step's row once.
     """
-    c = len(carry)
+    c, x = len(carry), carry[0]
 
-    def cond(i, *_):
-        return i < n
+    def step(state, xs):
+        i, draws_i = xs[0], xs[1:]
+        old, sums = state[:c], state[c]
+        new, vals = _step(body, energy, old, draws_i, consts, sums.dtype)
+        live = i < n
+        new = tuple(torch.where(live, a, b) for a, b in zip(new, old))
+        vals = torch.where(live, vals, torch.zeros_like(vals))
+        return (*new, sums + vals), (vals.mean(dim=1), *(a.clone() for a in new[:keep]))
 
-    def step(i, *state):
-        j = i.reshape(1)  # buffers are written functionally (index_put): loop carries cannot be mutated
-        means_i, sums_i, kept_i = state[c], state[c + 1], state[c + 2:]
-        new, vals = _step(body, energy, state[:c], tuple(d.index_select(0, j).squeeze(0) for d in draws), consts, sums_i.dtype)
-        kept_i = tuple(b.index_put((j,), v.unsqueeze(0)) for b, v in zip(kept_i, new))
-        return (i + 1, *new, means_i.index_put((j,), vals.mean(dim=1).unsqueeze(0)), sums_i + vals, *kept_i)
-
-    i0 = torch.zeros((), dtype=torch.int64, device=n.device)
-    done = torch.while_loop(cond, step, (i0, *carry, means, sums, *kept))
-    return done[1: 1 + c], done[1 + c], done[2 + c], done[3 + c:]
+    sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
+    rows = torch.arange(draws[0].shape[0], device=n.device)
+    done, stacked = _torch_scan(step, (*carry, sums), (rows, *draws))
+    return done[:c], stacked[0], done[c], stacked[1:]
 
 
 _SCANS: Dict[Callable, Callable] = {}
@@ -165,20 +176,22 @@ def scan(body: Callable, compile: bool, energy, n: int, carry: Tuple[Tensor, ...
     length share one graph); ``body`` returns ``n_outs`` per-chain ``(B,)`` outputs. Returns
     ``(carry, means, sums, kept)``: ``means`` ``(n, n_outs)`` each step's chain means, ``sums``
     ``(n_outs, B)`` each chain's sums over the steps (in the chains' float dtype), ``kept`` the
-    first ``keep`` carry entries after every step, stacked ``(n, ...)``. Compiled, the ``n``
-    transitions run in one graph (``torch.while_loop``); eagerly, or after a failed compilation
+    first ``keep`` carry entries after every step, stacked ``(n, ...)``. Compiled, the ``K``
+    rows run in one graph (:func:`_loop`, rows past ``n`` leave the carry as it is); eagerly, or after a failed compilation
     (one warning), in a Python loop of the same iterations.
     """
     k, x = draws[0].shape[0], carry[0]
-    means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
-    sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
-    kept = tuple(c.new_zeros((k,) + tuple(c.shape)) for c in carry[:keep])
     out = _FELL_BACK
-    if compile:
+    if compile and _torch_scan is not None:
         n_t = torch.tensor(n, dtype=torch.int64, device=x.device)
         out = _compiled(_SCANS, body, _loop, body.__name__, energy, body, energy, n_t, tuple(carry), tuple(draws),
-                        means, sums, kept, tuple(consts), options=inductor_options(x))
+                        n_outs, keep, tuple(consts), options=inductor_options(x))
+    elif compile:
+        _warn_eager(energy, body.__name__, f"torch {torch.__version__} has no scan", stacklevel=3)
     if out is _FELL_BACK:  # the same iterations, buffers written in place
+        means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
+        sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
+        kept = tuple(c.new_zeros((k,) + tuple(c.shape)) for c in carry[:keep])
         for i in range(n):
             carry, vals = _step(body, energy, tuple(carry), tuple(d[i] for d in draws), consts, x.dtype)
             means[i] = vals.mean(dim=1)

@@ -88,11 +88,11 @@ def run_steps(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: int,
 
 #: Transitions per compiled graph call in :func:`run_steps` (a callback or progress bar: one per call).
 CHUNK = 50
-#: Chunk length when every step's position is traced: the loop copies its ``(chunk, B, *event)``
-#: position buffer each step, so chunks hold about :data:`TRACE_NUMBERS` numbers, between
-#: :data:`TRACE_CHUNK` and :data:`CHUNK` steps.
+#: Chunk length when every step's position is traced: the chunk's positions ``(chunk, B, *event)``
+#: are held in one buffer, so chunks hold at most about :data:`TRACE_NUMBERS` numbers (32 MB in
+#: float64), between :data:`TRACE_CHUNK` and :data:`CHUNK` steps.
 TRACE_CHUNK = 10
-TRACE_NUMBERS = 2 ** 15
+TRACE_NUMBERS = 2 ** 22
 
 
 def trace_chunk(x: Tensor) -> int:
@@ -105,7 +105,7 @@ def _run_chunks(kernel: MCMCKernel, energy: ec.Energy, state: State, n_steps: in
 
     Chunks of :data:`CHUNK` steps, or of ``trace_every`` steps when recording a trace (each chunk
     then ends on a recorded step), or, to trace every step, of :func:`trace_chunk` steps that keep
-    their positions (the loop copies its position buffer each step: short chunks for many chains).
+    their positions (fewer for very large states, whose chunk of positions is held in memory).
     """
     every = recorder.trace_every if recorder is not None else 0
     keep = every == 1

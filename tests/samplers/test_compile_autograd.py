@@ -169,12 +169,16 @@ def test_cpu_graphs_compile_with_the_cpp_wrapper_and_scalar_loop_tails(monkeypat
 
 
 def test_a_traced_compiled_run_in_long_chunks_equals_eager():
-    """Every step traced: a few chains run ``trace_chunk`` = 50 steps per compiled call (many chains:
-    10), and 120 steps in chunks of 50, 50 and 20 give the eager chains and trace."""
+    """Every step traced: up to 2^22 numbers of chains run ``trace_chunk`` = 50 steps per compiled
+    call (huge states: 10), and 120 steps in chunks of 50, 50 and 20 (the last one padded) give the
+    eager chains and trace."""
     from samplers.run import CHUNK, TRACE_CHUNK, trace_chunk
 
-    assert trace_chunk(torch.zeros(4, 10)) == CHUNK and trace_chunk(torch.zeros(10_000, 10)) == TRACE_CHUNK
-    assert TRACE_CHUNK < trace_chunk(torch.zeros(128, 10)) < CHUNK
+    def chunk(*shape):
+        return trace_chunk(torch.empty(*shape, device="meta"))
+
+    assert chunk(4, 10) == chunk(128, 100) == CHUNK and chunk(1_000_000, 10) == TRACE_CHUNK
+    assert TRACE_CHUNK < chunk(10_000, 10) < CHUNK
     energy = ec.EnergyFunction(eight_schools)
     x0 = torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     kernel = HMC(step_size=0.2, n_leapfrog=3, n_steps=120, n_warmup=0, jitter=0.0)
@@ -183,3 +187,17 @@ def test_a_traced_compiled_run_in_long_chunks_equals_eager():
     assert compiled.info.trace.shape == eager.info.trace.shape == (120, 4, 10)
     torch.testing.assert_close(compiled.info.trace, eager.info.trace, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(compiled.info.mean_acceptance, eager.info.mean_acceptance, rtol=1e-9, atol=1e-9)
+
+
+def test_a_torch_without_scan_runs_chunks_eagerly_with_one_warning(monkeypatch):
+    import samplers.compile as sc
+
+    monkeypatch.setattr(sc, "_torch_scan", None)
+    energy = ec.EnergyFunction(eight_schools)
+    x0 = torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    kernel = MALA(step_size=0.05, n_steps=30, n_warmup=0)
+    eager = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(6))
+    with pytest.warns(RuntimeWarning, match="has no scan") as caught:
+        compiled = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(6))
+    assert sum("has no scan" in str(w.message) for w in caught) == 1
+    torch.testing.assert_close(compiled.samples, eager.samples, rtol=0, atol=0)
