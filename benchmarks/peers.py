@@ -12,9 +12,10 @@ ones. Peers:
 - ``blackjax``: ``blackjax.hmc`` / ``blackjax.mala``, one ``jax.jit`` of ``jax.vmap`` over
   chains of a ``jax.lax.scan`` over steps, float64;
 - ``torchebm``: ``torchebm.samplers.HamiltonianMonteCarlo`` (it has no MALA);
-- ``torch-loop``: the same HMC / MALA written by hand in plain torch, the whole run one compiled
-  ``torch.while_loop`` (:mod:`benchmarks.peer_torch_loop`): the floor of a ``torch.compile``
-  sampler, so that the gap to BlackJAX splits into the library's cost and the compiler's.
+- ``torch-loop``: the same HMC / MALA written by hand in plain torch, one compiled graph per
+  transition in a Python loop (:mod:`benchmarks.peer_torch_loop`): what a user gets without the
+  library. With the compiler floor (:mod:`benchmarks.peer_floor`, run beside it) the gap to
+  BlackJAX splits into the library's cost and the compiler's.
 
 Every diagnostic comes from one estimator for all peers: ``samplers.diagnostics.ess`` and
 ``mcse_mean`` on the ``(T, B, D)`` draws (JAX arrays converted to torch). Wall times are medians

@@ -7,7 +7,8 @@ one graph (gradients of autograd energies by ``torch.func``, ``ebmcompose.autodi
 that cannot be traced into one graph (data-dependent Python, values read back, calls out of torch)
 or a missing compiler makes it run eagerly instead, with one warning naming the reason.
 
-:func:`scan` runs several transitions in one graph call (torch's ``scan``), so the cost of
+:func:`scan` runs several transitions in one graph call (a ``torch.while_loop``, or torch's
+``scan`` when every step's position is kept), so the cost of
 entering a compiled graph (guards, wrappers: ~0.1-0.3 ms on a CPU) is paid once per chunk of steps
 instead of once per step; the draws of the chunk are made beforehand in the eager order.
 
@@ -29,7 +30,7 @@ import torch._inductor.exc as _inductor_exc
 
 try:  # torch's scan (stacks each step's outputs in place); not public yet in torch 2.13
     from torch._higher_order_ops.scan import scan as _torch_scan
-except ImportError:  # an older torch: compiled kernels run their chunks eagerly, with one warning
+except ImportError:  # an older torch: traced chunks run as a while_loop too (slower, same chains)
     _torch_scan = None
 
 __all__ = ["call", "scan", "inductor_options", "COMPILE_ERRORS"]
@@ -137,16 +138,38 @@ def _step(body: Callable, energy, carry, draws_i, consts, dtype):
     return new, torch.stack([v.to(dtype) for v in got])
 
 
-def _loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], draws: Tuple[Tensor, ...],
-          n_outs: int, keep: int, consts: tuple):
+def _while_loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], draws: Tuple[Tensor, ...],
+                n_outs: int, keep: int, consts: tuple):
+    """:func:`_scan_loop` as a ``torch.while_loop`` of ``n`` (0-d int64) iterations, reducing as it
+    goes: faster when nothing is kept (it updates large carries in place), but a kept buffer is
+    written functionally, a copy of the whole ``(K, ...)`` buffer every step."""
+    c, x, k = len(carry), carry[0], draws[0].shape[0]
+
+    def cond(i, *_):
+        return i < n
+
+    def step(i, *state):
+        j = i.reshape(1)  # buffers are written functionally (index_put): loop carries cannot be mutated
+        means_i, sums_i, kept_i = state[c], state[c + 1], state[c + 2:]
+        new, vals = _step(body, energy, state[:c], tuple(d.index_select(0, j).squeeze(0) for d in draws), consts, sums_i.dtype)
+        kept_i = tuple(b.index_put((j,), v.unsqueeze(0)) for b, v in zip(kept_i, new))
+        return (i + 1, *new, means_i.index_put((j,), vals.mean(dim=1).unsqueeze(0)), sums_i + vals, *kept_i)
+
+    means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
+    sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
+    kept = tuple(a.new_zeros((k,) + tuple(a.shape)) for a in carry[:keep])
+    done = torch.while_loop(cond, step, (torch.zeros((), dtype=torch.int64, device=n.device), *carry, means, sums, *kept))
+    return done[1: 1 + c], done[1 + c], done[2 + c], done[3 + c:]
+
+
+def _scan_loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], draws: Tuple[Tensor, ...],
+               n_outs: int, keep: int, consts: tuple):
     """The transitions of :func:`scan` as one torch ``scan`` over the ``K`` rows of ``draws``.
 
     Rows ``i >= n`` (0-d int64; padding) leave the carry as it is and add nothing. Each step's
     ``R`` per-chain outputs give a row of chain means (stacked ``(K, R)``) and are added to
     per-chain sums carried along (``(R, B)``; stacking them would hold ``K × R × B`` numbers), and
-    the first ``keep`` carry entries are stacked ``(K, ...)`` (traces). Unlike a
-    ``torch.while_loop``, whose buffers are written functionally (a copy of the whole ``(K, ...)``
-    trace every step), ``scan`` writes each step's row once.
+    the first ``keep`` carry entries are stacked ``(K, ...)`` (traces), each row written once.
     """
     c, x = len(carry), carry[0]
 
@@ -176,18 +199,17 @@ def scan(body: Callable, compile: bool, energy, n: int, carry: Tuple[Tensor, ...
     length share one graph); ``body`` returns ``n_outs`` per-chain ``(B,)`` outputs. Returns
     ``(carry, means, sums, kept)``: ``means`` ``(n, n_outs)`` each step's chain means, ``sums``
     ``(n_outs, B)`` each chain's sums over the steps (in the chains' float dtype), ``kept`` the
-    first ``keep`` carry entries after every step, stacked ``(n, ...)``. Compiled, the ``K``
-    rows run in one graph (:func:`_loop`, rows past ``n`` leave the carry as it is); eagerly, or after a failed compilation
+    first ``keep`` carry entries after every step, stacked ``(n, ...)``. Compiled, the transitions
+    run in one graph (:func:`_while_loop`, or :func:`_scan_loop` when ``keep``); eagerly, or after a failed compilation
     (one warning), in a Python loop of the same iterations.
     """
     k, x = draws[0].shape[0], carry[0]
     out = _FELL_BACK
-    if compile and _torch_scan is not None:
+    if compile:  # traces: scan writes each kept row once; otherwise the while_loop updates carries in place
+        loop = _scan_loop if keep and _torch_scan is not None else _while_loop
         n_t = torch.tensor(n, dtype=torch.int64, device=x.device)
-        out = _compiled(_SCANS, body, _loop, body.__name__, energy, body, energy, n_t, tuple(carry), tuple(draws),
+        out = _compiled(_SCANS, (body, loop), loop, body.__name__, energy, body, energy, n_t, tuple(carry), tuple(draws),
                         n_outs, keep, tuple(consts), options=inductor_options(x))
-    elif compile:
-        _warn_eager(energy, body.__name__, f"torch {torch.__version__} has no scan", stacklevel=3)
     if out is _FELL_BACK:  # the same iterations, buffers written in place
         means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
         sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)

@@ -189,15 +189,18 @@ def test_a_traced_compiled_run_in_long_chunks_equals_eager():
     torch.testing.assert_close(compiled.info.mean_acceptance, eager.info.mean_acceptance, rtol=1e-9, atol=1e-9)
 
 
-def test_a_torch_without_scan_runs_chunks_eagerly_with_one_warning(monkeypatch):
+def test_traced_chunks_without_torch_scan_run_as_a_while_loop_with_the_same_chains(monkeypatch):
+    """Traced chunks run as torch's ``scan``; a torch without it runs them as the untraced chunks'
+    ``while_loop`` (slower, not eager: no warning), and both give the eager chains and trace."""
     import samplers.compile as sc
 
-    monkeypatch.setattr(sc, "_torch_scan", None)
     energy = ec.EnergyFunction(eight_schools)
     x0 = torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     kernel = MALA(step_size=0.05, n_steps=30, n_warmup=0)
-    eager = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(6))
-    with pytest.warns(RuntimeWarning, match="has no scan") as caught:
-        compiled = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(6))
-    assert sum("has no scan" in str(w.message) for w in caught) == 1
-    torch.testing.assert_close(compiled.samples, eager.samples, rtol=0, atol=0)
+    eager = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(6), trace_every=1)
+    monkeypatch.setattr(sc, "_torch_scan", None)
+    loops = []
+    monkeypatch.setattr(sc, "_compiled", lambda cache, key, fn, *a, **k: loops.append(fn) or fn(*a[2:]))
+    compiled = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(6), trace_every=1)
+    assert set(loops) == {sc._while_loop}
+    torch.testing.assert_close(compiled.info.trace, eager.info.trace, rtol=1e-12, atol=1e-12)
