@@ -4,8 +4,9 @@ Both sides run the same loop of ``n`` steps ``x ← x - ε ∇E(x)`` (``ε`` tin
 they start) as one compiled loop: ``torch.while_loop`` of ``torch.func.grad`` under ``torch.compile``
 with ebmcompose's inductor options, ``jax.lax.fori_loop`` of ``jax.vmap(jax.grad)`` under ``jax.jit``.
 Nothing of a sampler is in it. A run's gradient evaluations times torch's time per gradient is
-what a ``torch.compile`` sampler would take if everything else were free: over BlackJAX's wall time,
-the lowest ratio to BlackJAX any such sampler can have (``peers.md``'s ``bound``).
+about what a ``torch.compile`` sampler would take if everything else were free (``peers.md``'s
+``bound``); only about, since the loop's per-iteration cost is paid once per gradient here and
+once per L gradients in an HMC transition.
 """
 
 from __future__ import annotations
