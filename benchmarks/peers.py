@@ -377,6 +377,11 @@ def run(cfg: Config, targets: Sequence[str], algorithms: Sequence[str], peers: S
     return dict(meta=meta, rows=rows, skipped=skipped, gradient_floor=floor, total_seconds=time.perf_counter() - t0)
 
 
+def _row(result: dict, target: str, algo: str, peer: str) -> Optional[dict]:
+    """The row of ``(target, algo, peer)`` in ``result``, or ``None``."""
+    return next((r for r in result["rows"] if (r["target"], r["algorithm"], r["peer"]) == (target, algo, peer)), None)
+
+
 def _f(v, spec=".3g"):
     return "–" if v is None else format(v, spec)
 
@@ -422,7 +427,7 @@ def format_markdown(result: dict, command: str) -> str:
         for a in m["algorithms"]:
             cells = []
             for p in (p for p in m["peers"] if p != "blackjax"):
-                r = next((r for r in result["rows"] if (r["target"], r["algorithm"], r["peer"]) == (t, a, p)), None)
+                r = _row(result, t, a, p)
                 cells.append(_f(r.get("wall_ratio_vs_blackjax") if r else None, ".2f"))
             lines.append(f"| {t} | {a.upper()} | " + " | ".join(cells) + " |")
     lines += ["", "## All rows", "",
@@ -471,7 +476,7 @@ def format_markdown(result: dict, command: str) -> str:
         for f in result["gradient_floor"]:
             bounds = []
             for a in ("hmc", "mala"):
-                bj = next((r for r in result["rows"] if (r["target"], r["algorithm"], r["peer"]) == (f["target"], a, "blackjax")), None)
+                bj = _row(result, f["target"], a, "blackjax")
                 bounds.append(_f(bj["n_grad"] * f["torch_us"] * 1e-6 / bj["wall_s"] if bj else None, ".2f"))
             lines.append(f"| {f['target']} | {f['torch_us']:.1f} | {_f(f['jax_us'], '.1f')} | {_f(f['ratio'], '.2f')} | "
                          + " | ".join(bounds) + " |")

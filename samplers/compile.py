@@ -97,21 +97,13 @@ def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args, options:
         with torch.no_grad():
             return graph(*args)
     except COMPILE_ERRORS as exc:
+        failed.add(name)
         reason = " ".join(str(exc).split())[:300]  # the message on one line (it may span many)
-        _warn_eager(energy, name, f"{type(exc).__name__}: {reason}", stacklevel=4)
+        warnings.warn(f"torch.compile could not compile {name} for {type(energy).__name__} "
+                      f"({type(exc).__name__}: {reason}); running it eagerly instead", RuntimeWarning, stacklevel=4)
         return _FELL_BACK
     finally:
         _dynamo_config.recompile_limit = limit
-
-
-def _warn_eager(energy, name: str, reason: str, stacklevel: int) -> None:
-    """Warn once per energy and transition ``name`` that it runs eagerly, and why."""
-    failed = _failed(energy)
-    if name in failed:
-        return
-    failed.add(name)
-    warnings.warn(f"torch.compile could not compile {name} for {type(energy).__name__} ({reason}); "
-                  "running it eagerly instead", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def _first_tensor(args) -> Optional[Tensor]:
@@ -138,12 +130,20 @@ def _step(body: Callable, energy, carry, draws_i, consts, dtype):
     return new, torch.stack([v.to(dtype) for v in got])
 
 
+def _buffers(carry: Tuple[Tensor, ...], k: int, n_outs: int, keep: int):
+    """Zero ``means`` ``(K, R)``, ``sums`` ``(R, B)`` and ``kept`` ``(K, ...)`` of the first ``keep`` carries."""
+    x = carry[0]
+    means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
+    sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
+    return means, sums, tuple(a.new_zeros((k,) + tuple(a.shape)) for a in carry[:keep])
+
+
 def _while_loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], draws: Tuple[Tensor, ...],
                 n_outs: int, keep: int, consts: tuple):
     """:func:`_scan_loop` as a ``torch.while_loop`` of ``n`` (0-d int64) iterations, reducing as it
     goes: faster when nothing is kept (it updates large carries in place), but a kept buffer is
     written functionally, a copy of the whole ``(K, ...)`` buffer every step."""
-    c, x, k = len(carry), carry[0], draws[0].shape[0]
+    c = len(carry)
 
     def cond(i, *_):
         return i < n
@@ -155,9 +155,7 @@ def _while_loop(body: Callable, energy, n: Tensor, carry: Tuple[Tensor, ...], dr
         kept_i = tuple(b.index_put((j,), v.unsqueeze(0)) for b, v in zip(kept_i, new))
         return (i + 1, *new, means_i.index_put((j,), vals.mean(dim=1).unsqueeze(0)), sums_i + vals, *kept_i)
 
-    means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
-    sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
-    kept = tuple(a.new_zeros((k,) + tuple(a.shape)) for a in carry[:keep])
+    means, sums, kept = _buffers(carry, draws[0].shape[0], n_outs, keep)
     done = torch.while_loop(cond, step, (torch.zeros((), dtype=torch.int64, device=n.device), *carry, means, sums, *kept))
     return done[1: 1 + c], done[1 + c], done[2 + c], done[3 + c:]
 
@@ -211,9 +209,7 @@ def scan(body: Callable, compile: bool, energy, n: int, carry: Tuple[Tensor, ...
         out = _compiled(_SCANS, (body, loop), loop, body.__name__, energy, body, energy, n_t, tuple(carry), tuple(draws),
                         n_outs, keep, tuple(consts), options=inductor_options(x))
     if out is _FELL_BACK:  # the same iterations, buffers written in place
-        means = torch.zeros(k, n_outs, dtype=x.dtype, device=x.device)
-        sums = torch.zeros(n_outs, x.shape[0], dtype=x.dtype, device=x.device)
-        kept = tuple(c.new_zeros((k,) + tuple(c.shape)) for c in carry[:keep])
+        means, sums, kept = _buffers(tuple(carry), k, n_outs, keep)
         for i in range(n):
             carry, vals = _step(body, energy, tuple(carry), tuple(d[i] for d in draws), consts, x.dtype)
             means[i] = vals.mean(dim=1)
