@@ -236,6 +236,8 @@ class MCMCKernel:
     # draws, consts) -> (carry, outputs)`` with ``scan_body = samplers.record.reduced(body)`` and
     # implements ``_draws``, ``_carry``, ``_consts``, ``_state`` and ``_info``: then ``step`` runs
     # one transition and ``steps`` several per compiled graph call (``samplers.compile.scan``).
+    # ``_draws(x, generator, out)`` makes one step's draws, written into the tensors ``out`` when
+    # given (``steps`` fills its buffers' rows so, without a copy per draw).
     body: ClassVar[Optional[object]] = None
     scan_body: ClassVar[Optional[object]] = None
 
@@ -269,9 +271,11 @@ class MCMCKernel:
         k = max(n, chunk or n)
         one = self._draws(x, generator)
         draws = tuple(d.new_zeros((k,) + tuple(d.shape)) for d in one)
-        for i in range(n):
-            for buf, d in zip(draws, one if i == 0 else self._draws(x, generator)):
-                buf[i] = d
+        rows = list(zip(*(d.unbind(0) for d in draws)))  # rows[i]: step i's draws, views of the buffers
+        for buf, d in zip(rows[0], one):
+            buf.copy_(d)
+        for i in range(1, n):
+            self._draws(x, generator, rows[i])  # in place, in the order of n calls of ``step``
         body = type(self).scan_body
         carry, means, sums, kept = _scan(body, self.compile, energy, n, self._carry(state), draws, 4,
                                          self._consts(state, h), keep=(2 if self.needs_energy else 1) if positions else 0)

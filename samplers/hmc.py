@@ -230,9 +230,9 @@ class HMC(MCMCKernel):
     body = hmc_body
     scan_body = reduced(hmc_body)
 
-    def _draws(self, x, generator):
-        noise, u = randn_like(x, generator), uniform(x, generator)
-        return (noise, u, uniform(x, generator)) if self.jitter else (noise, u)
+    def _draws(self, x, generator, out=(None, None, None)):
+        noise, u = randn_like(x, generator, out[0]), uniform(x, generator, out[1])
+        return (noise, u, uniform(x, generator, out[2])) if self.jitter else (noise, u)
 
     def _carry(self, state):
         if self.refresh == 1.0:  # no momentum carried over

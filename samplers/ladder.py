@@ -200,7 +200,7 @@ def level_info(t: float, nfe: int, rec: Optional[Recorder] = None, step_size=Non
         return LevelInfo(t=t, nfe=nfe)
     return LevelInfo(t=t, nfe=nfe + rec.nfe, n_transitions=rec.n_steps, acceptance=rec.mean_acceptance(),
                      step_size=step_size, acc_sum=rec.acc_sum,
-                     divergences=torch.stack(rec.divergences).sum())
+                     divergences=torch.cat(rec.divergences).sum())
 
 
 def run_ladder(sampler: str, n_levels: int, start: LadderState, move: Move, *, progress: bool = False,

@@ -128,8 +128,8 @@ class MALA(MCMCKernel):
     body = mala_body
     scan_body = reduced(mala_body)
 
-    def _draws(self, x, generator):
-        return randn_like(x, generator), uniform(x, generator)
+    def _draws(self, x, generator, out=(None, None)):
+        return randn_like(x, generator, out[0]), uniform(x, generator, out[1])
 
     def _carry(self, state):
         return state.x, state.energy, state.grad

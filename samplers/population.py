@@ -262,7 +262,7 @@ def level_info_of_blocks(t: float, nfe: int, parts) -> LevelInfo:
     h = sum(float(torch.as_tensor(h).double().mean()) * m for _, h, _, m in done) / rows
     return LevelInfo(t=t, nfe=nfe + max(rec.nfe + n for rec, _, n, _ in done), n_transitions=done[0][0].n_steps,
                      acceptance=acc, step_size=h, acc_sum=torch.cat([rec.acc_sum for rec, *_ in done]),
-                     divergences=sum(torch.stack(rec.divergences).sum() for rec, *_ in done))
+                     divergences=sum(torch.cat(rec.divergences).sum() for rec, *_ in done))
 
 
 def rejuvenate_blocks(blocks, fn: Callable, st: State, rate: Optional[Tensor], carry, t: float, nfe: int, adapted: bool):

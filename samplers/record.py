@@ -30,19 +30,23 @@ def reduced(body: Callable) -> Callable:
 class Recorder:
     """Running statistics of the :class:`~samplers.base.StepInfo` of each step.
 
+    Steps come one at a time (:meth:`record`) or in chunks (:meth:`record_chunk`); each list holds
+    one tensor per call (a single step's is ``(1, ...)``), so a chunk is stored without splitting
+    it. :meth:`steps` concatenates a list into one tensor over the steps.
+
     Attributes
     ----------
     acceptance : list of Tensor
-        0-d mean acceptance of each step.
+        ``(n,)`` mean acceptance of each step.
     acc_sum : Tensor or None
         ``(B,)`` sum of the per-chain acceptance.
     divergences : list of Tensor
-        0-d count of divergent proposals of each step (:func:`samplers.health.divergent`: non-finite,
-        or an energy error above the threshold).
+        ``(n,)`` count of divergent proposals of each step (:func:`samplers.health.divergent`:
+        non-finite, or an energy error above the threshold).
     energy_error : list of Tensor
-        0-d mean ``|energy_error|`` of each step (kernels whose info has one).
+        ``(n,)`` mean ``|energy_error|`` of each step (kernels whose info has one).
     trace, energy_trace : list of Tensor
-        Positions and energies every ``trace_every`` steps.
+        ``(n, B, *event)`` positions and ``(n, B)`` energies every ``trace_every`` steps.
     nfe, n_steps : int
     """
 
@@ -63,16 +67,14 @@ class Recorder:
         self.n_steps += 1
         self.nfe += info.nfe
         acc = info.acceptance
-        self.acceptance.append(acc.mean())
+        self.acceptance.append(acc.mean().reshape(1))
         self.acc_sum = acc.clone() if self.acc_sum is None else self.acc_sum.add_(acc)
-        self.divergences.append(divergent(info).sum())
+        self.divergences.append(divergent(info).sum().reshape(1))
         err = getattr(info, "energy_error", None)
         if err is not None:
-            self.energy_error.append(torch.linalg.vector_norm(err, ord=1) / err.numel())
+            self.energy_error.append((torch.linalg.vector_norm(err, ord=1) / err.numel()).reshape(1))
         if self.trace_every and self.n_steps % self.trace_every == 0:
-            self.trace.append(state.x.detach().clone())
-            if state.energy is not None:
-                self.energy_trace.append(state.energy.detach().clone())
+            self._trace(state.x.detach().unsqueeze(0).clone(), None if state.energy is None else state.energy.detach().unsqueeze(0).clone())
 
     def record_chunk(self, state: State, means: Tensor, sums: Tensor, kept: tuple = (), energy_error: bool = True) -> None:
         """Add ``n`` steps run as one chunk (:meth:`~samplers.base.MCMCKernel.steps`, :func:`reduced`).
@@ -84,29 +86,35 @@ class Recorder:
         the chunk) when the chunk ends on a trace step (chunks are cut so).
         """
         n, b = means.shape[0], sums.shape[1]
+        first = self.n_steps
         self.n_steps += n
         self.nfe += int(means[:, 3].sum().round())
-        self.acceptance.extend(means[:, 0].unbind(0))
+        self.acceptance.append(means[:, 0])
         self.acc_sum = sums[0].clone() if self.acc_sum is None else self.acc_sum.add_(sums[0])
-        self.divergences.extend((means[:, 1] * b).round().unbind(0))
+        self.divergences.append((means[:, 1] * b).round())
         if energy_error:
-            self.energy_error.extend(means[:, 2].unbind(0))
+            self.energy_error.append(means[:, 2])
         if kept:
-            first = self.n_steps - n
-            for i in range(n):
-                if (first + i + 1) % self.trace_every == 0:
-                    self.trace.append(kept[0][i])
-                    if len(kept) > 1:
-                        self.energy_trace.append(kept[1][i])
+            due = slice((-first - 1) % self.trace_every, None, self.trace_every)  # rows i with (first + i + 1) % every == 0
+            self._trace(kept[0][due], kept[1][due] if len(kept) > 1 else None)
         elif self.trace_every and self.n_steps % self.trace_every == 0:
-            self.trace.append(state.x.detach().clone())
-            if state.energy is not None:
-                self.energy_trace.append(state.energy.detach().clone())
+            self._trace(state.x.detach().unsqueeze(0).clone(), None if state.energy is None else state.energy.detach().unsqueeze(0).clone())
+
+    def _trace(self, xs: Tensor, energies: Optional[Tensor]) -> None:
+        if xs.shape[0]:
+            self.trace.append(xs)
+            if energies is not None:
+                self.energy_trace.append(energies)
+
+    @staticmethod
+    def steps(chunks: List[Tensor]) -> Optional[Tensor]:
+        """One of the lists above as one tensor over the steps (``None`` when empty)."""
+        return torch.cat(chunks) if chunks else None
 
     def total_divergences(self) -> int:
         """Divergent proposals over the recorded steps (one device sync)."""
-        return int(torch.stack(self.divergences).sum()) if self.divergences else 0
+        return int(torch.cat(self.divergences).sum()) if self.divergences else 0
 
     def mean_acceptance(self) -> Optional[Tensor]:
         """0-d mean acceptance over the recorded steps (``None`` before any)."""
-        return torch.stack(self.acceptance).mean() if self.acceptance else None
+        return torch.cat(self.acceptance).mean() if self.acceptance else None

@@ -51,11 +51,16 @@ def all_finite(v: Tensor) -> bool:
     return math.isfinite(v.sum().item())
 
 
-def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """Standard normal noise like ``x`` (contiguous, so the draws do not depend on ``x``'s strides)."""
+def randn_like(x: Tensor, generator: Optional[torch.Generator], out: Optional[Tensor] = None) -> Tensor:
+    """Standard normal noise like ``x`` (contiguous, so the draws do not depend on ``x``'s strides);
+    written into ``out`` (contiguous, like ``x``) when given: the same numbers, no new tensor."""
+    if out is not None:
+        return out.normal_(generator=generator)
     return torch.randn_like(x, generator=generator, memory_format=torch.contiguous_format)
 
 
-def uniform(like: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """``(B,)`` ``U(0, 1)`` draws on ``like``'s device/dtype."""
+def uniform(like: Tensor, generator: Optional[torch.Generator], out: Optional[Tensor] = None) -> Tensor:
+    """``(B,)`` ``U(0, 1)`` draws on ``like``'s device/dtype (into ``out`` ``(B,)`` when given)."""
+    if out is not None:
+        return out.uniform_(generator=generator)
     return torch.rand(like.shape[:1], generator=generator, device=like.device, dtype=like.dtype)

@@ -129,8 +129,8 @@ class ULA(MCMCKernel):
     # is the same transition one at a time, with the adaptation's proxy when asked
     scan_body = reduced(ula_body)
 
-    def _draws(self, x, generator):
-        return (randn_like(x, generator),)
+    def _draws(self, x, generator, out=(None,)):
+        return (randn_like(x, generator, out[0]),)
 
     def _carry(self, state):
         return state.x, state.grad
