@@ -13,7 +13,7 @@ entering a compiled graph (guards, wrappers: ~0.1-0.3 ms on a CPU) is paid once 
 instead of once per step; the draws of the chunk are made beforehand in the eager order.
 
 On the CPU each graph is built with the options of :func:`inductor_options` (inductor's C++
-wrapper, no vectorised loop tails).
+wrapper, no vectorised loop tails, no tiling heuristic).
 """
 
 from __future__ import annotations
@@ -65,13 +65,15 @@ _FELL_BACK = object()
 
 def inductor_options(x: Optional[Tensor]) -> Dict[str, object]:
     """Inductor options of a graph whose chains are ``x`` ``(B, *event)``: on the CPU, the C++
-    wrapper (the graph's loop and buffers run in C++, not Python) and no vectorised loop tails
-    (a row shorter than a vector, e.g. a 10-D event, runs as a scalar loop instead of masked
-    vector loads); elsewhere torch's defaults. Only the device of ``x`` matters. The compiled rows
-    of ``benchmarks/results/peers.md`` run with these options."""
+    wrapper (the graph's loop and buffers run in C++, not Python), no vectorised loop tails (a
+    row shorter than a vector, e.g. a 10-D event, runs as a scalar loop instead of masked vector
+    loads) and no tiling heuristic (it leaves a loop scalar when many of its loads are strided,
+    as a whole transition's gathers are; vectorised, those loops ran 3-11 % faster); elsewhere
+    torch's defaults. Only the device of ``x`` matters. The compiled rows of
+    ``benchmarks/results/peers.md`` run with these options."""
     if x is None or x.device.type != "cpu":
         return {}
-    return {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False}
+    return {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False, "cpp.enable_tiling_heuristics": False}
 
 
 def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args, options: Optional[Dict[str, object]] = None):

@@ -144,11 +144,13 @@ def test_the_recompile_limit_is_raised_only_during_a_compiled_call():
 
 def test_cpu_graphs_compile_with_the_cpp_wrapper_and_scalar_loop_tails(monkeypatch):
     """On the CPU every sampler graph is built with ``samplers.compile.inductor_options`` (C++ wrapper,
-    no vectorised loop tails: a 10-D event runs as scalar loops, not masked vector loads), and the chains
+    no vectorised loop tails: a 10-D event runs as scalar loops, not masked vector loads; no tiling
+    heuristic), and the chains
     still equal the eager ones; other devices keep torch's defaults."""
     from samplers import compile as sc
 
-    assert sc.inductor_options(torch.zeros(4, 10)) == {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False}
+    assert sc.inductor_options(torch.zeros(4, 10)) == {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False,
+                                                   "cpp.enable_tiling_heuristics": False}
     assert sc.inductor_options(torch.zeros(4, 10, device="meta")) == {}
     seen = []
     real = torch.compile
