@@ -67,12 +67,12 @@ class Recorder:
         self.n_steps += 1
         self.nfe += info.nfe
         acc = info.acceptance
-        self.acceptance.append(acc.mean().reshape(1))
+        self.acceptance.append(acc.mean(0, keepdim=True))  # (1,): no extra op per eager step
         self.acc_sum = acc.clone() if self.acc_sum is None else self.acc_sum.add_(acc)
-        self.divergences.append(divergent(info).sum().reshape(1))
+        self.divergences.append(divergent(info).sum(0, keepdim=True))
         err = getattr(info, "energy_error", None)
         if err is not None:
-            self.energy_error.append((torch.linalg.vector_norm(err, ord=1) / err.numel()).reshape(1))
+            self.energy_error.append(torch.linalg.vector_norm(err, ord=1, dim=0, keepdim=True) / err.numel())  # err (B,)
         if self.trace_every and self.n_steps % self.trace_every == 0:
             self._trace(state.x.detach().unsqueeze(0).clone(), None if state.energy is None else state.energy.detach().unsqueeze(0).clone())
 
