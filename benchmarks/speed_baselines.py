@@ -10,6 +10,7 @@ import math
 import torch
 
 import ebmcompose as ec
+from samplers.tensors import noise_draw, normal_noise
 
 STEP = {"ULA": 0.01, "MALA": 0.03, "HMC": 0.1}
 N_LEAPFROG = 5
@@ -86,11 +87,18 @@ class Ring(ec.Energy):
 
 
 # ------------------------------------------------------------------------------- hand loops
+def normal_like(x, gen):
+    """N(0, 1) noise like ``x`` drawn as ebmcompose's kernels draw it (``torch.randn``; float64 on the
+    CPU: uniforms by Box–Muller, ``samplers.tensors.noise_draw``), so a hand loop and a library kernel
+    run the same chains from one seed. In the timed float32 runs it is ``torch.randn``."""
+    return normal_noise(noise_draw(x, gen), x)
+
+
 def hand_ula(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     _, g = fn(x, means, var)
     s = math.sqrt(2 * h)
     for _ in range(n):
-        x = x - h * g + s * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        x = x - h * g + s * normal_like(x, gen)
         _, g = fn(x, means, var)
     return x
 
@@ -99,7 +107,7 @@ def hand_mala(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     e, g = fn(x, means, var)
     s = math.sqrt(2 * h)
     for _ in range(n):
-        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        noise = normal_like(x, gen)
         xp = x - h * g + s * noise
         ep, gp = fn(xp, means, var)
         log_r = e - ep - (x - xp + h * gp).square().sum(1) / (4 * h) + 0.5 * noise.square().sum(1)
@@ -113,7 +121,7 @@ def hand_mala(x, n, h, gen, means, var, fn=ring_energy_and_grad):
 def hand_hmc(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     e, g = fn(x, means, var)
     for _ in range(n):
-        p0 = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        p0 = normal_like(x, gen)
         u = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype)  # leapfrog draws nothing: same stream
         x, e, g = _hmc_step(x, e, g, p0, u, h, means, var, fn)
     return x
@@ -163,7 +171,7 @@ def hand_ula_compiled(x, n, h, gen, means, var, fn=ring_energy_and_grad):
     step, h = _compiled_step(_ula_step), torch.tensor(h, device=x.device, dtype=x.dtype)
     _, g = fn(x, means, var)
     for _ in range(n):
-        x, g = step(x, g, torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype), h, means, var, fn)
+        x, g = step(x, g, normal_like(x, gen), h, means, var, fn)
     return x
 
 
@@ -172,7 +180,7 @@ def _hand_metropolis_compiled(step_fn, x, n, h, gen, means, var, fn):
     step, h = _compiled_step(step_fn), torch.tensor(h, device=x.device, dtype=x.dtype)
     e, g = fn(x, means, var)
     for _ in range(n):
-        z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        z = normal_like(x, gen)
         u = torch.rand(x.shape[:1], generator=gen, device=x.device, dtype=x.dtype)
         x, e, g = step(x, e, g, z, u, h, means, var, fn)
     return x

@@ -30,11 +30,12 @@ from ebmcompose.checks import check_generator, check_positive_int
 
 from . import compile as _compile
 from .compile import scan as _scan
-from .tensors import StepSize, all_finite, as_step_size, finite_per_chain, per_chain, randn_like, sum_event, uniform
+from .tensors import (StepSize, all_finite, as_step_size, finite_per_chain, noise_draw, normal_noise, per_chain, randn_like,
+                      sum_event, uniform)
 
 __all__ = [
     "NonFiniteStateError", "State", "StepInfo", "MCMCKernel", "StepSize",
-    "per_chain", "as_step_size", "sum_event", "finite_per_chain", "all_finite", "randn_like", "uniform", "check_generator", "check_step_size",
+    "per_chain", "as_step_size", "sum_event", "finite_per_chain", "all_finite", "randn_like", "uniform", "noise_draw", "normal_noise", "check_generator", "check_step_size",
     "check_positive_int", "require_energy", "evaluate", "init_state", "progress_bar",
 ]
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 import ebmcompose as ec
 
-from .base import MCMCKernel, State, StepInfo, as_step_size, evaluate, per_chain, randn_like, sum_event, uniform
+from .base import MCMCKernel, State, StepInfo, as_step_size, evaluate, noise_draw, normal_noise, per_chain, sum_event, uniform
 from .mala import metropolis_accept
 from .record import reduced
 
@@ -120,13 +120,13 @@ def hmc_body(energy, carry, draws, consts):
     """One HMC transition with its momentum refresh and step jitter (``samplers.compile.scan``).
 
     ``carry = (x, E, ∇E)``, with a partial refresh ``(x, E, ∇E, p, fresh)`` (``p`` the carried
-    momentum, ``fresh`` a 0-d bool: no momentum yet, draw a full one); ``draws = (ξ, u[, v])`` (``v``
-    ``(B,)`` uniforms of the step jitter); ``consts = (t, h, M⁻¹, M^{1/2}, L, ρ, j)``; outputs
+    momentum, ``fresh`` a 0-d bool: no momentum yet, draw a full one); ``draws = (ξ's draw, u[, v])``
+    (``samplers.tensors.noise_draw``; ``v`` ``(B,)`` uniforms of the step jitter); ``consts = (t, h, M⁻¹, M^{1/2}, L, ρ, j)``; outputs
     ``(acceptance, accepted, divergent, ΔH, nfe)``.
     """
     x, e, g = carry[:3]
     t, h, inv_mass, sqrt_mass, n_leapfrog, refresh, jitter = consts
-    noise, u = draws[0], draws[1]
+    noise, u = normal_noise(draws[0], x), draws[1]
     p0 = sqrt_mass * noise
     if refresh != 1.0:  # partial refresh keeps N(0, M): (1 - ρ²) + ρ² = 1
         p_old, fresh = carry[3:]
@@ -231,7 +231,7 @@ class HMC(MCMCKernel):
     scan_body = reduced(hmc_body)
 
     def _draws(self, x, generator, out=(None, None, None)):
-        noise, u = randn_like(x, generator, out[0]), uniform(x, generator, out[1])
+        noise, u = noise_draw(x, generator, out[0]), uniform(x, generator, out[1])
         return (noise, u, uniform(x, generator, out[2])) if self.jitter else (noise, u)
 
     def _carry(self, state):

@@ -19,7 +19,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .base import MCMCKernel, StepInfo, as_step_size, evaluate, per_chain, randn_like, sum_event, uniform
+from .base import MCMCKernel, StepInfo, as_step_size, evaluate, noise_draw, normal_noise, per_chain, sum_event, uniform
 from .record import reduced
 
 __all__ = ["MALA", "MALAInfo", "langevin_proposal", "mala_log_ratio", "metropolis_accept"]
@@ -82,11 +82,12 @@ def mala_transition(energy, x, e, g, t, noise, u, step_size):
 
 
 def mala_body(energy, carry, draws, consts):
-    """:func:`mala_transition` on ``carry = (x, E, ∇E)``, ``draws = (ξ, u)``, ``consts = (t, h)``;
-    outputs ``(acceptance, accepted, divergent, log ratio, nfe)``."""
+    """:func:`mala_transition` on ``carry = (x, E, ∇E)``, ``draws = (ξ's draw, u)`` (``samplers.tensors.noise_draw``),
+    ``consts = (t, h)``; outputs ``(acceptance, accepted, divergent, log ratio, nfe)``."""
     x, e, g = carry
     t, h = consts
-    x, e, g, acceptance, accepted, divergent, log_ratio, nfe = mala_transition(energy, x, e, g, t, *draws, h)
+    noise = normal_noise(draws[0], x)
+    x, e, g, acceptance, accepted, divergent, log_ratio, nfe = mala_transition(energy, x, e, g, t, noise, draws[1], h)
     return (x, e, g), (acceptance, accepted, divergent, log_ratio, nfe)
 
 
@@ -129,7 +130,7 @@ class MALA(MCMCKernel):
     scan_body = reduced(mala_body)
 
     def _draws(self, x, generator, out=(None, None)):
-        return randn_like(x, generator, out[0]), uniform(x, generator, out[1])
+        return noise_draw(x, generator, out[0]), uniform(x, generator, out[1])
 
     def _carry(self, state):
         return state.x, state.energy, state.grad

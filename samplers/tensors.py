@@ -12,7 +12,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["StepSize", "per_chain", "as_step_size", "sum_event", "finite_per_chain", "all_finite", "randn_like", "uniform"]
+__all__ = ["StepSize", "per_chain", "as_step_size", "sum_event", "finite_per_chain", "all_finite", "randn_like", "uniform",
+           "noise_draw", "normal_noise"]
 
 StepSize = Union[float, Tensor]
 
@@ -64,3 +65,38 @@ def uniform(like: Tensor, generator: Optional[torch.Generator], out: Optional[Te
     if out is not None:
         return out.uniform_(generator=generator)
     return torch.rand(like.shape[:1], generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _via_uniforms(x: Tensor) -> bool:
+    """Whether a kernel's Gaussian noise like ``x`` is drawn as uniforms (see :func:`noise_draw`)."""
+    return x.device.type == "cpu" and x.dtype == torch.float64
+
+
+def noise_draw(x: Tensor, generator: Optional[torch.Generator], out: Optional[Tensor] = None) -> Tensor:
+    """One step's draw for Gaussian noise like ``x`` ``(B, *event)``; :func:`normal_noise` makes the noise.
+
+    Float64 chains on the CPU draw ``N + N mod 2`` uniforms (``N = x.numel()``, flat), turned into
+    normals by Box–Muller inside the transition (compiled, on contiguous vectors: vectorised):
+    torch's float64 ``randn`` is a scalar Box–Muller at ~4× the cost of a uniform. Other chains
+    draw :func:`randn_like` (float32 ``randn`` is vectorised, and on a GPU both are cheap).
+    Written into ``out`` when given.
+    """
+    if not _via_uniforms(x):
+        return randn_like(x, generator, out)
+    if out is not None:
+        return out.uniform_(generator=generator)
+    n = x.numel()
+    return torch.rand(n + n % 2, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def normal_noise(draw: Tensor, x: Tensor) -> Tensor:
+    """Standard normal noise like ``x`` from :func:`noise_draw`'s ``draw``: the draw itself, or Box–Muller
+    of its uniforms, the first half with the second (``r = sqrt(-2 log(1 - u₁))``, ``θ = 2π u₂``:
+    ``r cos θ`` and ``r sin θ``, two independent N(0, 1); ``1 - u₁`` is in ``(0, 1]``, so ``r`` is
+    finite, at most 8.6)."""
+    if not _via_uniforms(x):
+        return draw
+    m = draw.shape[0] // 2
+    r = torch.log1p(-draw[:m]).mul(-2.0).sqrt()
+    theta = draw[m:] * (2.0 * math.pi)
+    return torch.cat((r * theta.cos(), r * theta.sin()))[:x.numel()].reshape(x.shape)

@@ -25,7 +25,7 @@ from torch import Tensor
 import ebmcompose as ec
 
 from . import compile as _compile
-from .base import MCMCKernel, all_finite, finite_per_chain, State, StepInfo, evaluate, per_chain, randn_like, sum_event
+from .base import MCMCKernel, all_finite, finite_per_chain, State, StepInfo, evaluate, noise_draw, normal_noise, per_chain, sum_event
 from .mala import langevin_proposal
 from .record import reduced
 
@@ -70,12 +70,18 @@ def ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
     return torch.where(m, x_new, x), torch.where(m, g_new, g), moved, p, nfe
 
 
+def _ula_drawn(energy, x, g, t, draw, step_size, proxy: bool):
+    """:func:`ula_transition` from its noise's draw (``samplers.tensors.noise_draw``): ``ULA.step``'s graph."""
+    return ula_transition(energy, x, g, t, normal_noise(draw, x), step_size, proxy)
+
+
 def ula_body(energy, carry, draws, consts):
-    """:func:`ula_transition` (no proxy) on ``carry = (x, ∇E)``, ``draws = (ξ,)``, ``consts = (t, h)``;
-    outputs ``(acceptance, accepted, divergent, energy error (0), nfe)`` for :func:`~samplers.record.reduced`."""
+    """:func:`ula_transition` (no proxy) on ``carry = (x, ∇E)``, ``draws = (ξ's draw,)`` (``samplers.tensors.noise_draw``),
+    ``consts = (t, h)``; outputs ``(acceptance, accepted, divergent, energy error (0), nfe)`` for
+    :func:`~samplers.record.reduced`."""
     x, g = carry
     t, h = consts
-    x, g, moved, _, nfe = ula_transition(energy, x, g, t, draws[0], h, False)
+    x, g, moved, _, nfe = ula_transition(energy, x, g, t, normal_noise(draws[0], x), h, False)
     if moved is None:  # eagerly, every chain moved
         moved = torch.ones(x.shape[:1], dtype=torch.bool, device=x.device)
     acceptance = moved.to(x.dtype)
@@ -130,7 +136,7 @@ class ULA(MCMCKernel):
     scan_body = reduced(ula_body)
 
     def _draws(self, x, generator, out=(None,)):
-        return (randn_like(x, generator, out[0]),)
+        return (noise_draw(x, generator, out[0]),)
 
     def _carry(self, state):
         return state.x, state.grad
@@ -145,8 +151,8 @@ class ULA(MCMCKernel):
     def step(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator]) -> Tuple[State, ULAInfo]:
         """One ULA transition from ``state`` (``x`` ``(B, *event)``)."""
         x, h = state.x, self._step_size(state.x)
-        noise = randn_like(x, generator)
-        x, g, moved, proxy, nfe = _compile.call(ula_transition, self.compile, energy, x, state.grad, state.t, noise, h, self.proxy)
+        x, g, moved, proxy, nfe = _compile.call(_ula_drawn, self.compile, energy, x, state.grad, state.t, noise_draw(x, generator), h,
+                                                self.proxy)
         if moved is None:
             moved = torch.ones(x.shape[:1], dtype=torch.bool, device=x.device)
         info = ULAInfo(acceptance=moved.to(x.dtype), accepted=moved, divergent=~moved, nfe=nfe, proxy_acceptance=proxy)

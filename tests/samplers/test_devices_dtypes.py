@@ -103,3 +103,31 @@ def test_randn_like_draws_the_stream_of_randn_for_any_layout():
             a = randn_like(x, torch.Generator().manual_seed(7))
             b = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
             assert a.is_contiguous() and a.dtype == dtype and torch.equal(a, b)
+
+
+def test_float64_cpu_noise_is_standard_normal_from_uniforms():
+    """Float64 CPU chains draw uniforms and make N(0, 1) noise by Box–Muller (``samplers.tensors``):
+    moments, tails and the independence of a pair's two normals within Monte-Carlo error; an odd
+    count uses one spare uniform; other dtypes draw ``torch.randn`` itself."""
+    from samplers.tensors import noise_draw, normal_noise
+
+    n_chains, event = 40001, (3, 5)  # 600015 numbers: 600016 uniforms
+    x = torch.zeros((n_chains,) + event, dtype=torch.float64)
+    draw = noise_draw(x, torch.Generator().manual_seed(11))
+    assert draw.shape == (600016,) and bool(((draw >= 0) & (draw < 1)).all())
+    z = normal_noise(draw, x)
+    assert z.shape == x.shape and z.dtype == torch.float64 and bool(torch.isfinite(z).all())
+    flat, n = z.reshape(-1), z.numel()
+    se = 1.0 / n ** 0.5
+    assert abs(float(flat.mean())) < 4 * se
+    assert abs(float(flat.var()) - 1.0) < 4 * 2 ** 0.5 * se  # var of s² ≈ 2/n
+    assert abs(float(flat.pow(4).mean()) - 3.0) < 4 * 96 ** 0.5 * se  # E z⁴ = 3, var z⁴ = 96
+    tail = float((flat.abs() > 2.0).double().mean())  # P(|z| > 2) = 0.0455
+    assert abs(tail - 0.04550026) < 4 * (0.0455 * 0.9545 / n) ** 0.5
+    a, b = flat[:300008], flat[300008:]  # the two normals of each pair (first half with second)
+    m = b.numel()
+    assert abs(float((a[:m] * b).mean())) < 4 / m ** 0.5  # independent: E[z z'] = 0
+    assert abs(float((a[:m].square() * b.square()).mean()) - 1.0) < 4 * (8.0 / m) ** 0.5  # E[z² z'²] = 1, var 8
+    y = torch.zeros(6, 3)
+    got = normal_noise(noise_draw(y, torch.Generator().manual_seed(5)), y)
+    assert torch.equal(got, torch.randn(6, 3, generator=torch.Generator().manual_seed(5)))
