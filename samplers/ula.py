@@ -70,7 +70,7 @@ def ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
     return torch.where(m, x_new, x), torch.where(m, g_new, g), moved, p, nfe
 
 
-def _ula_drawn(energy, x, g, t, draw, step_size, proxy: bool):
+def ula_transition_from_draw(energy, x, g, t, draw, step_size, proxy: bool):
     """:func:`ula_transition` from its noise's draw (``samplers.tensors.noise_draw``): ``ULA.step``'s graph."""
     return ula_transition(energy, x, g, t, normal_noise(draw, x), step_size, proxy)
 
@@ -151,8 +151,8 @@ class ULA(MCMCKernel):
     def step(self, state: State, energy: ec.Energy, generator: Optional[torch.Generator]) -> Tuple[State, ULAInfo]:
         """One ULA transition from ``state`` (``x`` ``(B, *event)``)."""
         x, h = state.x, self._step_size(state.x)
-        x, g, moved, proxy, nfe = _compile.call(_ula_drawn, self.compile, energy, x, state.grad, state.t, noise_draw(x, generator), h,
-                                                self.proxy)
+        x, g, moved, proxy, nfe = _compile.call(ula_transition_from_draw, self.compile, energy, x, state.grad, state.t,
+                                                noise_draw(x, generator), h, self.proxy)
         if moved is None:
             moved = torch.ones(x.shape[:1], dtype=torch.bool, device=x.device)
         info = ULAInfo(acceptance=moved.to(x.dtype), accepted=moved, divergent=~moved, nfe=nfe, proxy_acceptance=proxy)
