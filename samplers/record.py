@@ -73,8 +73,7 @@ class Recorder:
         err = getattr(info, "energy_error", None)
         if err is not None:
             self.energy_error.append(torch.linalg.vector_norm(err, ord=1, dim=0, keepdim=True) / err.numel())  # err (B,)
-        if self.trace_every and self.n_steps % self.trace_every == 0:
-            self._trace(state.x.detach().unsqueeze(0).clone(), None if state.energy is None else state.energy.detach().unsqueeze(0).clone())
+        self._trace_state(state)
 
     def record_chunk(self, state: State, means: Tensor, sums: Tensor, kept: tuple = (), energy_error: bool = True) -> None:
         """Add ``n`` steps run as one chunk (:meth:`~samplers.base.MCMCKernel.steps`, :func:`reduced`).
@@ -97,8 +96,14 @@ class Recorder:
         if kept:
             due = slice((-first - 1) % self.trace_every, None, self.trace_every)  # rows i with (first + i + 1) % every == 0
             self._trace(kept[0][due], kept[1][due] if len(kept) > 1 else None)
-        elif self.trace_every and self.n_steps % self.trace_every == 0:
-            self._trace(state.x.detach().unsqueeze(0).clone(), None if state.energy is None else state.energy.detach().unsqueeze(0).clone())
+        else:
+            self._trace_state(state)
+
+    def _trace_state(self, state: State) -> None:
+        """Add ``state`` (the state after the steps recorded so far) to the trace when it is a trace step."""
+        if self.trace_every and self.n_steps % self.trace_every == 0:
+            energies = None if state.energy is None else state.energy.detach().unsqueeze(0).clone()
+            self._trace(state.x.detach().unsqueeze(0).clone(), energies)
 
     def _trace(self, xs: Tensor, energies: Optional[Tensor]) -> None:
         if xs.shape[0]:
