@@ -145,12 +145,13 @@ def test_the_recompile_limit_is_raised_only_during_a_compiled_call():
 def test_cpu_graphs_compile_with_the_cpp_wrapper_and_scalar_loop_tails(monkeypatch):
     """On the CPU every sampler graph is built with ``samplers.compile.inductor_options`` (C++ wrapper,
     no vectorised loop tails: a 10-D event runs as scalar loops, not masked vector loads; no tiling
-    heuristic), and the chains
+    heuristic; unsafe math optimisations), and the chains
     still equal the eager ones; other devices keep torch's defaults."""
     from samplers import compile as sc
 
     assert sc.inductor_options(torch.zeros(4, 10)) == {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False,
-                                                   "cpp.enable_tiling_heuristics": False}
+                                                   "cpp.enable_tiling_heuristics": False,
+                                                   "cpp.enable_unsafe_math_opt_flag": True}
     assert sc.inductor_options(torch.zeros(4, 10, device="meta")) == {}
     seen = []
     real = torch.compile
@@ -206,3 +207,43 @@ def test_traced_chunks_without_torch_scan_run_as_a_while_loop_with_the_same_chai
     compiled = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(6), trace_every=1)
     assert set(loops) == {sc._while_loop}
     torch.testing.assert_close(compiled.info.trace, eager.info.trace, rtol=1e-12, atol=1e-12)
+
+
+def test_unsafe_math_can_be_switched_off_with_torchs_variable(monkeypatch):
+    from samplers import compile as sc
+
+    monkeypatch.setenv(sc.UNSAFE_MATH_ENV, "0")
+    assert sc.inductor_options(torch.zeros(4, 2))["cpp.enable_unsafe_math_opt_flag"] is False
+    monkeypatch.setenv(sc.UNSAFE_MATH_ENV, "1")
+    assert sc.inductor_options(torch.zeros(4, 2))["cpp.enable_unsafe_math_opt_flag"] is True
+
+
+def _cliff(x):
+    """Finite for ``x_0 < 1``; past it ``log`` of a negative number: NaN energy and gradient."""
+    return -torch.log1p(-x[:, 0]) + 0.5 * x.square().sum(1)
+
+
+def _wall(x):
+    """``x²/2`` for ``x_0 < 1``, ``+inf`` beyond."""
+    return torch.where(x[:, 0] < 1.0, 0.5 * x.square().sum(1), torch.full_like(x[:, 0], float("inf")))
+
+
+@pytest.mark.parametrize("kernel", [MALA(step_size=0.5, n_steps=6), HMC(step_size=0.3, n_leapfrog=4, n_steps=6)],
+                         ids=["mala", "hmc"])
+@pytest.mark.parametrize("fn", [_cliff, _wall], ids=["nan", "inf"])
+def test_compiled_graphs_catch_non_finite_proposals_chain_by_chain(kernel, fn):
+    """The compiled C++ keeps NaN and infinity (``-fno-finite-math-only`` beside the unsafe math
+    optimisations): chains near a cliff or a wall diverge, are rejected and counted, step by step
+    and chain by chain, exactly as eagerly."""
+    energy = ec.EnergyFunction(fn)
+    x0 = torch.cat([torch.full((24, 2), 0.9), torch.full((24, 2), -2.0)]).double()
+    run = dict(trace_every=1, on_divergence="ignore")
+    eager = kernel.sample(energy, x0, generator=torch.Generator().manual_seed(5), **run)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        compiled = kernel.compiled().sample(energy, x0, generator=torch.Generator().manual_seed(5), **run)
+    assert not [w for w in seen if "could not compile" in str(w.message)]  # it ran compiled
+    assert 0 < eager.info.divergences < 6 * 48  # the test can tell: some proposals diverge, not all
+    assert compiled.info.divergences == eager.info.divergences
+    assert torch.isfinite(compiled.samples).all() and bool((compiled.samples[:, 0] < 1.0).all())
+    torch.testing.assert_close(compiled.info.trace, eager.info.trace, rtol=1e-10, atol=1e-10)
