@@ -30,7 +30,7 @@ from ebmcompose.checks import check_generator, check_positive_int
 
 from . import compile as _compile
 from .compile import scan as _scan
-from .tensors import (StepSize, all_finite, as_step_size, finite_per_chain, noise_draw, normal_noise, per_chain, randn_like,
+from .tensors import (StepSize, all_finite, as_step_size, finite_per_chain, noise_draw, noise_via_uniforms, normal_noise, per_chain, randn_like,
                       sum_event, uniform)
 
 __all__ = [
@@ -161,6 +161,11 @@ def progress_bar(n: int, enabled: bool, desc: str):
     return tqdm(range(n), desc=desc, leave=False)
 
 
+#: Most numbers a step may draw for a chunk's draws to be made in one generator call
+#: (:meth:`MCMCKernel._chunk_draws`): below it a call's fixed cost (~3 µs) outweighs the copy.
+ONE_CALL_DRAWS = 4096
+
+
 # ------------------------------------------------------------------------------- the kernel
 class MCMCKernel:
     """Base of the static kernels (frozen dataclasses with fields ``step_size``, ``n_steps``,
@@ -177,6 +182,9 @@ class MCMCKernel:
     state_type: ClassVar[type] = State
     #: Whether warm-up adapts a diagonal mass (HMC's ``adapt_mass``; ``samplers.mass_adaptation``).
     adapt_mass: bool = False
+    #: Whether ``_draws`` makes only ``noise_draw`` and ``uniform`` draws, so that on chains whose
+    #: noise is uniforms every draw is ``U(0, 1)`` (a chunk's draws are then one generator call).
+    uniform_draws: ClassVar[bool] = False
 
     def _check_config(self) -> None:
         check_step_size(self.step_size)
@@ -269,18 +277,36 @@ class MCMCKernel:
         """
         x = state.x
         h = self._step_size(x)
-        k = max(n, chunk or n)
-        one = self._draws(x, generator)
+        draws = self._chunk_draws(x, generator, n, max(n, chunk or n))
+        body = type(self).scan_body
+        carry, means, sums, kept = _scan(body, self.compile, energy, n, self._carry(state), draws, 4,
+                                         self._consts(state, h), keep=(2 if self.needs_energy else 1) if positions else 0)
+        return self._state(state, carry), means, sums, kept
+
+    def _chunk_draws(self, x: Tensor, generator, n: int, k: int) -> Tuple[Tensor, ...]:
+        """The draws of ``n`` steps, ``(k, *draw)`` each (rows past ``n`` zero), made in the order of
+        ``n`` calls of :meth:`step`.
+
+        When every draw is a uniform (``uniform_draws`` and
+        :func:`~samplers.tensors.noise_via_uniforms`) and a step draws at most
+        :data:`ONE_CALL_DRAWS` numbers, steps ``1..n-1`` fill one buffer whose rows are the steps'
+        draws side by side, in one generator call (torch's CPU ``uniform_`` is serial, so the
+        numbers are those of step-by-step calls), then copied apart (a graph's inputs may not
+        alias). Else each step's draws are written into the buffers' rows in turn."""
+        one = self._draws(x, generator)  # step 0: gives the draws' shapes
+        widths = [d.numel() for d in one]
+        if self.uniform_draws and noise_via_uniforms(x) and sum(widths) <= ONE_CALL_DRAWS:
+            flat = x.new_zeros((k, sum(widths)))
+            torch.cat([d.reshape(-1) for d in one], out=flat[0])
+            flat[1:n].uniform_(generator=generator)
+            return tuple(v.unflatten(1, d.shape).clone() for v, d in zip(flat.split(widths, dim=1), one))
         draws = tuple(d.new_zeros((k,) + tuple(d.shape)) for d in one)
         rows = list(zip(*(d.unbind(0) for d in draws)))  # rows[i]: step i's draws, views of the buffers
         for buf, d in zip(rows[0], one):
             buf.copy_(d)
         for i in range(1, n):
             self._draws(x, generator, rows[i])  # in place, in the order of n calls of ``step``
-        body = type(self).scan_body
-        carry, means, sums, kept = _scan(body, self.compile, energy, n, self._carry(state), draws, 4,
-                                         self._consts(state, h), keep=(2 if self.needs_energy else 1) if positions else 0)
-        return self._state(state, carry), means, sums, kept
+        return draws
 
     def sample(self, energy: ec.Energy, x0: Tensor, t=None, *, generator=None, progress: bool = False,
                callback=None, trace_every: int = 0, on_divergence: str = "warn"):

@@ -229,6 +229,7 @@ class HMC(MCMCKernel):
     # one transition (``step``, inherited) and many per compiled call (``steps``): the same body
     body = hmc_body
     scan_body = reduced(hmc_body)
+    uniform_draws = True  # _draws: noise_draw and uniform only
 
     def _draws(self, x, generator, out=(None, None, None)):
         noise, u = noise_draw(x, generator, out[0]), uniform(x, generator, out[1])

@@ -128,6 +128,7 @@ class MALA(MCMCKernel):
     # one transition (``step``, inherited) and many per compiled call (``steps``): the same body
     body = mala_body
     scan_body = reduced(mala_body)
+    uniform_draws = True  # _draws: noise_draw and uniform only
 
     def _draws(self, x, generator, out=(None, None)):
         return noise_draw(x, generator, out[0]), uniform(x, generator, out[1])

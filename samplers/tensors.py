@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["StepSize", "per_chain", "as_step_size", "sum_event", "finite_per_chain", "all_finite", "randn_like", "uniform",
-           "noise_draw", "normal_noise"]
+           "noise_draw", "normal_noise", "noise_via_uniforms"]
 
 StepSize = Union[float, Tensor]
 
@@ -67,7 +67,7 @@ def uniform(like: Tensor, generator: Optional[torch.Generator], out: Optional[Te
     return torch.rand(like.shape[:1], generator=generator, device=like.device, dtype=like.dtype)
 
 
-def _via_uniforms(x: Tensor) -> bool:
+def noise_via_uniforms(x: Tensor) -> bool:
     """Whether a kernel's Gaussian noise like ``x`` is drawn as uniforms (see :func:`noise_draw`)."""
     return x.device.type == "cpu" and x.dtype == torch.float64
 
@@ -81,7 +81,7 @@ def noise_draw(x: Tensor, generator: Optional[torch.Generator], out: Optional[Te
     draw :func:`randn_like` (float32 ``randn`` is vectorised, and on a GPU both are cheap).
     Written into ``out`` when given.
     """
-    if not _via_uniforms(x):
+    if not noise_via_uniforms(x):
         return randn_like(x, generator, out)
     if out is not None:
         return out.uniform_(generator=generator)
@@ -94,7 +94,7 @@ def normal_noise(draw: Tensor, x: Tensor) -> Tensor:
     of its uniforms, the first half with the second (``r = sqrt(-2 log(1 - u₁))``, ``θ = 2π u₂``:
     ``r cos θ`` and ``r sin θ``, two independent N(0, 1); ``1 - u₁`` is in ``(0, 1]``, so ``r`` is
     finite, at most 8.6)."""
-    if not _via_uniforms(x):
+    if not noise_via_uniforms(x):
         return draw
     m = draw.shape[0] // 2
     r = torch.log1p(-draw[:m]).mul(-2.0).sqrt()

@@ -134,6 +134,7 @@ class ULA(MCMCKernel):
     # kept transitions of a compiled run, several per graph call (``MCMCKernel.steps``); ``step`` below
     # is the same transition one at a time, with the adaptation's proxy when asked
     scan_body = reduced(ula_body)
+    uniform_draws = True  # _draws: noise_draw and uniform only
 
     def _draws(self, x, generator, out=(None,)):
         return (noise_draw(x, generator, out[0]),)

@@ -247,3 +247,25 @@ def test_compiled_graphs_catch_non_finite_proposals_chain_by_chain(kernel, fn):
     assert compiled.info.divergences == eager.info.divergences
     assert torch.isfinite(compiled.samples).all() and bool((compiled.samples[:, 0] < 1.0).all())
     torch.testing.assert_close(compiled.info.trace, eager.info.trace, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", [MALA(step_size=0.1), HMC(step_size=0.1, n_leapfrog=2), HMC(step_size=0.1, n_leapfrog=2, jitter=0.0),
+                                    ULA(step_size=0.1)], ids=["mala", "hmc-jitter", "hmc", "ula"])
+@pytest.mark.parametrize("shape, dtype", [((16, 2), torch.float64), ((3000, 2), torch.float64), ((16, 2), torch.float32)],
+                         ids=["one-call", "per-step", "float32"])
+def test_a_chunks_draws_are_the_draws_of_its_steps_in_order(kernel, shape, dtype):
+    """A chunk's draws (one generator call for small float64 chains, step by step otherwise) are the
+    numbers ``n`` calls of ``_draws`` make, row by row; padding rows are zero; the generator ends
+    in the same state."""
+    from samplers.base import ONE_CALL_DRAWS
+
+    x = torch.zeros(shape, dtype=dtype)
+    assert (x.numel() + shape[0] * 2 <= ONE_CALL_DRAWS) == (shape[0] == 16)  # the ids say which path runs
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    chunk = kernel._chunk_draws(x, g1, 5, 7)
+    steps = [kernel._draws(x, g2) for _ in range(5)]
+    assert len(chunk) == len(steps[0])
+    for j, d in enumerate(chunk):
+        assert d.shape == (7,) + steps[0][j].shape and d.is_contiguous()
+        assert torch.equal(d[:5], torch.stack([s[j] for s in steps])) and not d[5:].any()
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
