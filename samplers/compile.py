@@ -13,13 +13,11 @@ entering a compiled graph (guards, wrappers: ~0.1-0.3 ms on a CPU) is paid once 
 instead of once per step; the draws of the chunk are made beforehand in the eager order.
 
 On the CPU each graph is built with the options of :func:`inductor_options` (inductor's C++
-wrapper, no vectorised loop tails, no tiling heuristic, reassociating and reciprocal C++ math;
-``TORCHINDUCTOR_CPP_ENABLE_UNSAFE_MATH_OPT_FLAG=0`` keeps strict IEEE operation order).
+wrapper, no vectorised loop tails, no tiling heuristic).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 from typing import Callable, Dict, Optional, Tuple
@@ -35,7 +33,7 @@ try:  # torch's scan (stacks each step's outputs in place); not public yet in to
 except ImportError:  # an older torch: traced chunks run as a while_loop too (slower, same chains)
     _torch_scan = None
 
-__all__ = ["call", "scan", "inductor_options", "COMPILE_ERRORS", "UNSAFE_MATH_ENV"]
+__all__ = ["call", "scan", "inductor_options", "COMPILE_ERRORS"]
 
 #: What a failed compilation raises: graph breaks under ``fullgraph`` (``Unsupported``), backend
 #: failures (``BackendCompilerFailed``, both ``TorchDynamoException``) and inductor's own errors.
@@ -65,11 +63,6 @@ def _failed(energy) -> set:
 _FELL_BACK = object()
 
 
-#: torch's own switch of the C++ compiler's ``-funsafe-math-optimizations``; ebmcompose turns it
-#: on unless this is set to ``0`` (read at each compiled call; a change builds new graphs).
-UNSAFE_MATH_ENV = "TORCHINDUCTOR_CPP_ENABLE_UNSAFE_MATH_OPT_FLAG"
-
-
 def inductor_options(x: Optional[Tensor]) -> Dict[str, object]:
     """Inductor options of a graph whose chains are ``x`` ``(B, *event)``. On the CPU:
 
@@ -78,18 +71,14 @@ def inductor_options(x: Optional[Tensor]) -> Dict[str, object]:
       loop instead of masked vector loads);
     - no tiling heuristic (it leaves a loop scalar when many of its loads are strided, as a whole
       transition's gathers are);
-    - ``-funsafe-math-optimizations`` (reassociation, ``x / c`` as ``x * (1/c)``): a division by a
-      constant is a multiplication and scalar reductions vectorise. NaN and infinity keep their
-      meaning (``-fno-finite-math-only`` stays), so divergences are still caught; results move
-      by rounding only. ``TORCHINDUCTOR_CPP_ENABLE_UNSAFE_MATH_OPT_FLAG=0`` in the environment
-      keeps strict IEEE order.
+    - not ``-funsafe-math-optimizations``: it makes GCC link ``crtfastmath.o``, and loading the
+      graph then flushes subnormal floats to zero in the whole process.
 
     Elsewhere torch's defaults. Only the device of ``x`` matters. The compiled rows of
     ``benchmarks/results/peers.md`` run with these options."""
     if x is None or x.device.type != "cpu":
         return {}
-    return {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False, "cpp.enable_tiling_heuristics": False,
-            "cpp.enable_unsafe_math_opt_flag": os.environ.get(UNSAFE_MATH_ENV, "1") != "0"}
+    return {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False, "cpp.enable_tiling_heuristics": False}
 
 
 def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args, options: Optional[Dict[str, object]] = None):
