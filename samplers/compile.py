@@ -13,11 +13,12 @@ entering a compiled graph (guards, wrappers: ~0.1-0.3 ms on a CPU) is paid once 
 instead of once per step; the draws of the chunk are made beforehand in the eager order.
 
 On the CPU each graph is built with the options of :func:`inductor_options` (inductor's C++
-wrapper, no vectorised loop tails, no tiling heuristic).
+wrapper, no vectorised loop tails, no tiling heuristic, division by a constant as a product).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from typing import Callable, Dict, Optional, Tuple
@@ -27,13 +28,14 @@ from torch import Tensor
 import torch._dynamo.config as _dynamo_config
 import torch._dynamo.exc as _dynamo_exc  # torch's public home of its compiler errors
 import torch._inductor.exc as _inductor_exc
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 try:  # torch's scan (stacks each step's outputs in place); not public yet in torch 2.13
     from torch._higher_order_ops.scan import scan as _torch_scan
 except ImportError:  # an older torch: traced chunks run as a while_loop too (slower, same chains)
     _torch_scan = None
 
-__all__ = ["call", "scan", "inductor_options", "COMPILE_ERRORS"]
+__all__ = ["call", "scan", "inductor_options", "ConstantDivisionAsProduct", "COMPILE_ERRORS"]
 
 #: What a failed compilation raises: graph breaks under ``fullgraph`` (``Unsupported``), backend
 #: failures (``BackendCompilerFailed``, both ``TorchDynamoException``) and inductor's own errors.
@@ -63,6 +65,39 @@ def _failed(energy) -> set:
 _FELL_BACK = object()
 
 
+class ConstantDivisionAsProduct(CustomGraphPass):
+    """Graph pass: ``a / c`` with ``c`` a Python number becomes ``a * (1 / c)``.
+
+    GCC keeps a division by a constant a division (its result can differ from the product by one
+    unit in the last place); a product costs a fraction of it, and a division inside a reduction
+    keeps the loop scalar. Applied to floating-point ``a`` only, where ``c`` and ``1 / c`` are
+    normal numbers of ``a``'s dtype; exact when ``c`` is a power of two. The graph-level form of
+    what ``-funsafe-math-optimizations`` would do, without its process-wide flush-to-zero."""
+
+    _DIVISIONS = (torch.ops.aten.div.Tensor, torch.ops.aten.div.Scalar)
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        for node in graph.nodes:
+            if node.op != "call_function" or node.target not in self._DIVISIONS or node.kwargs or len(node.args) != 2:
+                continue
+            a, c = node.args
+            val = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not isinstance(val, Tensor):
+                continue
+            if not val.dtype.is_floating_point or c == 0 or not math.isfinite(c):
+                continue
+            info = torch.finfo(val.dtype)
+            if info.tiny <= abs(c) <= info.max and info.tiny <= abs(1.0 / c) <= info.max:
+                node.target, node.args = torch.ops.aten.mul.Tensor, (a, 1.0 / c)
+
+    def uuid(self):
+        return get_hash_for_files((__file__,))
+
+
+#: the one instance given to inductor (graphs are cached under their options)
+_DIVISION_PASS = ConstantDivisionAsProduct()
+
+
 def inductor_options(x: Optional[Tensor]) -> Dict[str, object]:
     """Inductor options of a graph whose chains are ``x`` ``(B, *event)``. On the CPU:
 
@@ -71,6 +106,7 @@ def inductor_options(x: Optional[Tensor]) -> Dict[str, object]:
       loop instead of masked vector loads);
     - no tiling heuristic (it leaves a loop scalar when many of its loads are strided, as a whole
       transition's gathers are);
+    - division by a constant as a product (:class:`ConstantDivisionAsProduct`, a graph pass);
     - not ``-funsafe-math-optimizations``: it makes GCC link ``crtfastmath.o``, and loading the
       graph then flushes subnormal floats to zero in the whole process.
 
@@ -78,7 +114,8 @@ def inductor_options(x: Optional[Tensor]) -> Dict[str, object]:
     ``benchmarks/results/peers.md`` run with these options."""
     if x is None or x.device.type != "cpu":
         return {}
-    return {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False, "cpp.enable_tiling_heuristics": False}
+    return {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False, "cpp.enable_tiling_heuristics": False,
+            "post_grad_custom_post_pass": _DIVISION_PASS}
 
 
 def _compiled(cache: Dict, key, fn: Callable, name: str, energy, *args, options: Optional[Dict[str, object]] = None):

@@ -145,12 +145,13 @@ def test_the_recompile_limit_is_raised_only_during_a_compiled_call():
 def test_cpu_graphs_compile_with_the_cpp_wrapper_and_scalar_loop_tails(monkeypatch):
     """On the CPU every sampler graph is built with ``samplers.compile.inductor_options`` (C++ wrapper,
     no vectorised loop tails: a 10-D event runs as scalar loops, not masked vector loads; no tiling
-    heuristic), and the chains
+    heuristic; division by a constant as a product), and the chains
     still equal the eager ones; other devices keep torch's defaults."""
     from samplers import compile as sc
 
     assert sc.inductor_options(torch.zeros(4, 10)) == {"cpp_wrapper": True, "cpp.enable_loop_tail_vec": False,
-                                                   "cpp.enable_tiling_heuristics": False}
+                                                   "cpp.enable_tiling_heuristics": False,
+                                                   "post_grad_custom_post_pass": sc._DIVISION_PASS}
     assert sc.inductor_options(torch.zeros(4, 10, device="meta")) == {}
     seen = []
     real = torch.compile
@@ -270,3 +271,33 @@ def test_a_compiled_graph_leaves_subnormal_floats_alone():
     _no_fallback(kernel.compiled(), ec.EnergyFunction(eight_schools), torch.randn(4, 10, dtype=torch.float64))
     tiny = np.float64(1e-300) * np.float64(1e-10)
     assert tiny != 0.0 and float(torch.tensor(1e-300, dtype=torch.float64) * 1e-10) != 0.0
+
+
+def test_division_by_a_constant_becomes_a_product_only_where_both_are_normal_numbers():
+    """``samplers.compile.ConstantDivisionAsProduct`` turns ``a / c`` (``c`` a Python number, ``a``
+    floating) into ``a * (1 / c)`` and leaves alone: integer ``a``, a tensor divisor, a rounding
+    mode, and constants whose value or reciprocal is subnormal or overflows in ``a``'s dtype."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from samplers.compile import ConstantDivisionAsProduct
+
+    aten = torch.ops.aten
+
+    def f(x, y, n):
+        return (x / 0.7, x / 4, x / y, n / 3, torch.div(x, 3.0, rounding_mode="floor"), x / 1e-320,
+                x.float() / 1e300, x.float() / 1e-39, x.float() / 0.7)
+
+    x = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    args = (x, x + 5.0, torch.arange(7))
+    gm = make_fx(f)(*args)
+    before = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    ConstantDivisionAsProduct()(gm.graph)
+    gm.recompile()
+    after = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    changed = [(b, a) for b, a in zip(before, after) if a != b]
+    assert changed == [(aten.div.Tensor, aten.mul.Tensor)] * 3  # x / 0.7, x / 4 and float32 x / 0.7
+    got, want = gm(*args), f(*args)
+    assert torch.equal(got[0], x * (1 / 0.7)) and not torch.equal(got[0], want[0])  # 1-ulp changes exist
+    torch.testing.assert_close(got[0], want[0], rtol=2.3e-16, atol=0.0)
+    assert torch.equal(got[1], want[1])  # a power of two: exact
+    for g, w in zip(got[2:], want[2:]):
+        torch.testing.assert_close(g, w, rtol=1.2e-7, atol=0.0)
