@@ -18,7 +18,6 @@ wrapper, no vectorised loop tails, no tiling heuristic, division by a constant a
 
 from __future__ import annotations
 
-import math
 import warnings
 import weakref
 from typing import Callable, Dict, Optional, Tuple
@@ -84,9 +83,9 @@ class ConstantDivisionAsProduct(CustomGraphPass):
             val = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
             if isinstance(c, bool) or not isinstance(c, (int, float)) or not isinstance(val, Tensor):
                 continue
-            if not val.dtype.is_floating_point or c == 0 or not math.isfinite(c):
+            if not val.dtype.is_floating_point:
                 continue
-            info = torch.finfo(val.dtype)
+            info = torch.finfo(val.dtype)  # the range test fails first for 0, inf and NaN: 1 / c is never 1 / 0
             if info.tiny <= abs(c) <= info.max and info.tiny <= abs(1.0 / c) <= info.max:
                 node.target, node.args = torch.ops.aten.mul.Tensor, (a, 1.0 / c)
 

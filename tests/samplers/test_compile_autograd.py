@@ -223,8 +223,8 @@ def _wall(x):
                          ids=["mala", "hmc"])
 @pytest.mark.parametrize("fn", [_cliff, _wall], ids=["nan", "inf"])
 def test_compiled_graphs_catch_non_finite_proposals_chain_by_chain(kernel, fn):
-    """The compiled C++ keeps NaN and infinity: chains near a cliff or a wall diverge, are rejected and counted, step by step
-    and chain by chain, exactly as eagerly."""
+    """The compiled C++ keeps NaN and infinity: chains near a cliff or a wall diverge, are rejected
+    and counted, step by step and chain by chain, exactly as eagerly."""
     energy = ec.EnergyFunction(fn)
     x0 = torch.cat([torch.full((24, 2), 0.9), torch.full((24, 2), -2.0)]).double()
     run = dict(trace_every=1, on_divergence="ignore")
@@ -299,5 +299,5 @@ def test_division_by_a_constant_becomes_a_product_only_where_both_are_normal_num
     assert torch.equal(got[0], x * (1 / 0.7)) and not torch.equal(got[0], want[0])  # 1-ulp changes exist
     torch.testing.assert_close(got[0], want[0], rtol=2.3e-16, atol=0.0)
     assert torch.equal(got[1], want[1])  # a power of two: exact
-    for g, w in zip(got[2:], want[2:]):
-        torch.testing.assert_close(g, w, rtol=1.2e-7, atol=0.0)
+    assert all(torch.equal(g, w) for g, w in zip(got[2:8], want[2:8]))  # left alone: the same ops
+    torch.testing.assert_close(got[8], want[8], rtol=1.2e-7, atol=0.0)  # float32: one ulp
