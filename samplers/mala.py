@@ -13,6 +13,7 @@ becomes the state's when accepted).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -25,6 +26,7 @@ from .record import reduced
 __all__ = ["MALA", "MALAInfo", "langevin_proposal", "mala_log_ratio", "metropolis_accept"]
 
 _NEG_INF = -float("inf")
+_SQRT2 = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ def langevin_proposal(x: Tensor, grad: Tensor, step_size: Tensor, noise: Tensor)
     """``x - h ∇E(x) + sqrt(2h) ξ`` (Euler–Maruyama step of ``dx = -∇E dt + sqrt(2) dW``); shapes
     ``(B, *event)``, ``step_size`` a 0-d tensor (or a float)."""
     step_size = as_step_size(step_size, x)
-    return torch.addcmul(x, grad, step_size, value=-1.0).addcmul_(noise, (2.0 * step_size).sqrt())
+    return torch.addcmul(x, grad, step_size, value=-1.0).addcmul_(noise, step_size.sqrt(), value=_SQRT2)  # one 0-d op
 
 
 def mala_log_ratio(x, energy, x_new, energy_new, grad_new, noise, step_size) -> Tensor:
@@ -50,7 +52,7 @@ def mala_log_ratio(x, energy, x_new, energy_new, grad_new, noise, step_size) -> 
     """
     step_size = as_step_size(step_size, x)
     d = torch.sub(x, x_new).addcmul_(grad_new, step_size)
-    q = torch.addcmul(noise.square(), d.square(), -0.5 / step_size)  # ξ² - d²/(2h)
+    q = torch.addcmul(noise.square(), d.square(), step_size.reciprocal(), value=-0.5)  # ξ² - d²/(2h)
     return torch.sub(energy, energy_new).add_(sum_event(q), alpha=0.5)
 
 

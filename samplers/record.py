@@ -1,14 +1,14 @@
-"""Per-step diagnostics of a kernel run, reduced as they come (no device synchronisation per step)."""
+"""Per-step diagnostics of a kernel run, reduced in blocks of steps as they come (no device synchronisation per step)."""
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .base import State, StepInfo, check_positive_int
-from .health import divergent, divergent_flags
+from .health import divergent_flags
 
 __all__ = ["Recorder", "reduced"]
 
@@ -27,12 +27,25 @@ def reduced(body: Callable) -> Callable:
     return scan_body
 
 
+#: Most per-chain numbers (steps × chains) of eager steps :meth:`Recorder.record` holds before it
+#: reduces them together, and most steps so held.
+PENDING_NUMBERS = 2 ** 18
+PENDING_STEPS = 32
+
+
+def _stack(ts: List[Tensor]) -> Tensor:
+    """``(n, B)`` from ``n`` ``(B,)`` tensors (one step: a view, no copy)."""
+    return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)
+
+
 class Recorder:
     """Running statistics of the :class:`~samplers.base.StepInfo` of each step.
 
-    Steps come one at a time (:meth:`record`) or in chunks (:meth:`record_chunk`); each list holds
-    one tensor per call (a single step's is ``(1, ...)``), so a chunk is stored without splitting
-    it. :meth:`steps` concatenates a list into one tensor over the steps.
+    Steps come one at a time (:meth:`record`) or in chunks (:meth:`record_chunk`). Single steps'
+    infos are held (up to :data:`PENDING_STEPS` steps and :data:`PENDING_NUMBERS` numbers) and
+    reduced together, a few ops per held block rather than per step; the attributes below reduce
+    what is held when read. Each list holds one tensor per block or chunk; :meth:`steps`
+    concatenates a list into one tensor over the steps.
 
     Attributes
     ----------
@@ -53,27 +66,63 @@ class Recorder:
     def __init__(self, trace_every: int = 0):
         check_positive_int(trace_every, "trace_every", allow_zero=True)
         self.trace_every = trace_every
-        self.acceptance: List[Tensor] = []
-        self.acc_sum: Optional[Tensor] = None
-        self.divergences: List[Tensor] = []
-        self.energy_error: List[Tensor] = []
+        self._acceptance: List[Tensor] = []
+        self._acc_sum: Optional[Tensor] = None
+        self._divergences: List[Tensor] = []
+        self._energy_error: List[Tensor] = []
+        self._pending: List[Tuple[Tensor, Tensor, Optional[Tensor]]] = []  # single steps' (acceptance, divergent, energy error)
         self.trace: List[Tensor] = []
         self.energy_trace: List[Tensor] = []
         self.nfe = 0
         self.n_steps = 0
 
+    @property
+    def acceptance(self) -> List[Tensor]:
+        return self._reduced()._acceptance
+
+    @property
+    def acc_sum(self) -> Optional[Tensor]:
+        return self._reduced()._acc_sum
+
+    @property
+    def divergences(self) -> List[Tensor]:
+        return self._reduced()._divergences
+
+    @property
+    def energy_error(self) -> List[Tensor]:
+        return self._reduced()._energy_error
+
     def record(self, state: State, info: StepInfo) -> None:
-        """Add one step (and the state to the trace when due)."""
+        """Add one step (and the state to the trace when due).
+
+        The info's ``(B,)`` tensors are held until reduced: a kernel must not write into them later.
+        """
         self.n_steps += 1
         self.nfe += info.nfe
-        acc = info.acceptance
-        self.acceptance.append(acc.mean(0, keepdim=True))  # (1,): no extra op per eager step
-        self.acc_sum = acc.clone() if self.acc_sum is None else self.acc_sum.add_(acc)
-        self.divergences.append(divergent(info).sum(0, keepdim=True))
         err = getattr(info, "energy_error", None)
-        if err is not None:
-            self.energy_error.append(torch.linalg.vector_norm(err, ord=1, dim=0, keepdim=True) / err.numel())  # err (B,)
+        if self._pending and (err is None) != (self._pending[0][2] is None):
+            self._reduced()  # a block is stacked whole: all with an energy error, or none
+        self._pending.append((info.acceptance, info.divergent, err))
+        held = len(self._pending)
+        if held == PENDING_STEPS or (held + 1) * info.acceptance.shape[0] > PENDING_NUMBERS:  # the next would not fit
+            self._reduced()
         self._trace_state(state)
+
+    def _reduced(self) -> "Recorder":
+        """Reduce the held single steps into the lists (a few ops for the whole block)."""
+        if self._pending:
+            acc, div, err = (list(f) for f in zip(*self._pending))
+            self._pending = []
+            acc, div, err = _stack(acc), _stack(div), None if err[0] is None else _stack(err)  # (n, B)
+            self._acceptance.append(acc.mean(1))
+            self._add_sum(acc[0] if acc.shape[0] == 1 else acc.sum(0))
+            self._divergences.append(divergent_flags(div, err).sum(1))
+            if err is not None:
+                self._energy_error.append(err.abs().mean(1))
+        return self
+
+    def _add_sum(self, acc_sum: Tensor) -> None:
+        self._acc_sum = acc_sum.clone() if self._acc_sum is None else self._acc_sum.add_(acc_sum)
 
     def record_chunk(self, state: State, means: Tensor, sums: Tensor, kept: tuple = (), energy_error: bool = True) -> None:
         """Add ``n`` steps run as one chunk (:meth:`~samplers.base.MCMCKernel.steps`, :func:`reduced`).
@@ -84,15 +133,16 @@ class Recorder:
         (``(xs, energies)`` or ``(xs,)`` of every step) when given, else ``state`` (the state after
         the chunk) when the chunk ends on a trace step (chunks are cut so).
         """
+        self._reduced()
         n, b = means.shape[0], sums.shape[1]
         first = self.n_steps
         self.n_steps += n
         self.nfe += int(means[:, 3].sum().round())
-        self.acceptance.append(means[:, 0])
-        self.acc_sum = sums[0].clone() if self.acc_sum is None else self.acc_sum.add_(sums[0])
-        self.divergences.append((means[:, 1] * b).round())
+        self._acceptance.append(means[:, 0])
+        self._add_sum(sums[0])
+        self._divergences.append((means[:, 1] * b).round())
         if energy_error:
-            self.energy_error.append(means[:, 2])
+            self._energy_error.append(means[:, 2])
         if kept:
             due = slice((-first - 1) % self.trace_every, None, self.trace_every)  # rows i with (first + i + 1) % every == 0
             self._trace(kept[0][due], kept[1][due] if len(kept) > 1 else None)

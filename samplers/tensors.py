@@ -69,7 +69,7 @@ def uniform(like: Tensor, generator: Optional[torch.Generator], out: Optional[Te
 
 def noise_via_uniforms(x: Tensor) -> bool:
     """Whether a kernel's Gaussian noise like ``x`` is drawn as uniforms (see :func:`noise_draw`)."""
-    return x.device.type == "cpu" and x.dtype == torch.float64
+    return x.is_cpu and x.dtype == torch.float64
 
 
 def noise_draw(x: Tensor, generator: Optional[torch.Generator], out: Optional[Tensor] = None) -> Tensor:

@@ -70,6 +70,14 @@ def ula_transition(energy, x, g, t, noise, step_size, proxy: bool):
     return torch.where(m, x_new, x), torch.where(m, g_new, g), moved, p, nfe
 
 
+def moved_flags(moved: Optional[Tensor], x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(acceptance, accepted, divergent)`` ``(B,)`` of a ULA step from :func:`ula_transition`'s ``moved``."""
+    if moved is None:  # every chain moved (eagerly): three fills
+        b = x.shape[:1]
+        return x.new_ones(b), x.new_ones(b, dtype=torch.bool), x.new_zeros(b, dtype=torch.bool)
+    return moved.to(x.dtype), moved, ~moved
+
+
 def ula_transition_from_draw(energy, x, g, t, draw, step_size, proxy: bool):
     """:func:`ula_transition` from its noise's draw (``samplers.tensors.noise_draw``): ``ULA.step``'s graph."""
     return ula_transition(energy, x, g, t, normal_noise(draw, x), step_size, proxy)
@@ -82,10 +90,8 @@ def ula_body(energy, carry, draws, consts):
     x, g = carry
     t, h = consts
     x, g, moved, _, nfe = ula_transition(energy, x, g, t, normal_noise(draws[0], x), h, False)
-    if moved is None:  # eagerly, every chain moved
-        moved = torch.ones(x.shape[:1], dtype=torch.bool, device=x.device)
-    acceptance = moved.to(x.dtype)
-    return (x, g), (acceptance, moved, ~moved, torch.zeros_like(acceptance), nfe)
+    acceptance, accepted, divergent = moved_flags(moved, x)
+    return (x, g), (acceptance, accepted, divergent, torch.zeros_like(acceptance), nfe)
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,6 @@ class ULA(MCMCKernel):
         x, h = state.x, self._step_size(state.x)
         x, g, moved, proxy, nfe = _compile.call(ula_transition_from_draw, self.compile, energy, x, state.grad, state.t,
                                                 noise_draw(x, generator), h, self.proxy)
-        if moved is None:
-            moved = torch.ones(x.shape[:1], dtype=torch.bool, device=x.device)
-        info = ULAInfo(acceptance=moved.to(x.dtype), accepted=moved, divergent=~moved, nfe=nfe, proxy_acceptance=proxy)
+        acceptance, accepted, divergent = moved_flags(moved, x)
+        info = ULAInfo(acceptance=acceptance, accepted=accepted, divergent=divergent, nfe=nfe, proxy_acceptance=proxy)
         return state.replace(x=x, energy=None, grad=g), info

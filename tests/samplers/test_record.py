@@ -66,3 +66,57 @@ def test_chunk_without_kept_positions_traces_the_state_that_ends_on_a_trace_step
         rec.record_chunk(steps[lo + 2][0], means, sums)
     torch.testing.assert_close(Recorder.steps(rec.trace), torch.stack([steps[2][0].x, steps[5][0].x]))
     assert Recorder.steps([]) is None and Recorder().mean_acceptance() is None and Recorder().total_divergences() == 0
+
+
+def _expected(steps):
+    """Per-step statistics computed directly from each info."""
+    infos = [i for _, i in steps]
+    return dict(
+        acceptance=torch.stack([i.acceptance.mean() for i in infos]),
+        divergences=torch.stack([divergent_flags(i.divergent, i.energy_error).sum() for i in infos]),
+        energy_error=torch.stack([i.energy_error.abs().mean() for i in infos]),
+        acc_sum=torch.stack([i.acceptance for i in infos]).sum(0),
+    )
+
+
+@pytest.mark.parametrize("numbers, most", [(2 ** 18, 4), (3 * B, 32), (B, 32)])
+def test_single_steps_are_held_in_bounded_blocks_and_read_whole_at_any_time(monkeypatch, numbers, most):
+    """Held steps never exceed PENDING_STEPS or PENDING_NUMBERS; reading midway reduces what is held."""
+    import samplers.record as record
+
+    monkeypatch.setattr(record, "PENDING_NUMBERS", numbers)
+    monkeypatch.setattr(record, "PENDING_STEPS", most)
+    steps = _steps(11, seed=2)
+    rec = Recorder()
+    for k, (s, i) in enumerate(steps):
+        rec.record(s, i)
+        assert len(rec._pending) <= min(most, numbers // B) - 1, k  # reduced as soon as a block is full
+        if k == 6:  # a read midway sees every step so far
+            assert Recorder.steps(rec.acceptance).shape == (7,)
+    want = _expected(steps)
+    for name in ("acceptance", "divergences", "energy_error"):
+        torch.testing.assert_close(Recorder.steps(getattr(rec, name)), want[name].to(torch.float64), rtol=1e-12,
+                                   atol=1e-12, msg=name, check_dtype=False)
+    torch.testing.assert_close(rec.acc_sum, want["acc_sum"])
+    assert rec.total_divergences() == int(want["divergences"].sum()) > 0 and rec.n_steps == rec.nfe == 11
+
+
+def test_steps_with_and_without_an_energy_error_are_recorded_in_order():
+    """A gradient-only step (no energy error) between Metropolis steps: every step's acceptance, the
+    Metropolis steps' energy errors only."""
+    from samplers.ula import ULAInfo
+
+    steps = _steps(4, seed=3)
+    ones = torch.ones(B, dtype=torch.float64)
+    moved = (State(x=torch.zeros(B, D, dtype=torch.float64), energy=None, grad=torch.zeros(B, D, dtype=torch.float64)),
+             ULAInfo(acceptance=ones, accepted=ones > 0, divergent=ones < 0, nfe=1))
+    order = [steps[0], steps[1], moved, steps[2], moved, steps[3]]
+    rec = Recorder()
+    for s, i in order:
+        rec.record(s, i)
+    want = _expected([steps[0], steps[1], steps[2], steps[3]])
+    got_acc = Recorder.steps(rec.acceptance)
+    torch.testing.assert_close(got_acc[[0, 1, 3, 5]], want["acceptance"])
+    assert (got_acc[[2, 4]] == 1).all()
+    torch.testing.assert_close(Recorder.steps(rec.energy_error), want["energy_error"])
+    torch.testing.assert_close(rec.acc_sum, want["acc_sum"] + 2)

@@ -72,6 +72,8 @@ def test_step_matches_formula(generator):
     torch.testing.assert_close(new.grad, new.x / 4.0)
     assert isinstance(info, ULAInfo) and info.accepted.all() and not info.divergent.any()
     assert (info.acceptance == 1).all() and info.proxy_acceptance is None and info.nfe == 1
+    assert info.acceptance.dtype == x.dtype and info.accepted.dtype == info.divergent.dtype == torch.bool
+    assert info.acceptance.shape == info.accepted.shape == info.divergent.shape == (16,)
 
 
 @pytest.mark.slow
