@@ -4,8 +4,10 @@ Target: the 8-Gaussian ring (radius 4, std 0.3) with a closed-form energy and gr
 same function ``ring_energy_and_grad`` is called by the hand loops directly and by the samplers
 through an :class:`ebmcompose.Energy` leaf, so the ratio measures exactly the library's overhead
 (``Energy.evaluate`` machinery + kernel bookkeeping: finiteness checks, per-chain masks,
-recorder). Median of repeats, sampler and hand loop interleaved. One table per torch thread
-count (default: 1 thread, then all CPUs); compiled code is regenerated for each count.
+recorder). Median of repeats, sampler and hand loop interleaved; the eager rows at N >= 1e4 pool
+their pairs from several fresh processes (``--processes``, ``benchmarks/speed_processes.py``). One
+table per torch thread count (default: 1 thread, then all CPUs); compiled code is regenerated for
+each count.
 
 Usage::
 
@@ -42,6 +44,7 @@ from ebmcompose.io import write_json, write_text  # noqa: E402
 from samplers import HMC, MALA, ULA  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.speed_processes import pairs_in_processes  # noqa: E402
 from benchmarks.speed_baselines import (  # noqa: E402,F401  (re-exported: tests and users import them from here)
     HAND,
     HAND_COMPILED,
@@ -208,13 +211,13 @@ def launches_per_step(name, device, n, compiled, fn=ring_energy_and_grad):
     return _per_step(name, device, n, compiled, fn, lambda run: _count_gpu_kernels(run, device))
 
 
-def measure(name, n, compiled, layout, args):
-    """One row: the library kernel and its hand loop on ``N = n`` chains, interleaved, median of repeats."""
-    device = torch.device(args.device)
+def time_pairs(name, n, compiled, layout, device, quick, repeats):
+    """``(steps, pairs)``: ``repeats`` timed pairs ``((lib wall, lib cpu), (hand wall, hand cpu))`` in
+    this process, the library kernel and its hand loop on ``N = n`` chains back to back."""
+    device = torch.device(device)
     fn = LAYOUTS[layout]
     energy, means, var, x0 = _problem(device, n, fn)
-    steps = n_steps_for(n, name, args.quick, device)
-    repeats = _repeats(args, n)
+    steps = n_steps_for(n, name, quick, device)
     k = kernel(name, steps, compiled)
     hand_fn = (HAND_COMPILED if compiled else HAND)[name]
     with warnings.catch_warnings():
@@ -232,21 +235,40 @@ def measure(name, n, compiled, layout, args):
     # Paired design: each repeat times both back to back (in alternating order), and the ratio and
     # overhead are medians of the per-pair values, so a machine that slows down or speeds up
     # between repeats (shared CPUs, memory bandwidth) cancels within each pair.
-    t_lib, t_hand = [], []
+    pairs = []
     for i in range(repeats):
         if i % 2 == 0:
-            t_hand.append(run_hand())
-            t_lib.append(run_lib())
+            hand = run_hand()
+            pairs.append((run_lib(), hand))
         else:
-            t_lib.append(run_lib())
-            t_hand.append(run_hand())
+            pairs.append((run_lib(), run_hand()))
+    return steps, pairs
+
+
+def in_processes(args, n, compiled):
+    """Processes a row's pairs are spread over: ``--processes`` for the eager CPU rows the eager
+    target judges (N >= 1e4), whose ratio a single process biases by its memory layout; else 1."""
+    judged = not compiled and n >= 10_000 and torch.device(args.device).type == "cpu"
+    return args.processes if judged else 1
+
+
+def measure(name, n, compiled, layout, args):
+    """One row: the library kernel and its hand loop on ``N = n`` chains, interleaved, median of repeats."""
+    device, fn = torch.device(args.device), LAYOUTS[layout]
+    repeats, processes = _repeats(args, n), in_processes(args, n, compiled)
+    if processes > 1:
+        spec = dict(name=name, n=n, compiled=compiled, layout=layout, device=args.device, quick=args.quick,
+                    repeats=-(-repeats // processes), threads=torch.get_num_threads())
+        steps, pairs = pairs_in_processes(spec, processes)
+    else:
+        steps, pairs = time_pairs(name, n, compiled, layout, args.device, args.quick, repeats)
+    t_lib, t_hand = [p[0] for p in pairs], [p[1] for p in pairs]
     med = statistics.median
     lib, hand = med(t[0] for t in t_lib), med(t[0] for t in t_hand)
     lib_cpu, hand_cpu = med(t[1] for t in t_lib), med(t[1] for t in t_hand)
-    pairs = list(zip(t_lib, t_hand))
     row = dict(
         sampler=name, n_chains=n, compiled=compiled, threads=torch.get_num_threads(), layout=layout, n_steps=steps,
-        baseline="compiled hand loop" if compiled else "eager hand loop", repeats=repeats,
+        baseline="compiled hand loop" if compiled else "eager hand loop", repeats=len(pairs), processes=processes,
         lib_chain_steps_per_s=n * steps / lib, hand_chain_steps_per_s=n * steps / hand,
         ratio_lib_over_hand_time=med(a[0] / b[0] for a, b in pairs),
         ratio_se=_median_se([a[0] / b[0] for a, b in pairs]),
@@ -390,7 +412,7 @@ def write(rows, breakdown, cal, args):
     meta = dict(
         device=args.device, torch=torch.__version__, threads=list(args.threads),
         cpu_count=os.cpu_count(), platform=platform.platform(), quick=args.quick,
-        repeats=_repeats(args), repeats_small_n=_repeats(args, SMALL_N), n_leapfrog=N_LEAPFROG, step_size=STEP,
+        repeats=_repeats(args), repeats_small_n=_repeats(args, SMALL_N), processes=args.processes, n_leapfrog=N_LEAPFROG, step_size=STEP,
         target="8-Gaussian ring, radius 4, std 0.3, closed-form energy and gradient",
         malloc=_malloc_mode(), glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
     )
@@ -414,7 +436,9 @@ def write(rows, breakdown, cal, args):
         + f", torch {meta['torch']}, {meta['cpu_count']} CPUs; "
         f"median of {meta['repeats']} interleaved repeats ({meta['repeats_small_n']} shorter ones at N = {SMALL_N}, "
         "where the overhead is a few per cent of a step and the machine's jitter is not; a ± is the standard error "
-        f"of that median ratio or overhead); HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
+        f"of that median ratio or overhead); eager CPU rows at N >= 1e4 spread their pairs over {meta['processes']} fresh "
+        "process(es) and pool them (`benchmarks/speed_processes.py`: one process's memory layout biases its ratio by "
+        f"several per cent); HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
         "transitions). Ratio = library / baseline time (1.00 = no overhead), baseline = the eager hand loop for "
         "eager rows and the same hand loop compiled as one `torch.compile` graph per step for compiled rows; the "
         "library and its baseline call the same energy function. Each repeat times both back to back (order "
@@ -533,6 +557,10 @@ def main(argv=None):
         "--threads", type=_thread_counts, default=_thread_counts("1,0"),
         help="comma-separated torch intra-op thread counts, one table each (0: all CPUs; default: 1 and all)",
     )
+    ap.add_argument(
+        "--processes", type=int, default=3,
+        help="fresh processes the pairs of each eager CPU row at N >= 1e4 are spread over, pooled (default 3; 1: this process)",
+    )
     ap.add_argument("--sizes", type=lambda v: [int(n) for n in v.split(",")], default=None, help="chain counts (default: 1e2..1e5)")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
     ap.add_argument("--no-layouts", dest="layouts", action="store_false", help="skip the broadcast-layout row")
@@ -548,6 +576,8 @@ def main(argv=None):
         "heap, so N = 1e5 rows measure the loops and not the allocator's page faults; system: as started",
     )
     args = ap.parse_args(argv)
+    if args.processes < 1:
+        ap.error(f"--processes must be at least 1, got {args.processes}")
     if args.malloc == "steady" and _malloc_mode() != "steady" and platform.libc_ver()[0] == "glibc":
         return _rerun_with_steady_malloc(argv)
     before = torch.get_num_threads()

@@ -198,3 +198,37 @@ def test_steady_malloc_reruns_the_benchmark_under_glibc_tunables(monkeypatch):
     assert sp.main(["--no-write"]) == 0 and calls[-1] == "ran"  # already steady: no second child
     monkeypatch.delenv("GLIBC_TUNABLES")
     assert sp.main(["--no-write", "--malloc", "system"]) == 0 and calls[-1] == "ran" and len(calls) == 3
+
+
+def test_rows_judged_by_the_eager_target_pool_pairs_from_fresh_processes(monkeypatch):
+    """Eager CPU rows at N >= 1e4 spread their pairs over ``--processes`` children (a process's memory
+    layout biases its ratio); other rows, and ``--processes 1``, time in this process."""
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(device="cpu", quick=False, repeats=None, processes=3)
+    assert sp.in_processes(args, 10_000, False) == 3 and sp.in_processes(args, 100_000, False) == 3
+    assert sp.in_processes(args, 1000, False) == sp.in_processes(args, 10_000, True) == 1
+    assert sp.in_processes(SimpleNamespace(**{**vars(args), "device": "cuda"}), 10_000, False) == 1
+    assert sp.in_processes(SimpleNamespace(**{**vars(args), "processes": 1}), 10_000, False) == 1
+    specs = []
+    fake = [((2.0, 2.0), (1.0, 1.0))] * 4 + [((3.0, 3.0), (2.0, 2.0))] * 5  # ratios 2 (x4) and 1.5 (x5)
+    monkeypatch.setattr(sp, "pairs_in_processes", lambda spec, k: specs.append((spec, k)) or (40, fake))
+    row = sp.measure("ULA", 10_000, False, "per-coordinate", args)
+    (spec, k), = specs
+    assert k == 3 and spec["repeats"] == 3 and spec["threads"] == torch.get_num_threads()  # 9 pairs over 3 processes
+    assert (spec["name"], spec["n"], spec["compiled"], spec["layout"]) == ("ULA", 10_000, False, "per-coordinate")
+    assert row["processes"] == 3 and row["repeats"] == 9 and row["n_steps"] == 40
+    assert row["ratio_lib_over_hand_time"] == 1.5  # the median of the pooled pairs
+    with pytest.raises(SystemExit):
+        sp.main(["--processes", "0", "--malloc", "system"])
+
+
+def test_child_processes_time_the_row_and_report_their_failures():
+    from benchmarks.speed_processes import pairs_in_processes
+
+    spec = dict(name="ULA", n=100, compiled=False, layout="per-coordinate", device="cpu", quick=True, repeats=1, threads=1)
+    steps, pairs = pairs_in_processes(spec, 2)
+    assert steps == sp.n_steps_for(100, "ULA", True) and len(pairs) == 2
+    assert all(t > 0 for p in pairs for side in p for t in side)
+    with pytest.raises(RuntimeError, match="timing NOPE at N = 100 in a child process failed"):
+        pairs_in_processes(dict(spec, name="NOPE"), 1)
