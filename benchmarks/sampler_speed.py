@@ -25,7 +25,6 @@ compiled MALA >= 10 M chain-steps/s at N = 1e5 (the issue's 2-core CPU: all CPUs
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -44,7 +43,7 @@ from ebmcompose.io import write_json, write_text  # noqa: E402
 from samplers import HMC, MALA, ULA  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-from benchmarks.speed_processes import pairs_in_processes  # noqa: E402
+from benchmarks.speed_processes import median_se, pairs_in_processes  # noqa: E402
 from benchmarks.speed_baselines import (  # noqa: E402,F401  (re-exported: tests and users import them from here)
     HAND,
     HAND_COMPILED,
@@ -116,14 +115,6 @@ def _repeats(args, n=None):
     if n == SMALL_N:
         return 9 if args.quick else 41
     return 3 if args.quick else 9
-
-
-def _median_se(values):
-    """Standard error of the median of ``values`` (normal approximation from the interquartile range)."""
-    if len(values) < 4:
-        return float("nan")
-    q1, _, q3 = statistics.quantiles(values, n=4)
-    return 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(values))
 
 
 class _OpCounter(TorchDispatchMode):
@@ -259,9 +250,10 @@ def measure(name, n, compiled, layout, args):
     if processes > 1:
         spec = dict(name=name, n=n, compiled=compiled, layout=layout, device=args.device, quick=args.quick,
                     repeats=-(-repeats // processes), threads=torch.get_num_threads())
-        steps, pairs = pairs_in_processes(spec, processes)
+        steps, per_process = pairs_in_processes(spec, processes)
+        pairs, groups = [p for g in per_process for p in g], [len(g) for g in per_process]
     else:
-        steps, pairs = time_pairs(name, n, compiled, layout, args.device, args.quick, repeats)
+        (steps, pairs), groups = time_pairs(name, n, compiled, layout, args.device, args.quick, repeats), None
     t_lib, t_hand = [p[0] for p in pairs], [p[1] for p in pairs]
     med = statistics.median
     lib, hand = med(t[0] for t in t_lib), med(t[0] for t in t_hand)
@@ -271,14 +263,14 @@ def measure(name, n, compiled, layout, args):
         baseline="compiled hand loop" if compiled else "eager hand loop", repeats=len(pairs), processes=processes,
         lib_chain_steps_per_s=n * steps / lib, hand_chain_steps_per_s=n * steps / hand,
         ratio_lib_over_hand_time=med(a[0] / b[0] for a, b in pairs),
-        ratio_se=_median_se([a[0] / b[0] for a, b in pairs]),
+        ratio_se=median_se([a[0] / b[0] for a, b in pairs], groups),
         overhead_us_per_step=med(a[0] - b[0] for a, b in pairs) / steps * 1e6,
-        overhead_se_us_per_step=_median_se([(a[0] - b[0]) / steps * 1e6 for a, b in pairs]),
+        overhead_se_us_per_step=median_se([(a[0] - b[0]) / steps * 1e6 for a, b in pairs], groups),
         lib_us_per_step=lib / steps * 1e6, hand_us_per_step=hand / steps * 1e6,
         lib_cpu_chain_steps_per_s=n * steps / lib_cpu, hand_cpu_chain_steps_per_s=n * steps / hand_cpu,
         ratio_lib_over_hand_cpu=med(a[1] / b[1] for a, b in pairs),
         overhead_cpu_us_per_step=med(a[1] - b[1] for a, b in pairs) / steps * 1e6,
-        overhead_cpu_se_us_per_step=_median_se([(a[1] - b[1]) / steps * 1e6 for a, b in pairs]),
+        overhead_cpu_se_us_per_step=median_se([(a[1] - b[1]) / steps * 1e6 for a, b in pairs], groups),
     )
     if n == SMALL_N and not compiled:
         row["lib_ops_per_step"], row["hand_ops_per_step"] = ops_per_step(name, device, n)
@@ -438,7 +430,8 @@ def write(rows, breakdown, cal, args):
         "where the overhead is a few per cent of a step and the machine's jitter is not; a ± is the standard error "
         f"of that median ratio or overhead); eager CPU rows at N >= 1e4 spread their pairs over {meta['processes']} fresh "
         "process(es) and pool them (`benchmarks/speed_processes.py`: one process's memory layout biases its ratio by "
-        f"several per cent); HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
+        "several per cent; their ± resamples the processes, so that bias counts in it); "
+        f"HMC with {N_LEAPFROG} leapfrog steps (chain-steps count "
         "transitions). Ratio = library / baseline time (1.00 = no overhead), baseline = the eager hand loop for "
         "eager rows and the same hand loop compiled as one `torch.compile` graph per step for compiled rows; the "
         "library and its baseline call the same energy function. Each repeat times both back to back (order "
@@ -558,8 +551,8 @@ def main(argv=None):
         help="comma-separated torch intra-op thread counts, one table each (0: all CPUs; default: 1 and all)",
     )
     ap.add_argument(
-        "--processes", type=int, default=3,
-        help="fresh processes the pairs of each eager CPU row at N >= 1e4 are spread over, pooled (default 3; 1: this process)",
+        "--processes", type=int, default=6,
+        help="fresh processes the pairs of each eager CPU row at N >= 1e4 are spread over, pooled (default 6; 1: this process)",
     )
     ap.add_argument("--sizes", type=lambda v: [int(n) for n in v.split(",")], default=None, help="chain counts (default: 1e2..1e5)")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")

@@ -12,7 +12,10 @@ process's environment (the steady allocator included) and prints ``{"steps", "pa
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -21,14 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pairs_in_processes(spec: dict, processes: int):
-    """``(steps, pairs)`` of ``processes`` children, each timing ``spec["repeats"]`` pairs of the row ``spec``.
+    """``(steps, groups)``: ``processes`` children each time ``spec["repeats"]`` pairs of the row
+    ``spec``; ``groups`` holds one list of pairs per child (the pairs of one process share its bias).
 
     ``spec``: ``name``, ``n``, ``compiled``, ``layout``, ``device``, ``quick``, ``repeats``, ``threads``
     (:func:`benchmarks.sampler_speed.time_pairs`). Raises ``RuntimeError`` with the child's error
     when one fails.
     """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(v for v in (str(ROOT), os.environ.get("PYTHONPATH")) if v))
-    steps, pairs = None, []
+    steps, groups = None, []
     for _ in range(processes):
         done = subprocess.run([sys.executable, "-m", "benchmarks.speed_processes", json.dumps(spec)],
                               capture_output=True, text=True, env=env, cwd=ROOT)
@@ -37,8 +41,27 @@ def pairs_in_processes(spec: dict, processes: int):
                                + done.stderr.strip()[-2000:])
         out = json.loads(done.stdout.strip().splitlines()[-1])
         steps = out["steps"]
-        pairs += [tuple(tuple(t) for t in p) for p in out["pairs"]]
-    return steps, pairs
+        groups.append([tuple(tuple(t) for t in p) for p in out["pairs"]])
+    return steps, groups
+
+
+def median_se(values, groups=None, draws=2000):
+    """Standard error of the median of ``values`` (normal approximation from the interquartile range).
+
+    With ``groups`` (the values' group sizes, in order: the pairs timed in one process share that
+    process's bias), the standard deviation of the pooled median over ``draws`` resamplings of the
+    groups with replacement (a cluster bootstrap with a fixed seed), so a shared bias counts in it.
+    """
+    if groups and len(groups) > 1:
+        starts = [sum(groups[:i]) for i in range(len(groups))]
+        blocks = [values[a:a + k] for a, k in zip(starts, groups)]
+        rng = random.Random(0)
+        return statistics.stdev(statistics.median([v for b in rng.choices(blocks, k=len(blocks)) for v in b])
+                                for _ in range(draws))
+    if len(values) < 4:
+        return float("nan")
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(values))
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from benchmarks import sampler_speed as sp
+from benchmarks.speed_processes import median_se
 from samplers import HMC, MALA, ULA
 from toy import ring
 
@@ -154,9 +155,23 @@ def test_median_standard_error_shrinks_with_more_pairs():
     g = torch.Generator().manual_seed(0)
     few = torch.randn(16, generator=g).tolist()
     many = torch.randn(256, generator=g).tolist()
-    se_few, se_many = sp._median_se(few), sp._median_se(many)
+    se_few, se_many = median_se(few), median_se(many)
     assert 0.2 < se_few < 0.6 and 0.05 < se_many < 0.12  # ≈ 1.2533 / sqrt(n) for unit normals
-    assert math.isnan(sp._median_se([1.0, 2.0]))
+    assert math.isnan(median_se([1.0, 2.0]))
+
+
+def test_pooled_median_error_counts_the_bias_each_process_shares():
+    """Pairs timed in one process share its bias: 16 processes of 16 equal values are 16 values, not
+    256, so the grouped standard error is that of 16 values (≈ 1.25 / 4), far above the ungrouped one;
+    groups of one agree with the interquartile formula."""
+    g = torch.Generator().manual_seed(1)
+    per_process = torch.randn(16, generator=g).tolist()
+    values = [v for v in per_process for _ in range(16)]
+    grouped, ungrouped = median_se(values, [16] * 16), median_se(values)
+    assert 0.15 < grouped < 0.6 and grouped > 2.5 * ungrouped
+    singles = torch.randn(256, generator=g).tolist()
+    assert median_se(singles, [1] * 256) == pytest.approx(median_se(singles), rel=0.35)
+    assert median_se(values, [16] * 16) == grouped  # fixed seed: the same error every call
 
 
 def test_output_files_per_device_and_out_folder(tmp_path):
@@ -211,7 +226,8 @@ def test_rows_judged_by_the_eager_target_pool_pairs_from_fresh_processes(monkeyp
     assert sp.in_processes(SimpleNamespace(**{**vars(args), "device": "cuda"}), 10_000, False) == 1
     assert sp.in_processes(SimpleNamespace(**{**vars(args), "processes": 1}), 10_000, False) == 1
     specs = []
-    fake = [((2.0, 2.0), (1.0, 1.0))] * 4 + [((3.0, 3.0), (2.0, 2.0))] * 5  # ratios 2 (x4) and 1.5 (x5)
+    ab, cd = ((2.0, 2.0), (1.0, 1.0)), ((3.0, 3.0), (2.0, 2.0))  # ratios 2 and 1.5
+    fake = [[ab] * 3, [ab, cd, cd], [cd] * 3]  # one list per process
     monkeypatch.setattr(sp, "pairs_in_processes", lambda spec, k: specs.append((spec, k)) or (40, fake))
     row = sp.measure("ULA", 10_000, False, "per-coordinate", args)
     (spec, k), = specs
@@ -219,6 +235,7 @@ def test_rows_judged_by_the_eager_target_pool_pairs_from_fresh_processes(monkeyp
     assert (spec["name"], spec["n"], spec["compiled"], spec["layout"]) == ("ULA", 10_000, False, "per-coordinate")
     assert row["processes"] == 3 and row["repeats"] == 9 and row["n_steps"] == 40
     assert row["ratio_lib_over_hand_time"] == 1.5  # the median of the pooled pairs
+    assert row["ratio_se"] == median_se([2.0] * 4 + [1.5] * 5, [3, 3, 3]) > 0  # resampling the processes
     with pytest.raises(SystemExit):
         sp.main(["--processes", "0", "--malloc", "system"])
 
@@ -227,8 +244,9 @@ def test_child_processes_time_the_row_and_report_their_failures():
     from benchmarks.speed_processes import pairs_in_processes
 
     spec = dict(name="ULA", n=100, compiled=False, layout="per-coordinate", device="cpu", quick=True, repeats=1, threads=1)
-    steps, pairs = pairs_in_processes(spec, 2)
-    assert steps == sp.n_steps_for(100, "ULA", True) and len(pairs) == 2
+    steps, groups = pairs_in_processes(spec, 2)
+    assert steps == sp.n_steps_for(100, "ULA", True) and [len(g) for g in groups] == [1, 1]
+    pairs = [p for g in groups for p in g]
     assert all(t > 0 for p in pairs for side in p for t in side)
     with pytest.raises(RuntimeError, match="timing NOPE at N = 100 in a child process failed"):
         pairs_in_processes(dict(spec, name="NOPE"), 1)
