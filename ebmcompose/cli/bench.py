@@ -68,13 +68,20 @@ def add_parser(subparsers) -> None:
             "OUT/sampler_speed.json and OUT/sampler_speed.md (sampler_speed_cuda.* with --device cuda)\n"
             "and prints the table. The default OUT is a new folder speed-<date>-<time>; the committed\n"
             "results are replaced only with an explicit --out benchmarks/results (never with --quick).\n"
-            "A full run takes several minutes; --quick about two on a 2-core CPU."
+            "A full run takes about 12 minutes on a 2-core CPU; --quick about two."
         ),
         epilog="example:\n  ebmcompose bench speed --quick --no-compile --out speed-quick",
     )
     bs.add_argument("--quick", action="store_true", help="short run (N up to 1e4, fewer steps)")
     bs.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    bs.add_argument("--repeats", type=positive_int, default=5, help="repeats per row, median reported (default: %(default)s)")
+    bs.add_argument(
+        "--repeats", type=positive_int, default=None,
+        help="timed pairs per row, median reported (default: the script's, 9; 41 short ones at N = 100; 3 with --quick)",
+    )
+    bs.add_argument(
+        "--processes", type=positive_int, default=None,
+        help="fresh processes the eager CPU rows at N >= 1e4 pool their pairs from (default: the script's, 6)",
+    )
     bs.add_argument(
         "--thread-counts", type=_thread_list, default="1,0",
         help="comma-separated torch thread counts, one table each; 0 = all CPUs (default: %(default)s)",
@@ -204,7 +211,10 @@ def _speed(args) -> int:
         out = _out_folder(args, "speed")
         writable_base(out)  # fail before loading the benchmark
     module = benchmark_module("sampler_speed")
-    argv = ["--device", dev, "--repeats", str(args.repeats), "--threads", args.thread_counts]
+    argv = ["--device", dev, "--threads", args.thread_counts]
+    for flag, value in (("--repeats", args.repeats), ("--processes", args.processes)):
+        if value is not None:
+            argv += [flag, str(value)]
     if args.quick:
         argv.append("--quick")
     if not args.compile:

@@ -368,10 +368,15 @@ def test_bench_speed_passes_its_arguments(capsys, monkeypatch):
     monkeypatch.setattr(sampler_speed, "main", lambda argv=None: seen.append(argv))
     rc, _, _ = run(["bench", "speed", "--quick", "--no-write", "--no-compile", "--repeats", "2"], capsys)
     assert rc == 0
-    assert seen == [["--device", "cpu", "--repeats", "2", "--threads", "1,0", "--quick", "--no-compile", "--no-write"]]
+    assert seen == [["--device", "cpu", "--threads", "1,0", "--repeats", "2", "--quick", "--no-compile", "--no-write"]]
     seen.clear()
-    rc, _, _ = run(["bench", "speed", "--thread-counts", "2", "--no-write"], capsys)
-    assert rc == 0 and seen[0][:6] == ["--device", "cpu", "--repeats", "5", "--threads", "2"]
+    rc, _, _ = run(["bench", "speed", "--thread-counts", "2", "--no-write"], capsys)  # the script's own repeats
+    assert rc == 0 and seen == [["--device", "cpu", "--threads", "2", "--no-write"]]
+    seen.clear()
+    rc, _, _ = run(["bench", "speed", "--processes", "2", "--no-write"], capsys)
+    assert rc == 0 and seen == [["--device", "cpu", "--threads", "1,0", "--processes", "2", "--no-write"]]
+    rc, _, err = run(["bench", "speed", "--processes", "0"], capsys)
+    assert rc == 2 and "positive integer" in err and not seen[1:]
     rc, _, err = run(["bench", "speed", "--thread-counts", "two"], capsys)
     assert rc == 2 and "thread counts" in err and not seen[1:]
 
