@@ -551,8 +551,9 @@ def main(argv=None):
         help="comma-separated torch intra-op thread counts, one table each (0: all CPUs; default: 1 and all)",
     )
     ap.add_argument(
-        "--processes", type=int, default=6,
-        help="fresh processes the pairs of each eager CPU row at N >= 1e4 are spread over, pooled (default 6; 1: this process)",
+        "--processes", type=int, default=None,
+        help="fresh processes the pairs of each eager CPU row at N >= 1e4 are spread over, pooled "
+        "(default 6, 2 with --quick; 1: this process)",
     )
     ap.add_argument("--sizes", type=lambda v: [int(n) for n in v.split(",")], default=None, help="chain counts (default: 1e2..1e5)")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
@@ -569,6 +570,8 @@ def main(argv=None):
         "heap, so N = 1e5 rows measure the loops and not the allocator's page faults; system: as started",
     )
     args = ap.parse_args(argv)
+    if args.processes is None:
+        args.processes = 2 if args.quick else 6
     if args.processes < 1:
         ap.error(f"--processes must be at least 1, got {args.processes}")
     if args.malloc == "steady" and _malloc_mode() != "steady" and platform.libc_ver()[0] == "glibc":

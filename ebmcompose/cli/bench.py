@@ -80,7 +80,7 @@ def add_parser(subparsers) -> None:
     )
     bs.add_argument(
         "--processes", type=positive_int, default=None,
-        help="fresh processes the eager CPU rows at N >= 1e4 pool their pairs from (default: the script's, 6)",
+        help="fresh processes the eager CPU rows at N >= 1e4 pool their pairs from (default: the script's, 6; 2 with --quick)",
     )
     bs.add_argument(
         "--thread-counts", type=_thread_list, default="1,0",

@@ -238,6 +238,11 @@ def test_rows_judged_by_the_eager_target_pool_pairs_from_fresh_processes(monkeyp
     assert row["ratio_se"] == median_se([2.0] * 4 + [1.5] * 5, [3, 3, 3]) > 0  # resampling the processes
     with pytest.raises(SystemExit):
         sp.main(["--processes", "0", "--malloc", "system"])
+    seen = []  # defaults: 6 processes for a full run, 2 for a --quick smoke run
+    monkeypatch.setattr(sp, "bench", lambda a: seen.append(a.processes) or ([], {}, {}))
+    for argv in ([], ["--quick"], ["--quick", "--processes", "4"]):
+        assert sp.main(argv + ["--no-write", "--malloc", "system"]) == 0
+    assert seen == [6, 2, 4]
 
 
 def test_child_processes_time_the_row_and_report_their_failures():
