@@ -5,6 +5,9 @@ lands (the same eager row at N = 1e4 ranged over about ±6 % between processes, 
 spread within one). Spreading a row's pairs over several processes and pooling them measures the
 code rather than one process's luck.
 
+:func:`median_se` gives such a pooled median a standard error that resamples the processes, so the
+bias they do not share counts in it.
+
 A child runs ``python -m benchmarks.speed_processes SPEC`` (``SPEC``: the row as JSON) in this
 process's environment (the steady allocator included) and prints ``{"steps", "pairs"}`` as JSON.
 """
@@ -52,6 +55,8 @@ def median_se(values, groups=None, draws=2000):
     process's bias), the standard deviation of the pooled median over ``draws`` resamplings of the
     groups with replacement (a cluster bootstrap with a fixed seed), so a shared bias counts in it.
     """
+    if groups is not None and sum(groups) != len(values):
+        raise ValueError(f"groups of sizes {list(groups)} do not cover the {len(values)} values")
     if groups and len(groups) > 1:
         starts = [sum(groups[:i]) for i in range(len(groups))]
         blocks = [values[a:a + k] for a, k in zip(starts, groups)]

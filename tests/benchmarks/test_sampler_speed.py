@@ -172,6 +172,8 @@ def test_pooled_median_error_counts_the_bias_each_process_shares():
     singles = torch.randn(256, generator=g).tolist()
     assert median_se(singles, [1] * 256) == pytest.approx(median_se(singles), rel=0.35)
     assert median_se(values, [16] * 16) == grouped  # fixed seed: the same error every call
+    with pytest.raises(ValueError, match="do not cover the 256 values"):
+        median_se(values, [16] * 15)
 
 
 def test_output_files_per_device_and_out_folder(tmp_path):
